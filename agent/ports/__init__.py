@@ -1,0 +1,1 @@
+"""Ports: every contact with the machine goes through one of these small interfaces."""

@@ -1,0 +1,93 @@
+"""Rendered files under the node's root directory, written atomically and only if changed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write temp file in the same directory, fsync, rename over ``path``, fsync the directory.
+
+    A crash at any point leaves either the old or the new content, never a mix.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+class FileTree:
+    """The node's file system seen from ``root`` (``/`` on a node, a temp dir in tests).
+
+    Paths given to it are absolute node paths (``/etc/hostname``); they are resolved under
+    ``root`` and may not escape it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, node_path: str) -> Path:
+        pure = PurePosixPath(node_path)
+        if not pure.is_absolute() or ".." in pure.parts:
+            raise ValueError(f"not an absolute node path: {node_path}")
+        return self.root.joinpath(*pure.parts[1:])
+
+    def read(self, node_path: str) -> bytes | None:
+        try:
+            return self.path(node_path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, node_path: str) -> bool:
+        return self.path(node_path).exists()
+
+    def write_if_changed(self, node_path: str, content: str | bytes, mode: int = 0o644) -> bool:
+        """Write ``content`` atomically unless the file already holds it with that mode."""
+        data = content.encode() if isinstance(content, str) else content
+        target = self.path(node_path)
+        try:
+            st = target.stat()
+            if (st.st_mode & 0o7777) == mode and target.read_bytes() == data:
+                return False
+        except FileNotFoundError:
+            pass
+        atomic_write(target, data, mode)
+        return True
+
+    def remove(self, node_path: str) -> bool:
+        """Delete a file or a whole directory; True if something was there."""
+        target = self.path(node_path)
+        if target.is_dir() and not target.is_symlink():
+            for child in sorted(target.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if child.is_dir() and not child.is_symlink():
+                    child.rmdir()
+                else:
+                    child.unlink()
+            target.rmdir()
+            return True
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            return False
+        return True

@@ -1,0 +1,1 @@
+"""Desired state: the typed document, its validation, migrations and revision store."""

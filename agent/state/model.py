@@ -1,0 +1,222 @@
+"""The typed desired-state document (schema version 1).
+
+Only shapes and field-level rules live here; rules that relate several fields are in
+``agent.state.rules`` so that every problem of a document is reported at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StrictBool,
+)
+from pydantic_core import PydanticCustomError
+
+SCHEMA_VERSION = 1
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}$")
+_DOMAIN_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+_RFC1918 = (
+    ipaddress.ip_network("10.0.0.0/8"),
+    ipaddress.ip_network("172.16.0.0/12"),
+    ipaddress.ip_network("192.168.0.0/16"),
+    ipaddress.ip_network("100.64.0.0/10"),
+)
+
+
+def _need_str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "voxnode", "must be a string ({what})", {"what": what}
+        )
+    return value.strip()
+
+
+def _parse_cidr(value: Any) -> IPInterface:
+    text = _need_str(value, "an address with prefix length, like 10.0.0.11/24")
+    if "/" not in text:
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' has no prefix length (expected CIDR like 10.0.0.11/24)",
+            {"value": text},
+        )
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is not a valid address (expected CIDR like 10.0.0.11/24)",
+            {"value": text},
+        ) from None
+    if iface.ip == iface.network.network_address and iface.network.prefixlen < (
+        iface.max_prefixlen - 1
+    ):
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is the network address of its subnet, not a host address",
+            {"value": text},
+        )
+    if iface.version == 4 and iface.network.prefixlen < 31 and (
+        iface.ip == iface.network.broadcast_address
+    ):
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is the broadcast address of its subnet, not a host address",
+            {"value": text},
+        )
+    _reject_special(iface.ip, text)
+    return iface
+
+
+def _reject_special(ip: IPAddress, text: str) -> None:
+    for flag, name in (
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_loopback, "a loopback address"),
+        (ip.is_multicast, "a multicast address"),
+        (ip.is_link_local, "link-local (assigned automatically)"),
+    ):
+        if flag:
+            raise PydanticCustomError(
+                "voxnode", "'{value}' is {name}; give a unicast host address",
+                {"value": text, "name": name},
+            )
+
+
+def _parse_ip(value: Any) -> IPAddress:
+    text = _need_str(value, "an IP address like 10.0.0.1")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is not a valid IP address (expected e.g. 10.0.0.1 or 2001:db8::1)",
+            {"value": text},
+        ) from None
+    _reject_special(ip, text)
+    return ip
+
+
+def _parse_public_ip(value: Any) -> IPAddress:
+    ip = _parse_ip(value)
+    if any(ip in net for net in _RFC1918):
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is a private address; public_ip is the address the internet "
+            "reaches the node at (NAT 1:1)",
+            {"value": str(ip)},
+        )
+    return ip
+
+
+def _parse_hostname(value: Any) -> str:
+    text = _need_str(value, "a host name like pbx1")
+    if not _HOSTNAME_RE.match(text):
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is not a valid host name (letters, digits and '-', 1-63 "
+            "characters, no dots; put the domain in network.domain)",
+            {"value": text},
+        )
+    return text.lower()
+
+
+def _parse_domain(value: Any) -> str:
+    text = _need_str(value, "a DNS name like pbx.example.com").rstrip(".")
+    if len(text) > 253 or not _DOMAIN_RE.match(text) or text.rsplit(".", 1)[-1].isdigit():
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is not a valid DNS name (expected e.g. pbx.example.com)",
+            {"value": text},
+        )
+    return text.lower()
+
+
+def _parse_host_or_ip(value: Any) -> str:
+    text = _need_str(value, "a host name or IP address")
+    try:
+        return str(_parse_ip(text))
+    except PydanticCustomError:
+        pass
+    if _HOSTNAME_RE.match(text) or _DOMAIN_RE.match(text.rstrip(".")):
+        return text.rstrip(".").lower()
+    raise PydanticCustomError(
+        "voxnode",
+        "'{value}' is neither an IP address nor a DNS name",
+        {"value": text},
+    )
+
+
+def _parse_ifname(value: Any) -> str:
+    text = _need_str(value, "an interface name like eth0")
+    if not _IFNAME_RE.match(text) or text in (".", ".."):
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is not a valid interface name (1-15 characters: letters, digits, "
+            "'_', '.', '-')",
+            {"value": text},
+        )
+    return text
+
+
+Cidr = Annotated[IPInterface, PlainValidator(_parse_cidr), PlainSerializer(str)]
+IP = Annotated[IPAddress, PlainValidator(_parse_ip), PlainSerializer(str)]
+PublicIP = Annotated[IPAddress, PlainValidator(_parse_public_ip), PlainSerializer(str)]
+Hostname = Annotated[str, PlainValidator(_parse_hostname)]
+DomainName = Annotated[str, PlainValidator(_parse_domain)]
+HostOrIP = Annotated[str, PlainValidator(_parse_host_or_ip)]
+IfName = Annotated[str, PlainValidator(_parse_ifname)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InterfaceConfig(Strict):
+    """One physical interface. Static addresses are applied at runtime and persisted."""
+
+    addresses: list[Cidr] = Field(default_factory=list)
+    dhcp: StrictBool = False
+    mtu: Annotated[int, Field(strict=True, ge=576, le=9216)] | None = None
+
+
+class NetworkConfig(Strict):
+    hostname: Hostname
+    domain: DomainName | None = None
+    public_ip: PublicIP | None = None
+    interfaces: dict[IfName, InterfaceConfig] = Field(min_length=1)
+    gateway: IP | None = None
+    dns: list[IP] = Field(default_factory=list, max_length=3)
+    search: list[DomainName] = Field(default_factory=list, max_length=6)
+    ntp: list[HostOrIP] = Field(default_factory=list)
+
+
+class WorkingMode(StrEnum):
+    STANDARD = "standard"
+    PURE_CLOUD = "pure-cloud"
+
+
+class DesiredState(Strict):
+    """The whole desired state of a node. Later issues add sections (ha, license...)."""
+
+    schema_version: Literal[1]
+    network: NetworkConfig
+    mode: WorkingMode = WorkingMode.STANDARD
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON-able form, as written to disk and sent on the wire."""
+        return self.model_dump(mode="json", exclude_none=True)

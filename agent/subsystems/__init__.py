@@ -1,0 +1,1 @@
+"""Subsystems: one module per concern of the desired state, each with plan() and apply()."""
