@@ -43,7 +43,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 def parse_yaml(text: str, source: str = "<input>") -> Any:
     """Parse YAML text; a syntax error becomes one problem located by line and column."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -78,7 +78,10 @@ def validate_document(data: Any) -> DesiredState:
     except ValidationError as exc:
         problems = sorted({_translate(err) for err in exc.errors()})
         raise InvalidInput(
-            f"the document has {_count(problems)}", problems=problems
+            f"the document has {_count(problems)}",
+            problems=problems,
+            remedy="Correct the listed problems and try again; nothing was changed. The rules "
+            "that relate several fields (subnets, gateway, mode) are checked once these pass.",
         ) from None
     problems = check_rules(state)
     if problems:

@@ -1,0 +1,1 @@
+"""The `voxnode` command line: a thin client of the agent's API."""

@@ -1,0 +1,103 @@
+"""How the CLI shows things to a person: tables and sentences (``--json`` bypasses this)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agent.errors import VoxnodeError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v) or "(none)"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return str(v)
+
+
+def when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def kv_table(rows: list[tuple[str, Any]], title: str | None = None) -> None:
+    table = Table(show_header=False, box=None, title=title, title_justify="left", pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, _value(value))
+    out.print(table)
+
+
+def table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    t = Table(title=title, title_justify="left")
+    for h in headers:
+        t.add_column(h)
+    for row in rows:
+        t.add_row(*(_value(c) for c in row))
+    out.print(t)
+
+
+def error(exc: VoxnodeError) -> None:
+    err.print(f"[bold red]error:[/] {exc.message}")
+    for problem in exc.problems:
+        err.print(f"  {problem}", markup=False)
+    if exc.remedy:
+        err.print(f"[dim]{exc.remedy}[/]")
+
+
+def outcome(data: dict[str, Any]) -> None:
+    """Print the result of anything that went through the change pipeline."""
+    plan = data["plan"]
+    fields = plan["fields"]
+    if fields:
+        table(
+            ["setting", "now", "new"],
+            [[f["path"], f["old"], f["new"]] for f in fields],
+            title=f"Changes against revision {plan['base_revision']}",
+        )
+    else:
+        out.print(f"The document equals revision {plan['base_revision']}.")
+    for sub in plan["subsystems"]:
+        for step in sub["steps"]:
+            out.print(f"  [cyan]{sub['subsystem']}[/]: {step}", markup=True)
+        for warning in sub["warnings"]:
+            out.print(f"  [yellow]warning[/] ({sub['subsystem']}): {warning}")
+        for ack in sub["acknowledge"]:
+            out.print(f"  [bold red]will be lost[/] ({sub['subsystem']}): {ack}")
+    if data["dry_run"]:
+        out.print("[bold]Dry run:[/] nothing was changed.")
+        return
+    changes = data["changes"]
+    count = sum(len(v) for v in changes.values())
+    for sub, items in changes.items():
+        for change in items:
+            detail = f" ({change['detail']})" if change["detail"] else ""
+            out.print(f"  [green]done[/] {sub}: {change['action']} {change['target']}{detail}")
+    revision = data["revision"]
+    if revision:
+        out.print(f"[bold green]Revision {revision['revision']} committed[/] ({count} changes).")
+    else:
+        out.print(f"No new revision: the machine was re-converged ({count} changes).")
+    if data["confirm_deadline"]:
+        left = max(0, int(data["confirm_deadline"] - dt.datetime.now().timestamp()))
+        out.print(
+            f"[bold yellow]Run `voxnode config confirm` within {left} s[/] or the node "
+            "returns to the previous revision by itself."
+        )
+
+
+def write_raw(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

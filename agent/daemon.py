@@ -1,0 +1,200 @@
+"""voxnode-agent: the long-running daemon that owns a node's configuration.
+
+One instance per state directory (an flock on ``agent.lock``). At start it re-converges the
+committed revision, serves the API on its unix socket, tells systemd it is ready
+(Type=notify) and feeds the watchdog; SIGTERM stops it after any change in progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from aiohttp import web
+
+from agent import __version__
+from agent.api import AgentContext, make_app
+from agent.engine import Engine
+from agent.errors import StoreError, VoxnodeError
+from agent.events import EventLog
+from agent.ports.files import FileTree
+from agent.ports.hostname import KernelHostname
+from agent.ports.licence import NoLicence
+from agent.ports.netlink import PyRoute2Netlink
+from agent.sdnotify import Notifier
+from agent.state.store import Store
+from agent.subsystems.mode import ModeSubsystem
+from agent.subsystems.network import NetworkSubsystem
+
+log = logging.getLogger("voxnode.agent")
+
+DEFAULT_STATE_DIR = "/var/lib/voxnode"
+DEFAULT_SOCKET = "/run/voxnode/agent.sock"
+STOP_GRACE_S = 60.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="voxnode-agent",
+        description="The voxnode system agent: keeps this node converged to its desired "
+        "state and serves the API used by the voxnode CLI and the web console.",
+        epilog="Runs under systemd as voxnode-agent.service (Type=notify, watchdog). "
+        "Exit status: 0 stopped cleanly, 1 could not start (the reason is logged).",
+    )
+    parser.add_argument(
+        "--state-dir", default=DEFAULT_STATE_DIR, type=Path,
+        help=f"where revisions of the desired state live (default {DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument(
+        "--socket", default=DEFAULT_SOCKET, type=Path,
+        help=f"unix socket of the API (default {DEFAULT_SOCKET})",
+    )
+    parser.add_argument(
+        "--root", default="/", type=Path,
+        help="root of the node's file system for rendered files (default /); with any "
+        "other root the kernel hostname is left alone",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument("--version", action="version", version=f"voxnode-agent {__version__}")
+    return parser.parse_args(argv)
+
+
+def setup_logging(level: str) -> None:
+    # under journald the timestamp is added by the journal
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def instance_lock(state_dir: Path) -> Iterator[None]:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise StoreError(f"cannot use state directory {state_dir}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise StoreError(
+                f"another voxnode-agent (pid {holder}) is running on {state_dir}",
+                remedy="Stop it first, or give this one another --state-dir.",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claim_socket(path: Path) -> None:
+    """Remove a stale socket file; refuse if something still answers on it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise StoreError(
+        f"socket {path} is in use by another process",
+        remedy="Stop the other agent or give this one another --socket.",
+    )
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
+
+
+async def run(args: argparse.Namespace) -> int:
+    root: Path = args.root.resolve()
+    events = EventLog()
+    store = Store(args.state_dir)
+    store.open()
+    licence = NoLicence()
+    files = FileTree(root)
+    network = NetworkSubsystem(
+        PyRoute2Netlink(), files, KernelHostname() if root == Path("/") else None
+    )
+    engine = Engine(store, [network, ModeSubsystem(files, licence)], events)
+    ctx = AgentContext(
+        engine=engine, events=events, network=network, licence=licence,
+        started=time.time(), state_dir=str(args.state_dir), root=str(root),
+    )
+    notifier = Notifier()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    runner = web.AppRunner(make_app(ctx), handle_signals=False, access_log=None)
+    await runner.setup()
+    _claim_socket(args.socket)
+    await web.UnixSite(runner, str(args.socket)).start()
+    os.chmod(args.socket, 0o660)
+    events.emit("agent.started", f"voxnode-agent {__version__} serving {args.socket}")
+
+    async with asyncio.TaskGroup() as tg:
+        if notifier.watchdog_interval:
+            watchdog = tg.create_task(_watchdog(notifier, notifier.watchdog_interval))
+        else:
+            watchdog = None
+        await engine.start()
+        head = store.head()
+        notifier.ready(f"serving; revision {head}" if head else "serving; not configured")
+        await stop.wait()
+        notifier.stopping()
+        events.emit("agent.stopping", "signal received; finishing any change in progress")
+        await engine.stop()
+        try:
+            async with asyncio.timeout(STOP_GRACE_S):
+                async with engine.lock:
+                    pass
+        except TimeoutError:
+            log.warning("a change was still running after %.0f s; stopping anyway", STOP_GRACE_S)
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            args.socket.unlink()
+        if watchdog is not None:
+            watchdog.cancel()
+    events.emit("agent.stopped", "clean stop")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        with instance_lock(args.state_dir):
+            return asyncio.run(run(args))
+    except VoxnodeError as exc:
+        log.error("%s%s", exc.message, f" — {exc.remedy}" if exc.remedy else "")
+        return 1
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Unit tests: no root, no I/O outside tmp_path. Touching the real machine fails loudly."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Refuse netlink and D-Bus sockets: unit tests must use the in-memory fakes."""
+    real_socket = socket.socket
+
+    class GuardedSocket(real_socket):  # type: ignore[misc,valid-type]
+        def __init__(self, family: int = -1, *args: object, **kwargs: object) -> None:
+            if family == socket.AF_NETLINK:
+                raise RuntimeError("unit test opened a netlink socket; use the netlink fake")
+            super().__init__(family, *args, **kwargs)  # type: ignore[arg-type]
+
+        def connect(self, address: object) -> None:
+            if isinstance(address, str) and "dbus" in address:
+                raise RuntimeError("unit test connected to D-Bus; use the systemd fake")
+            super().connect(address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "socket", GuardedSocket)
+    yield
+
+
+class Golden:
+    """Compare rendered text with tests/unit/golden/<name>; UPDATE_GOLDEN=1 rewrites them."""
+
+    def check(self, name: str, text: str) -> None:
+        path = GOLDEN_DIR / name
+        if os.environ.get("UPDATE_GOLDEN") == "1":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        assert path.exists(), f"golden file {name} missing: run with UPDATE_GOLDEN=1 and review"
+        assert text == path.read_text(), f"rendered text differs from golden file {name}"
+
+
+@pytest.fixture
+def golden() -> Golden:
+    return Golden()

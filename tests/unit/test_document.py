@@ -1,0 +1,196 @@
+"""Validation of the desired-state document: good documents, and every bad input's text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.errors import InvalidInput
+from agent.state.document import gateway_interface, load_document, validate_document
+from agent.state.model import WorkingMode
+
+FULL = (Path(__file__).parent / "data" / "full.yaml").read_text()
+
+
+def base(**network: object) -> dict[str, object]:
+    net: dict[str, object] = {
+        "hostname": "pbx1",
+        "interfaces": {"eth0": {"addresses": ["10.0.0.11/24"]}},
+        "gateway": "10.0.0.1",
+    }
+    net.update(network)
+    return {"schema_version": 1, "network": net}
+
+
+def problems_of(doc: object) -> list[str]:
+    with pytest.raises(InvalidInput) as info:
+        validate_document(doc)
+    return [str(p) for p in info.value.problems]
+
+
+def test_the_documented_example_is_valid() -> None:
+    state = load_document(FULL, "full.yaml")
+    assert state.network.hostname == "pbx1"
+    assert state.mode is WorkingMode.STANDARD
+    assert str(state.network.interfaces["eth0"].addresses[0]) == "10.0.0.11/24"
+    assert gateway_interface(state) == "eth0"
+
+
+def test_round_trip_through_the_wire_form_is_lossless() -> None:
+    state = load_document(FULL)
+    assert validate_document(state.to_document()) == state
+
+
+def test_defaults_and_normalisation() -> None:
+    state = validate_document(base(hostname="PBX1", search=["Example.COM."]))
+    assert state.network.hostname == "pbx1"
+    assert state.network.search == ["example.com"]
+    assert state.mode is WorkingMode.STANDARD
+    assert state.network.interfaces["eth0"].dhcp is False
+
+
+def test_pure_cloud_with_domain_and_public_ip_is_valid() -> None:
+    doc = base(domain="pbx.example.com", public_ip="203.0.113.10")
+    doc["mode"] = "pure-cloud"
+    assert validate_document(doc).mode is WorkingMode.PURE_CLOUD
+
+
+def test_dhcp_only_interface_without_gateway_is_valid() -> None:
+    doc = {"schema_version": 1,
+           "network": {"hostname": "pbx1", "interfaces": {"eth0": {"dhcp": True}}}}
+    assert validate_document(doc).network.interfaces["eth0"].dhcp is True
+
+
+BAD_TEXT = [
+    ("malformed YAML", "network: [1, 2\n",
+     ["bad.yaml:2:1: while parsing a flow sequence, expected ',' or ']', but got "
+      "'<stream end>'"]),
+    ("tab indentation", "network:\n\thostname: x\n",
+     ["bad.yaml:2:1: while scanning for the next token, found character '\\t' that cannot "
+      "start any token"]),
+    ("duplicate key", "schema_version: 1\nschema_version: 1\n",
+     ["bad.yaml:2:1: duplicate key 'schema_version'"]),
+    ("empty document", "", [": the document is empty; expected a mapping of sections"]),
+    ("a list, not a mapping", "- a\n", [": the document is a list; expected a mapping of sections"]),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), BAD_TEXT, ids=[c[0] for c in BAD_TEXT])
+def test_bad_text(case: str, text: str, expected: list[str]) -> None:
+    with pytest.raises(InvalidInput) as info:
+        load_document(text, "bad.yaml")
+    got = [str(p) if p.path else f": {p.message}" for p in info.value.problems]
+    assert got == expected
+
+
+BAD_DOCS = [
+    ("unknown top-level key", {**base(), "netwrk": {}},
+     ["netwrk: unknown key (allowed: schema_version, network, mode)"]),
+    ("unknown network key", base(hostnme="x"),
+     ["network.hostnme: unknown key (allowed: hostname, domain, public_ip, interfaces, "
+      "gateway, dns, search, ntp)"]),
+    ("unknown interface key", base(interfaces={"eth0": {"address": ["10.0.0.11/24"]}}),
+     ["network.interfaces.eth0.address: unknown key (allowed: addresses, dhcp, mtu)"]),
+    ("missing hostname", {"schema_version": 1,
+                          "network": {"interfaces": {"eth0": {"dhcp": True}}}},
+     ["network.hostname: required"]),
+    ("missing schema version", {"network": {}},
+     ["schema_version: required (this agent writes 1)"]),
+    ("newer schema", {"schema_version": 2, "network": {}},
+     ["schema_version: 2 is newer than this agent understands (1); update voxnode first"]),
+    ("schema version as text", {"schema_version": "1", "network": {}},
+     ["schema_version: must be a whole number like 1"]),
+    ("bad CIDR", base(interfaces={"eth0": {"addresses": ["10.0.0.300/24"]}}),
+     ["network.interfaces.eth0.addresses[0]: '10.0.0.300/24' is not a valid address "
+      "(expected CIDR like 10.0.0.11/24)"]),
+    ("address without prefix", base(interfaces={"eth0": {"addresses": ["10.0.0.11"]}}),
+     ["network.interfaces.eth0.addresses[0]: '10.0.0.11' has no prefix length (expected "
+      "CIDR like 10.0.0.11/24)"]),
+    ("network address", base(interfaces={"eth0": {"addresses": ["10.0.0.0/24"]}}),
+     ["network.interfaces.eth0.addresses[0]: '10.0.0.0/24' is the network address of its "
+      "subnet, not a host address"]),
+    ("broadcast address", base(interfaces={"eth0": {"addresses": ["10.0.0.255/24"]}}),
+     ["network.interfaces.eth0.addresses[0]: '10.0.0.255/24' is the broadcast address of "
+      "its subnet, not a host address"]),
+    ("loopback address", base(interfaces={"eth0": {"addresses": ["127.0.0.2/8"]}}),
+     ["network.interfaces.eth0.addresses[0]: '127.0.0.2/8' is a loopback address; give a "
+      "unicast host address"]),
+    ("duplicate address on one interface",
+     base(interfaces={"eth0": {"addresses": ["10.0.0.11/24", "10.0.0.11/24"]}}),
+     ["network.interfaces.eth0.addresses[1]: 10.0.0.11 is already used by "
+      "network.interfaces.eth0.addresses[0]"]),
+    ("duplicate address across interfaces",
+     base(interfaces={"eth0": {"addresses": ["10.0.0.11/24"]},
+                      "eth1": {"addresses": ["10.0.0.11/16"]}}),
+     ["network.interfaces.eth1.addresses[0]: 10.0.0.11 is already used by "
+      "network.interfaces.eth0.addresses[0]"]),
+    ("same subnet on two interfaces",
+     base(interfaces={"eth0": {"addresses": ["10.0.0.11/24"]},
+                      "eth1": {"addresses": ["10.0.0.12/24"]}}),
+     ["network.interfaces.eth1.addresses[0]: subnet 10.0.0.0/24 is also on interface eth0; "
+      "a subnet may be on one interface only"]),
+    ("gateway outside every subnet", base(gateway="10.9.0.1"),
+     ["network.gateway: 10.9.0.1 is outside every interface subnet (10.0.0.0/24 on eth0)"]),
+    ("gateway is our own address", base(gateway="10.0.0.11"),
+     ["network.gateway: 10.0.0.11 is this node's own address "
+      "(network.interfaces.eth0.addresses[0])"]),
+    ("gateway with DHCP only", base(interfaces={"eth0": {"dhcp": True}}),
+     ["network.gateway: set, but no interface has a static address; with DHCP the gateway "
+      "comes from the DHCP server (remove it)"]),
+    ("bad gateway", base(gateway="10.0.0"),
+     ["network.gateway: '10.0.0' is not a valid IP address (expected e.g. 10.0.0.1 or "
+      "2001:db8::1)"]),
+    ("pure-cloud without domain and public ip", {**base(), "mode": "pure-cloud"},
+     ["network.domain: required in pure-cloud mode (the public DNS name that resolves to "
+      "network.public_ip)",
+      "network.public_ip: required in pure-cloud mode (the static public address, NAT 1:1)"]),
+    ("private public_ip", base(public_ip="192.168.1.10"),
+     ["network.public_ip: '192.168.1.10' is a private address; public_ip is the address the "
+      "internet reaches the node at (NAT 1:1)"]),
+    ("bad hostname", base(hostname="pbx1.example.com"),
+     ["network.hostname: 'pbx1.example.com' is not a valid host name (letters, digits and "
+      "'-', 1-63 characters, no dots; put the domain in network.domain)"]),
+    ("hostname not a string", base(hostname=42),
+     ["network.hostname: must be a string (a host name like pbx1)"]),
+    ("bad domain", base(domain="-bad-.com"),
+     ["network.domain: '-bad-.com' is not a valid DNS name (expected e.g. pbx.example.com)"]),
+    ("unknown mode", {**base(), "mode": "cloud"},
+     ["mode: 'cloud' is not a working mode (allowed: standard, pure-cloud)"]),
+    ("YAML boolean as mode", {**base(), "mode": False},
+     ["mode: false is not a working mode (allowed: standard, pure-cloud; YAML reads unquoted "
+      "on/off/yes/no as true/false)"]),
+    ("dhcp not a boolean", base(interfaces={"eth0": {"dhcp": "maybe"}}),
+     ["network.interfaces.eth0.dhcp: must be true or false"]),
+    ("mtu out of range", base(interfaces={"eth0": {"addresses": ["10.0.0.11/24"], "mtu": 20}}),
+     ["network.interfaces.eth0.mtu: 20 is out of range (576-9216)"]),
+    ("bad interface name", base(interfaces={"bad/if": {"dhcp": True}}),
+     ["network.interfaces.bad/if: bad key: 'bad/if' is not a valid interface name (1-15 "
+      "characters: letters, digits, '_', '.', '-')"]),
+    ("no interfaces", base(interfaces={}), ["network.interfaces: at least one interface is "
+                                           "required"]),
+    ("too many DNS servers", base(dns=["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"]),
+     ["network.dns: at most 3 entries"]),
+    ("bad NTP server", base(ntp=["not a host"]),
+     ["network.ntp[0]: 'not a host' is neither an IP address nor a DNS name"]),
+]
+
+
+@pytest.mark.parametrize(("case", "doc", "expected"), BAD_DOCS, ids=[c[0] for c in BAD_DOCS])
+def test_bad_documents_report_every_problem(case: str, doc: object, expected: list[str]) -> None:
+    assert problems_of(doc) == sorted(expected)
+
+
+def test_several_problems_are_reported_at_once() -> None:
+    doc = base(hostnme="x", gateway="10.0.0", interfaces={"eth0": {"addresses": ["x/24"]}})
+    found = problems_of(doc)
+    assert [p.split(":")[0] for p in found] == [
+        "network.gateway", "network.hostnme", "network.interfaces.eth0.addresses[0]"
+    ]
+
+
+def test_rules_across_fields_run_once_fields_are_valid() -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_document(base(hostnme="x", gateway="10.9.0.1"))
+    assert "rules that relate several fields" in info.value.remedy
+    assert [p.path for p in info.value.problems] == ["network.hostnme"]

@@ -1,0 +1,240 @@
+"""The change pipeline with in-memory subsystems: rollback, acknowledgement, confirmation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from agent.engine import Engine
+from agent.errors import ApplyFailed, ConfirmationRequired, Conflict, InvalidInput, Problem
+from agent.events import EventLog
+from agent.state.document import validate_document
+from agent.state.model import DesiredState
+from agent.state.store import Pending, Store
+from agent.subsystems.base import Change, SubsystemPlan
+
+
+def state(hostname: str, mode: str = "standard") -> DesiredState:
+    return validate_document({
+        "schema_version": 1,
+        "network": {"hostname": hostname, "domain": "pbx.example.com",
+                    "public_ip": "203.0.113.10",
+                    "interfaces": {"eth0": {"addresses": ["10.0.0.11/24"]}}},
+        "mode": mode,
+    })
+
+
+class Machine:
+    """What the fake subsystems 'configure': a dict standing for the node."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+
+class HostnameSubsystem:
+    """Keeps machine['hostname'] equal to the document; fails for a chosen host name."""
+
+    name = "hostname"
+    owns = ("network",)
+
+    def __init__(self, machine: Machine, fail_for: str | None = None) -> None:
+        self.machine = machine
+        self.fail_for = fail_for
+
+    async def check(self, new: DesiredState) -> list[Problem]:
+        if new.network.hostname == "forbidden":
+            return [Problem("network.hostname", "not on this node")]
+        return []
+
+    def plan(self, old: DesiredState | None, new: DesiredState) -> SubsystemPlan:
+        before = old.network.hostname if old else None
+        if before == new.network.hostname:
+            return SubsystemPlan(self.name)
+        return SubsystemPlan(self.name, steps=(f"hostname {before} → {new.network.hostname}",))
+
+    async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
+        if self.machine.values.get("hostname") == new.network.hostname:
+            return []
+        self.machine.values["hostname"] = new.network.hostname
+        return [Change("set", "hostname", new.network.hostname)]
+
+
+class ModeLike:
+    """Second subsystem: records the mode, fails when the hostname is fail_for."""
+
+    name = "mode"
+    owns = ("mode",)
+
+    def __init__(self, machine: Machine, fail_for: str | None = None) -> None:
+        self.machine = machine
+        self.fail_for = fail_for
+
+    async def check(self, new: DesiredState) -> list[Problem]:
+        return []
+
+    def plan(self, old: DesiredState | None, new: DesiredState) -> SubsystemPlan:
+        if old is not None and old.mode.value == "standard" and new.mode.value == "pure-cloud":
+            return SubsystemPlan(self.name, acknowledge=("the MCS client config is deleted",))
+        return SubsystemPlan(self.name)
+
+    async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
+        if new.network.hostname == self.fail_for:
+            raise RuntimeError("disk full")
+        if self.machine.values.get("mode") == new.mode.value:
+            return []
+        self.machine.values["mode"] = new.mode.value
+        return [Change("set", "mode", new.mode.value)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def machine() -> Machine:
+    return Machine()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "state")
+    s.open()
+    return s
+
+
+def make_engine(store: Store, machine: Machine, fail_for: str | None = None,
+                clock: Clock | None = None) -> Engine:
+    return Engine(store, [HostnameSubsystem(machine), ModeLike(machine, fail_for)], EventLog(),
+                  clock=clock or Clock())
+
+
+async def test_apply_commits_and_reapply_is_a_no_op(store: Store, machine: Machine) -> None:
+    engine = make_engine(store, machine)
+    out = await engine.apply(state("pbx1"))
+    assert out.revision is not None and out.revision.revision == 1
+    assert machine.values == {"hostname": "pbx1", "mode": "standard"}
+    again = await engine.apply(state("pbx1"))
+    assert again.revision is None
+    assert all(not c for c in again.changes.values())
+    assert store.head() == 1
+
+
+async def test_dry_run_changes_nothing(store: Store, machine: Machine) -> None:
+    engine = make_engine(store, machine)
+    await engine.apply(state("pbx1"))
+    out = await engine.apply(state("pbx2"), dry_run=True)
+    assert out.plan.subsystems[0].steps == ("hostname pbx1 → pbx2",)
+    assert [f.path for f in out.plan.fields] == ["network.hostname"]
+    assert machine.values["hostname"] == "pbx1"
+    assert store.head() == 1
+
+
+async def test_failed_apply_restores_the_previous_revision(store: Store, machine: Machine) -> None:
+    engine = make_engine(store, machine, fail_for="pbx2")
+    await engine.apply(state("pbx1"))
+    with pytest.raises(ApplyFailed) as info:
+        await engine.apply(state("pbx2"))
+    assert info.value.message == (
+        "applying failed in mode: RuntimeError('disk full'); the previous revision was re-applied"
+    )
+    assert machine.values == {"hostname": "pbx1", "mode": "standard"}
+    assert store.head() == 1
+
+
+async def test_node_check_problems_are_invalid_input(store: Store, machine: Machine) -> None:
+    engine = make_engine(store, machine)
+    with pytest.raises(InvalidInput) as info:
+        await engine.apply(state("forbidden"))
+    assert [str(p) for p in info.value.problems] == ["network.hostname: not on this node"]
+    assert store.head() == 0 and machine.values == {}
+
+
+async def test_loss_needs_acknowledgement(store: Store, machine: Machine) -> None:
+    engine = make_engine(store, machine)
+    await engine.apply(state("pbx1"))
+    with pytest.raises(ConfirmationRequired) as info:
+        await engine.apply(state("pbx1", "pure-cloud"))
+    assert [p.message for p in info.value.problems] == ["the MCS client config is deleted"]
+    assert machine.values["mode"] == "standard"
+    out = await engine.apply(state("pbx1", "pure-cloud"), yes=True)
+    assert out.revision is not None and machine.values["mode"] == "pure-cloud"
+
+
+async def test_confirmed_apply_rolls_back_without_confirm(store: Store, machine: Machine) -> None:
+    engine = make_engine(store, machine)
+    await engine.apply(state("pbx1"))
+    out = await engine.apply(state("pbx2"), confirm_within=0.05)
+    assert out.confirm_deadline is not None
+    assert machine.values["hostname"] == "pbx2"
+    with pytest.raises(Conflict):
+        await engine.apply(state("pbx3"))
+    await asyncio.sleep(0.2)
+    assert machine.values["hostname"] == "pbx1"
+    assert store.head() == 3
+    assert store.meta(3).source == "auto-rollback"
+    assert store.pending() is None
+
+
+async def test_confirm_keeps_the_change(store: Store, machine: Machine) -> None:
+    engine = make_engine(store, machine)
+    await engine.apply(state("pbx1"))
+    await engine.apply(state("pbx2"), confirm_within=0.1)
+    meta = await engine.confirm()
+    assert meta.revision == 2
+    await asyncio.sleep(0.2)
+    assert machine.values["hostname"] == "pbx2" and store.head() == 2
+    with pytest.raises(Conflict):
+        await engine.confirm()
+
+
+async def test_confirm_window_is_bounded(store: Store, machine: Machine) -> None:
+    engine = make_engine(store, machine)
+    with pytest.raises(InvalidInput):
+        await engine.apply(state("pbx1"), confirm_within=0)
+
+
+async def test_start_reconverges_and_expires_a_stale_pending(
+    store: Store, machine: Machine
+) -> None:
+    clock = Clock()
+    engine = make_engine(store, machine, clock=clock)
+    await engine.apply(state("pbx1"))
+    await engine.apply(state("pbx2"), confirm_within=30)
+    await engine.stop()
+    # the agent restarts after the deadline, on a machine that lost its settings
+    clock.now += 60
+    fresh = Machine()
+    restarted = make_engine(store, fresh, clock=clock)
+    await restarted.start()
+    assert fresh.values == {"hostname": "pbx1", "mode": "standard"}
+    assert store.meta(store.head()).source == "auto-rollback"
+
+
+async def test_start_rearms_a_pending_confirmation(store: Store, machine: Machine) -> None:
+    clock = Clock()
+    engine = make_engine(store, machine, clock=clock)
+    await engine.apply(state("pbx1"))
+    await engine.apply(state("pbx2"), confirm_within=30)
+    await engine.stop()
+    restarted = make_engine(store, machine, clock=clock)
+    await restarted.start()
+    assert machine.values["hostname"] == "pbx2"
+    assert store.pending() is not None
+    await restarted.confirm()
+    assert store.pending() is None
+
+
+async def test_marker_for_a_commit_that_never_happened_is_dropped(
+    store: Store, machine: Machine
+) -> None:
+    engine = make_engine(store, machine)
+    await engine.apply(state("pbx1"))
+    store.set_pending(Pending(2, 1, 9e9))  # killed between marker and commit
+    await make_engine(store, machine).start()
+    assert store.pending() is None and store.head() == 1
