@@ -57,6 +57,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except VoxnodeError as exc:
         return _json({"error": exc.to_dict()}, status=exc.http_status)
     except web.HTTPException as exc:
+        err: VoxnodeError
         if exc.status == 404:
             err = NotFound(f"no such API endpoint: {request.method} {request.path}")
             return _json({"error": err.to_dict()}, status=404)

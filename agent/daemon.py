@@ -32,6 +32,7 @@ from agent.ports.hostname import KernelHostname
 from agent.ports.licence import NoLicence
 from agent.ports.netlink import PyRoute2Netlink
 from agent.sdnotify import Notifier
+from agent.state.document import load_document
 from agent.state.store import Store
 from agent.subsystems.mode import ModeSubsystem
 from agent.subsystems.network import NetworkSubsystem
@@ -40,6 +41,7 @@ log = logging.getLogger("voxnode.agent")
 
 DEFAULT_STATE_DIR = "/var/lib/voxnode"
 DEFAULT_SOCKET = "/run/voxnode/agent.sock"
+DEFAULT_SEED = "/etc/voxnode/seed.yaml"
 STOP_GRACE_S = 60.0
 
 
@@ -63,6 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--root", default="/", type=Path,
         help="root of the node's file system for rendered files (default /); with any "
         "other root the kernel hostname is left alone",
+    )
+    parser.add_argument(
+        "--seed", default=DEFAULT_SEED, type=Path,
+        help="document applied as the first revision when the state directory is empty "
+        f"(written by the installer or the lab; default {DEFAULT_SEED}, path under --root)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -128,6 +135,25 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+async def _apply_seed(engine: Engine, files: FileTree, seed: str, events: EventLog) -> None:
+    """First start: adopt the seed document, if the installer left one."""
+    text = files.read(seed)
+    if text is None:
+        return
+    try:
+        await engine.apply(
+            load_document(text.decode(errors="replace"), seed),
+            source="seed", comment=f"first configuration from {seed}", yes=True,
+        )
+    except VoxnodeError as exc:
+        problems = "; ".join(str(p) for p in exc.problems)
+        events.emit(
+            "config.seed-refused",
+            f"{seed}: {exc.message}" + (f" ({problems})" if problems else ""),
+            level=logging.ERROR,
+        )
+
+
 async def run(args: argparse.Namespace) -> int:
     root: Path = args.root.resolve()
     events = EventLog()
@@ -162,6 +188,8 @@ async def run(args: argparse.Namespace) -> int:
         else:
             watchdog = None
         await engine.start()
+        if store.head() == 0:
+            await _apply_seed(engine, files, str(args.seed), events)
         head = store.head()
         notifier.ready(f"serving; revision {head}" if head else "serving; not configured")
         await stop.wait()

@@ -16,7 +16,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, gid: int = -1) -> None:
     """Write temp file in the same directory, fsync, rename over ``path``, fsync the directory.
 
     A crash at any point leaves either the old or the new content, never a mix.
@@ -28,6 +28,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             fh.write(data)
             fh.flush()
             os.fchmod(fh.fileno(), mode)
+            if gid >= 0:
+                os.fchown(fh.fileno(), -1, gid)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -62,17 +64,38 @@ class FileTree:
     def exists(self, node_path: str) -> bool:
         return self.path(node_path).exists()
 
-    def write_if_changed(self, node_path: str, content: str | bytes, mode: int = 0o644) -> bool:
-        """Write ``content`` atomically unless the file already holds it with that mode."""
+    def group_id(self, name: str) -> int | None:
+        """The gid of group ``name`` in the node's own /etc/group (not the host's)."""
+        table = self.read("/etc/group") or b""
+        for line in table.decode(errors="replace").splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+                return int(fields[2])
+        return None
+
+    def write_if_changed(
+        self, node_path: str, content: str | bytes, mode: int = 0o644, group: str | None = None
+    ) -> bool:
+        """Write ``content`` atomically unless the file already holds it with that mode/group.
+
+        ``group``: the file's group, looked up on the node; when the node has no such group
+        (the service that reads the file is not installed) the file keeps group root.
+        """
         data = content.encode() if isinstance(content, str) else content
         target = self.path(node_path)
+        gid = (self.group_id(group) if group else None)
+        want_gid = 0 if gid is None else gid
         try:
             st = target.stat()
-            if (st.st_mode & 0o7777) == mode and target.read_bytes() == data:
+            if (
+                (st.st_mode & 0o7777) == mode
+                and (group is None or st.st_gid == want_gid)
+                and target.read_bytes() == data
+            ):
                 return False
         except FileNotFoundError:
             pass
-        atomic_write(target, data, mode)
+        atomic_write(target, data, mode, want_gid if group else -1)
         return True
 
     def remove(self, node_path: str) -> bool:

@@ -1,0 +1,335 @@
+"""The working-mode subsystem: licence check, plan wording, and apply on a real file tree."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import Problem, SubsystemError
+from agent.paths import (
+    COTURN_CONF,
+    MCS_CERT_DIR,
+    MCS_CLIENT_CONF,
+    PJSIP_VOXNODE_CONF,
+    TURN_SECRET,
+    WORKING_MODE_JSON,
+)
+from agent.ports.files import FileTree
+from agent.ports.licence import NoLicence, StaticLicence
+from agent.state.document import validate_document
+from agent.state.model import DesiredState
+from agent.subsystems.base import Change
+from agent.subsystems.mode import ModeSubsystem
+
+LICENSED = StaticLicence(frozenset({"PURE_CLOUD"}))
+
+
+def state(mode: str = "standard", **network: Any) -> DesiredState:
+    net: dict[str, Any] = {
+        "hostname": "pbx1",
+        "interfaces": {"eth0": {"addresses": ["10.0.0.11/24"]}},
+        "gateway": "10.0.0.1",
+        "domain": "pbx.example.com",
+        "public_ip": "203.0.113.10",
+    }
+    net |= network
+    return validate_document({"schema_version": 1, "network": net, "mode": mode})
+
+
+STANDARD = state()
+PURE_CLOUD = state("pure-cloud")
+
+
+def subsystem(tmp_path: Path) -> tuple[ModeSubsystem, FileTree]:
+    files = FileTree(tmp_path)
+    return ModeSubsystem(files, LICENSED), files
+
+
+def with_mcs_client(files: FileTree) -> None:
+    files.write_if_changed(MCS_CLIENT_CONF, "client\nremote mcs.example.net 1194\n", 0o600)
+    files.write_if_changed(f"{MCS_CERT_DIR}/client.crt", "-----BEGIN CERTIFICATE-----\n", 0o600)
+
+
+# --- check ----------------------------------------------------------------------------------
+
+
+async def test_pure_cloud_without_licence_is_refused(tmp_path: Path) -> None:
+    sub = ModeSubsystem(FileTree(tmp_path), NoLicence())
+    problems = await sub.check(PURE_CLOUD)
+    assert [str(p) for p in problems] == [
+        "mode: pure-cloud needs the PURE_CLOUD licence module; no licence is active on this "
+        "node (licensing is not set up yet)"
+    ]
+
+
+async def test_active_licence_without_the_module_is_refused(tmp_path: Path) -> None:
+    sub = ModeSubsystem(FileTree(tmp_path), StaticLicence(frozenset({"SMART_WORKING", "CTI"})))
+    assert await sub.check(PURE_CLOUD) == [
+        Problem(
+            "mode",
+            "pure-cloud needs the PURE_CLOUD licence module; the active licence does not "
+            "include it (licensed modules: CTI, SMART_WORKING)",
+        )
+    ]
+
+
+async def test_pure_cloud_with_the_module_is_accepted(tmp_path: Path) -> None:
+    sub, _ = subsystem(tmp_path)
+    assert await sub.check(PURE_CLOUD) == []
+
+
+async def test_standard_needs_no_licence(tmp_path: Path) -> None:
+    assert await ModeSubsystem(FileTree(tmp_path), NoLicence()).check(STANDARD) == []
+
+
+# --- plan -----------------------------------------------------------------------------------
+
+
+def test_plan_standard_to_pure_cloud(tmp_path: Path) -> None:
+    plan = subsystem(tmp_path)[0].plan(STANDARD, PURE_CLOUD)
+    assert plan.acknowledge == (
+        "Switching to Pure Cloud deletes the MCS client configuration (the OpenVPN "
+        "certificate and settings for smart working through MCS) irrecoverably.",
+    )
+    assert plan.warnings == (
+        "User password security changes: the authentication service restarts, and nobody "
+        "can log in until it is back.",
+        "The SIP transport for extensions becomes TLS: every phone must be re-provisioned to "
+        "get the new SIP settings (Yealink through RPS, other phones by setting the "
+        "provisioning URL on each phone).",
+        "Smart working turns on for all WebRTC and mobile app devices: they become usable "
+        "from the internet.",
+        "The new SIP transport takes effect when the PBX engine restarts: calls in progress "
+        "are dropped then.",
+    )
+    assert plan.steps == (
+        "working mode: Standard → Pure Cloud (NAT 1:1)",
+        "User password security: not secure → secure",
+        "SIP password security: not secure → secure",
+        "Phone provisioning security: basic → secure, RPS enabled",
+        "SIP transport for extensions: UDP → TLS",
+        "ICE NAT traversal (supported Yealink): no → yes",
+        "Peer-to-peer media: yes → no",
+        "Co-resident TURN/STUN server: off → on",
+        "Smart working (WebRTC, mobile app): per user (needs MCS and a licence) → on for all "
+        "WebRTC and mobile app devices",
+        "render /etc/asterisk/pjsip_voxnode.conf (TLS transport on 5061 for extensions, "
+        "NAT 1:1 to 203.0.113.10)",
+        "create the TURN shared secret /etc/voxnode/secrets/turn.secret unless it exists",
+        "render /etc/coturn/turnserver.conf (co-resident TURN/STUN on 3478 udp/tcp, relay "
+        "ports 20001-30000, realm pbx.example.com)",
+        "render /etc/voxnode/working-mode.json",
+        "delete the MCS client configuration (/etc/openvpn/client/mcs.conf, /etc/voxnode/mcs)",
+    )
+
+
+def test_plan_pure_cloud_to_standard(tmp_path: Path) -> None:
+    plan = subsystem(tmp_path)[0].plan(PURE_CLOUD, STANDARD)
+    assert plan.acknowledge == ()
+    assert plan.warnings == (
+        "User password security changes: the authentication service restarts, and nobody "
+        "can log in until it is back.",
+        "The SIP transport for extensions becomes UDP: every phone must be re-provisioned to "
+        "get the new SIP settings (by setting the provisioning URL on each phone, or through "
+        "DHCP auto-provisioning).",
+        "ICE NAT traversal is turned off for supported Yealink phones.",
+        "The co-resident TURN/STUN server is turned off.",
+        "Smart working is turned off for all users.",
+        "The new SIP transport takes effect when the PBX engine restarts: calls in progress "
+        "are dropped then.",
+    )
+    assert "SIP transport for extensions: TLS → UDP" in plan.steps
+    assert "remove /etc/coturn/turnserver.conf if present (co-resident TURN/STUN off)" in (
+        plan.steps
+    )
+    assert not any(step.startswith("delete") for step in plan.steps)
+
+
+def test_plan_first_start_needs_no_consent(tmp_path: Path) -> None:
+    plan = subsystem(tmp_path)[0].plan(None, PURE_CLOUD)
+    assert plan.acknowledge == ()
+    assert plan.warnings == ()
+    assert plan.steps[0] == "set the working mode to Pure Cloud (NAT 1:1)"
+    assert not any(step.startswith("delete") for step in plan.steps)
+
+
+def test_plan_unchanged_is_empty(tmp_path: Path) -> None:
+    sub = subsystem(tmp_path)[0]
+    assert sub.plan(STANDARD, STANDARD).empty
+    assert sub.plan(PURE_CLOUD, PURE_CLOUD).empty
+    # Standard renders nothing from the network: moving the public IP changes nothing here
+    assert sub.plan(STANDARD, state(public_ip="203.0.113.20")).empty
+
+
+def test_plan_public_ip_change_in_pure_cloud_rerenders(tmp_path: Path) -> None:
+    plan = subsystem(tmp_path)[0].plan(PURE_CLOUD, state("pure-cloud", public_ip="203.0.113.20"))
+    why = "public IP 203.0.113.10 → 203.0.113.20"
+    assert plan.steps == (
+        f"re-render /etc/asterisk/pjsip_voxnode.conf ({why})",
+        f"re-render /etc/coturn/turnserver.conf ({why})",
+    )
+    assert plan.warnings == (
+        "The new SIP transport takes effect when the PBX engine restarts: calls in progress "
+        "are dropped then.",
+    )
+    assert plan.acknowledge == ()
+
+
+def test_plan_domain_and_interface_changes_in_pure_cloud(tmp_path: Path) -> None:
+    sub = subsystem(tmp_path)[0]
+    domain = sub.plan(PURE_CLOUD, state("pure-cloud", domain="voice.example.com"))
+    why = "domain pbx.example.com → voice.example.com"
+    assert domain.steps == (
+        f"re-render /etc/coturn/turnserver.conf ({why})",
+        f"re-render /etc/voxnode/working-mode.json ({why})",
+    )
+    assert domain.warnings == ()
+    two = {"eth0": {"addresses": ["10.0.0.11/24"]}, "eth1": {"addresses": ["192.168.5.2/24"]}}
+    subnets = sub.plan(PURE_CLOUD, state("pure-cloud", interfaces=two))
+    why = "node subnets 10.0.0.0/24 → 10.0.0.0/24, 192.168.5.0/24"
+    assert subnets.steps == (
+        f"re-render /etc/asterisk/pjsip_voxnode.conf ({why})",
+        f"re-render /etc/coturn/turnserver.conf ({why})",
+    )
+
+
+# --- apply ----------------------------------------------------------------------------------
+
+
+def secret_of(files: FileTree) -> str:
+    data = files.read(TURN_SECRET)
+    assert data is not None
+    return data.decode().strip()
+
+
+def assert_secret_hidden(changes: list[Change], secret: str) -> None:
+    for change in changes:
+        assert secret not in str(change)
+        assert secret not in json.dumps(change.to_dict())
+
+
+async def test_first_start_standard_writes_files_and_keeps_mcs(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    with_mcs_client(files)
+    changes = await sub.apply(None, STANDARD)
+    assert [(c.action, c.target) for c in changes] == [
+        ("write", PJSIP_VOXNODE_CONF),
+        ("write", WORKING_MODE_JSON),
+    ]
+    assert files.exists(MCS_CLIENT_CONF) and files.exists(MCS_CERT_DIR)
+    assert not files.exists(COTURN_CONF) and not files.exists(TURN_SECRET)
+    assert await sub.apply(STANDARD, STANDARD) == []
+
+
+async def test_standard_to_pure_cloud_deletes_mcs_last(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    with_mcs_client(files)
+    await sub.apply(None, STANDARD)
+    changes = await sub.apply(STANDARD, PURE_CLOUD)
+    assert [(c.action, c.target) for c in changes] == [
+        ("create", TURN_SECRET),
+        ("write", COTURN_CONF),
+        ("write", PJSIP_VOXNODE_CONF),
+        ("write", WORKING_MODE_JSON),
+        ("delete", MCS_CLIENT_CONF),
+        ("delete", MCS_CERT_DIR),
+    ]
+    assert not files.exists(MCS_CLIENT_CONF) and not files.exists(MCS_CERT_DIR)
+    secret = secret_of(files)
+    assert len(secret) == 64 and int(secret, 16) >= 0
+    assert stat.S_IMODE(files.path(TURN_SECRET).stat().st_mode) == 0o600
+    assert stat.S_IMODE(files.path(COTURN_CONF).stat().st_mode) == 0o640
+    coturn = files.read(COTURN_CONF)
+    assert coturn is not None and f"static-auth-secret={secret}\n" in coturn.decode()
+    assert_secret_hidden(changes, secret)
+    pjsip = files.read(PJSIP_VOXNODE_CONF)
+    assert pjsip is not None and b"protocol=tls" in pjsip
+    # converged: the same transition again, and the steady state, change nothing
+    assert await sub.apply(STANDARD, PURE_CLOUD) == []
+    assert await sub.apply(PURE_CLOUD, PURE_CLOUD) == []
+    assert secret_of(files) == secret
+
+
+async def test_mcs_survives_when_an_earlier_step_fails(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    with_mcs_client(files)
+    # a directory where the JSON file should be: the write fails before the MCS deletion
+    files.path(WORKING_MODE_JSON).mkdir(parents=True)
+    with pytest.raises(SubsystemError, match=r"cannot update \S*/etc/voxnode/working-mode\.json: "):
+        await sub.apply(STANDARD, PURE_CLOUD)
+    assert files.exists(MCS_CLIENT_CONF) and files.exists(f"{MCS_CERT_DIR}/client.crt")
+
+
+async def test_first_start_in_pure_cloud_keeps_mcs(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    with_mcs_client(files)
+    await sub.apply(None, PURE_CLOUD)
+    assert files.exists(MCS_CLIENT_CONF)
+
+
+async def test_pure_cloud_to_standard_removes_coturn_and_keeps_secret(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    await sub.apply(None, PURE_CLOUD)
+    secret = secret_of(files)
+    changes = await sub.apply(PURE_CLOUD, STANDARD)
+    assert [(c.action, c.target) for c in changes] == [
+        ("remove", COTURN_CONF),
+        ("write", PJSIP_VOXNODE_CONF),
+        ("write", WORKING_MODE_JSON),
+    ]
+    assert not files.exists(COTURN_CONF)
+    mode_json = files.read(WORKING_MODE_JSON)
+    assert mode_json is not None and json.loads(mode_json)["mode"] == "standard"
+    assert await sub.apply(PURE_CLOUD, STANDARD) == []
+    # back to Pure Cloud: the secret is reused, not regenerated
+    changes = await sub.apply(STANDARD, PURE_CLOUD)
+    assert ("create", TURN_SECRET) not in [(c.action, c.target) for c in changes]
+    assert secret_of(files) == secret
+
+
+async def test_existing_secret_is_kept_and_its_mode_tightened(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    files.write_if_changed(TURN_SECRET, "operator-chosen-secret-123\n", 0o644)
+    changes = await sub.apply(None, PURE_CLOUD)
+    assert Change("set", TURN_SECRET, "mode 0600") in changes
+    assert stat.S_IMODE(files.path(TURN_SECRET).stat().st_mode) == 0o600
+    assert secret_of(files) == "operator-chosen-secret-123"
+    assert_secret_hidden(changes, "operator-chosen-secret-123")
+
+
+async def test_malformed_secret_is_an_error_without_the_secret(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    files.write_if_changed(TURN_SECRET, "short secret with spaces\n", 0o600)
+    with pytest.raises(SubsystemError) as info:
+        await sub.apply(None, PURE_CLOUD)
+    assert "spaces" not in json.dumps(info.value.to_dict())
+    assert not files.exists(COTURN_CONF)
+
+
+async def test_public_ip_change_rewrites_only_what_depends_on_it(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    await sub.apply(None, PURE_CLOUD)
+    moved = state("pure-cloud", public_ip="203.0.113.20")
+    changes = await sub.apply(PURE_CLOUD, moved)
+    assert [(c.action, c.target) for c in changes] == [
+        ("write", COTURN_CONF),
+        ("write", PJSIP_VOXNODE_CONF),
+    ]
+    assert_secret_hidden(changes, secret_of(files))
+    assert await sub.apply(moved, moved) == []
+
+
+async def test_apply_repairs_a_drifted_file(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    await sub.apply(None, STANDARD)
+    files.path(PJSIP_VOXNODE_CONF).write_text("; edited by hand\n")
+    files.write_if_changed(COTURN_CONF, "stale\n")
+    changes = await sub.apply(STANDARD, STANDARD)
+    assert [(c.action, c.target) for c in changes] == [
+        ("remove", COTURN_CONF),
+        ("write", PJSIP_VOXNODE_CONF),
+    ]
