@@ -72,7 +72,8 @@ BAD_TEXT = [
     ("duplicate key", "schema_version: 1\nschema_version: 1\n",
      ["bad.yaml:2:1: duplicate key 'schema_version'"]),
     ("empty document", "", [": the document is empty; expected a mapping of sections"]),
-    ("a list, not a mapping", "- a\n", [": the document is a list; expected a mapping of sections"]),
+    ("a list, not a mapping", "- a\n",
+     [": the document is a list; expected a mapping of sections"]),
 ]
 
 

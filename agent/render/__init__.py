@@ -1,0 +1,1 @@
+"""Pure renderers: desired state in, file contents out (no I/O)."""

@@ -1,0 +1,1 @@
+"""Root-only tests against real kernel objects in throwaway network namespaces."""
