@@ -161,8 +161,9 @@ async def run(args: argparse.Namespace) -> int:
     store.open()
     licence = NoLicence()
     files = FileTree(root)
+    netlink = PyRoute2Netlink()
     network = NetworkSubsystem(
-        PyRoute2Netlink(), files, KernelHostname() if root == Path("/") else None
+        netlink, files, KernelHostname() if root == Path("/") else None
     )
     engine = Engine(store, [network, ModeSubsystem(files, licence)], events)
     ctx = AgentContext(
@@ -203,6 +204,7 @@ async def run(args: argparse.Namespace) -> int:
         except TimeoutError:
             log.warning("a change was still running after %.0f s; stopping anyway", STOP_GRACE_S)
         await runner.cleanup()
+        await netlink.close()
         with contextlib.suppress(FileNotFoundError):
             args.socket.unlink()
         if watchdog is not None:

@@ -125,7 +125,22 @@ def render_keyfile(net: NetworkConfig, ifname: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_nm_conf() -> str:
+def dns_from_dhcp(net: NetworkConfig) -> bool:
+    """No DNS servers configured but an interface uses DHCP: take the DHCP server's."""
+    return not net.dns and any(iface.dhcp for iface in net.interfaces.values())
+
+
+def render_nm_conf(net: NetworkConfig) -> str:
+    if dns_from_dhcp(net):
+        return (
+            "# Written by voxnode. network.dns is empty and DHCP is on, so NetworkManager\n"
+            "# writes /etc/resolv.conf from the DHCP lease. The agent owns the host name and\n"
+            "# configures every interface through voxnode-<if> connections: NetworkManager\n"
+            "# must not change the host name nor invent DHCP connections of its own.\n"
+            "[main]\n"
+            "hostname-mode=none\n"
+            "no-auto-default=*\n"
+        )
     return (
         "# Written by voxnode. The agent owns /etc/resolv.conf and the host name, and\n"
         "# configures every interface through voxnode-<if> connections: NetworkManager\n"
@@ -198,9 +213,10 @@ def render_all(net: NetworkConfig) -> list[RenderedFile]:
         for ifname in net.interfaces
     ]
     files += [
-        RenderedFile(NM_CONF, render_nm_conf()),
+        RenderedFile(NM_CONF, render_nm_conf(net)),
         RenderedFile(HOSTNAME, render_hostname(net)),
-        RenderedFile(RESOLV_CONF, render_resolv_conf(net)),
-        RenderedFile(CHRONY_CONF, render_chrony_conf(net)),
     ]
+    if not dns_from_dhcp(net):
+        files.append(RenderedFile(RESOLV_CONF, render_resolv_conf(net)))
+    files.append(RenderedFile(CHRONY_CONF, render_chrony_conf(net)))
     return files

@@ -17,7 +17,7 @@ class FieldChange:
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
-    if isinstance(value, dict) and value:
+    if isinstance(value, dict) and (value or not prefix):
         for key, inner in value.items():
             _flatten(inner, f"{prefix}.{key}" if prefix else str(key), out)
     else:

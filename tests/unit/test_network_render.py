@@ -134,3 +134,14 @@ def test_dns_servers_split_by_family() -> None:
     assert kf["ipv6"]["dns"] == "2001:db8::53;"
     assert kf["ipv6"]["gateway"] == "2001:db8::1"
     assert "dns-search" in kf["ipv6"] and "dns-search" not in kf["ipv4"]
+
+
+def test_dhcp_without_dns_leaves_resolv_conf_to_networkmanager() -> None:
+    dhcp = _net({"hostname": "pbx1", "interfaces": {"eth0": {"dhcp": True}}})
+    paths = {f.path for f in render_all(dhcp)}
+    assert "/etc/resolv.conf" not in paths
+    assert "dns=none" not in next(f.content for f in render_all(dhcp) if f.path.endswith(
+        "90-voxnode.conf"))
+    static = _net({"hostname": "pbx1", "interfaces": {"eth0": {"dhcp": True}},
+                   "dns": ["10.0.0.2"]})
+    assert "/etc/resolv.conf" in {f.path for f in render_all(static)}

@@ -1,0 +1,178 @@
+"""The HTTP/JSON API in-process: the real engine, store and subsystems on in-memory ports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent.api import AgentContext, make_app
+from agent.engine import Engine
+from agent.events import EventLog
+from agent.ports.files import FileTree
+from agent.ports.hostname import MemoryHostname
+from agent.ports.licence import NoLicence, StaticLicence
+from agent.ports.netlink_memory import MemoryNetlink
+from agent.state.store import Store
+from agent.subsystems.mode import ModeSubsystem
+from agent.subsystems.network import NetworkSubsystem
+
+DOC = {
+    "schema_version": 1,
+    "network": {"hostname": "pbx1", "domain": "pbx.example.com", "public_ip": "203.0.113.10",
+                "interfaces": {"eth0": {"addresses": ["10.0.0.11/24"]}},
+                "gateway": "10.0.0.1"},
+}
+
+
+async def make_client(tmp_path: Path, licensed: bool = False) -> TestClient[Any, Any]:
+    kernel = MemoryNetlink()
+    kernel.add_link("eth0")
+    files = FileTree(tmp_path / "root")
+    licence = StaticLicence(frozenset({"PURE_CLOUD"})) if licensed else NoLicence()
+    network = NetworkSubsystem(kernel, files, MemoryHostname("localhost"))
+    store = Store(tmp_path / "state")
+    store.open()
+    events = EventLog()
+    engine = Engine(store, [network, ModeSubsystem(files, licence)], events)
+    ctx = AgentContext(engine=engine, events=events, network=network, licence=licence,
+                       started=time.time(), state_dir=str(tmp_path), root=str(tmp_path))
+    client: TestClient[Any, Any] = TestClient(TestServer(make_app(ctx)))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    client = await make_client(tmp_path)
+    yield client
+    await client.close()
+
+
+async def error_of(resp: Any, status: int, code: str) -> dict[str, Any]:
+    assert resp.status == status
+    body = await resp.json()
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return dict(body["error"])
+
+
+async def test_unconfigured_node(api: TestClient[Any, Any]) -> None:
+    status = await (await api.get("/v1/status")).json()
+    assert status["revision"] is None and status["licence"]["active"] is False
+    err = await error_of(await api.get("/v1/network"), 422, "invalid_input")
+    assert err["problems"] == [
+        {"path": "", "message": "apply a full document first: voxnode config apply FILE"}
+    ]
+
+
+async def test_apply_show_history(api: TestClient[Any, Any]) -> None:
+    resp = await api.post("/v1/config/apply", json={"document": DOC})
+    assert resp.status == 200
+    out = await resp.json()
+    assert out["revision"]["revision"] == 1
+    assert {"action": "add", "target": "address 10.0.0.11/24 on eth0", "detail": ""} in (
+        out["changes"]["network"]
+    )
+    shown = await (await api.get("/v1/config")).json()
+    assert shown["document"]["network"]["hostname"] == "pbx1"
+    history = await (await api.get("/v1/config/history")).json()
+    assert [r["source"] for r in history["revisions"]] == ["apply"]
+
+
+async def test_yaml_body_errors_name_the_source(api: TestClient[Any, Any]) -> None:
+    resp = await api.post("/v1/config/apply", json={"yaml": "a: [", "source": "x.yaml"})
+    err = await error_of(resp, 422, "invalid_input")
+    assert err["problems"][0]["path"] == "x.yaml:1:5"
+
+
+async def test_bad_requests(api: TestClient[Any, Any]) -> None:
+    err = await error_of(await api.post("/v1/config/apply", data=b"{"), 422, "invalid_input")
+    assert err["message"] == "the request body is not JSON"
+    err = await error_of(
+        await api.post("/v1/config/apply", json={"document": DOC, "force": True}),
+        422, "invalid_input",
+    )
+    assert err["problems"][0]["path"] == "force"
+    err = await error_of(
+        await api.post("/v1/config/apply", json={"document": DOC, "yaml": "x"}),
+        422, "invalid_input",
+    )
+    err = await error_of(
+        await api.post("/v1/config/apply", json={"document": DOC, "dry_run": "yes"}),
+        422, "invalid_input",
+    )
+    assert err["problems"] == [{"path": "dry_run", "message": "must be true or false"}]
+    await error_of(await api.get("/v1/nothing"), 404, "not_found")
+    await error_of(await api.delete("/v1/status"), 405, "not_found")
+    err = await error_of(await api.get("/v1/config/revisions/x"), 422, "invalid_input")
+
+
+async def test_network_set_and_missing_interface(api: TestClient[Any, Any]) -> None:
+    await api.post("/v1/config/apply", json={"document": DOC})
+    resp = await api.post("/v1/network", json={"set": {"dns": "10.0.0.2,10.0.0.3"}})
+    assert resp.status == 200
+    shown = await (await api.get("/v1/network")).json()
+    assert shown["desired"]["dns"] == ["10.0.0.2", "10.0.0.3"]
+    assert shown["observed"]["drift"] == []
+    resp = await api.post("/v1/network", json={"set": {"interfaces.eth9.addresses": "10.9.0.1/24"}})
+    err = await error_of(resp, 424, "apply_failed")
+    assert "eth9" in err["message"] and "previous revision was re-applied" in err["message"]
+    history = await (await api.get("/v1/config/history")).json()
+    assert len(history["revisions"]) == 2
+
+
+async def test_mode_needs_licence(api: TestClient[Any, Any]) -> None:
+    await api.post("/v1/config/apply", json={"document": DOC})
+    err = await error_of(await api.post("/v1/mode", json={"mode": "pure-cloud"}),
+                         422, "invalid_input")
+    assert err["problems"] == [{
+        "path": "mode",
+        "message": "pure-cloud needs the PURE_CLOUD licence module; no licence is active on "
+        "this node (licensing is not set up yet)",
+    }]
+    shown = await (await api.get("/v1/mode")).json()
+    assert shown["mode"] == "standard"
+    assert shown["unavailable"][0]["mode"] == "pure-cloud"
+    err = await error_of(await api.post("/v1/mode", json={"mode": "cloud"}), 422, "invalid_input")
+
+
+async def test_mode_switch_needs_yes_then_deletes_mcs(tmp_path: Path) -> None:
+    api = await make_client(tmp_path, licensed=True)
+    try:
+        await api.post("/v1/config/apply", json={"document": DOC})
+        mcs = tmp_path / "root/etc/openvpn/client/mcs.conf"
+        mcs.parent.mkdir(parents=True)
+        mcs.write_text("client\n")
+        err = await error_of(await api.post("/v1/mode", json={"mode": "pure-cloud"}),
+                             409, "confirmation_required")
+        assert "MCS" in err["problems"][0]["message"]
+        assert mcs.exists()
+        resp = await api.post("/v1/mode", json={"mode": "pure-cloud", "yes": True})
+        assert resp.status == 200
+        assert not mcs.exists()
+        assert (await (await api.get("/v1/mode")).json())["mode"] == "pure-cloud"
+    finally:
+        await api.close()
+
+
+async def test_confirm_and_rollback_endpoints(api: TestClient[Any, Any]) -> None:
+    await api.post("/v1/config/apply", json={"document": DOC})
+    await error_of(await api.post("/v1/config/confirm"), 409, "conflict")
+    resp = await api.post("/v1/network", json={"set": {"hostname": "pbx2"},
+                                               "confirm_within": 60})
+    assert (await resp.json())["confirm_deadline"] is not None
+    status = await (await api.get("/v1/status")).json()
+    assert status["pending_confirmation"]["revision"] == 2
+    assert (await api.post("/v1/config/confirm")).status == 200
+    resp = await api.post("/v1/config/rollback", json={"revision": 1})
+    out = await resp.json()
+    assert out["revision"]["source"] == "rollback"
+    await error_of(await api.post("/v1/config/rollback", json={"revision": 42}),
+                   404, "not_found")
+    await error_of(await api.post("/v1/config/rollback", json={"revision": "1"}),
+                   422, "invalid_input")
