@@ -15,12 +15,16 @@ help: ## list the targets
 
 setup: apt venv ## install Debian packages and the .venv (idempotent)
 
-apt:
-	@missing=$$(for p in $(APT_TEST); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+# Install the Debian packages of list $(1) that are missing; a no-op when all are there.
+apt_install = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	| grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+apt:
+	@$(call apt_install,$(APT_TEST))
 
 venv: $(VENV)/.installed
 
@@ -37,7 +41,7 @@ lint: setup ## ruff and mypy (strict on agent/ and ha/)
 fmt: setup
 	$(VENV)/bin/ruff check --fix .
 
-test: setup lint ## the whole suite: lint, unit tests, namespace tests (root)
+test: setup lab-apt lint ## the whole suite: lint, unit, namespace (root) and lab node tests
 	$(PY) -m pytest -q tests
 
 test-unit: setup
@@ -48,3 +52,26 @@ test-netns: setup
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# --- lab: two systemd-nspawn nodes + a client on 10.77.0.0/24 (image/lab.py; needs root) -----
+# Host packages the lab needs; the rootfs itself comes from the same apt mirror (mmdebstrap).
+APT_LAB    := mmdebstrap systemd-container iproute2 util-linux procps iputils-ping
+# lab-down/-status must work without the .venv too: image.lab uses only the standard library
+LABPY       = $(shell test -x $(PY) && echo $(PY) || echo $(SYSPYTHON))
+
+.PHONY: lab lab-apt lab-down lab-status test-node
+
+lab-apt:
+	@$(call apt_install,$(APT_LAB))
+
+lab: setup lab-apt ## build the lab rootfs (cached) and start node1, node2 and the client
+	$(PY) -m image.lab up
+
+lab-down: ## stop the lab and remove its namespaces, containers and node roots
+	$(LABPY) -m image.lab down
+
+lab-status: ## what runs in the lab (containers, addresses, agents)
+	$(LABPY) -m image.lab status
+
+test-node: setup lab-apt ## node tests: starts the lab once, removes it at the end (root)
+	$(PY) -m pytest -q tests/node

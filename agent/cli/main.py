@@ -251,6 +251,16 @@ def cmd_mode_set(client: Client, args: argparse.Namespace) -> int:
     return _show(args, client.post("/v1/mode", body), output.outcome)
 
 
+# --- lab ---------------------------------------------------------------------------------------
+
+
+def cmd_lab(client: Client, args: argparse.Namespace) -> int:
+    """The development lab lives in the image pipeline; it is not part of a node."""
+    from image.lab import main as lab_main
+
+    return lab_main(list(args.lab_args))
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -270,10 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
 
+    # --json is accepted after the command too (`voxnode status --json`)
+    json_after = argparse.ArgumentParser(add_help=False)
+    json_after.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                            help="machine-readable output")
+
     def add(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = group.add_parser(
             name, help=help_text, description=help_text, epilog=EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=argparse.RawDescriptionHelpFormatter, parents=[json_after],
         )
         p.set_defaults(handler=handler)
         return p
@@ -318,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(ms, "set", cmd_mode_set, "switch the working mode")
     p.add_argument("mode", choices=["standard", "pure-cloud"])
     _apply_options(p)
+    lab = sub.add_parser(
+        "lab", add_help=False, prefix_chars="\0",
+        help="the two-node development lab: up | down | status | shell NODE | "
+        "exec NODE -- CMD… (see `voxnode lab --help`)",
+    )
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    lab.set_defaults(handler=cmd_lab)
     return parser
 
 

@@ -69,3 +69,12 @@ def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_network_set_needs_key_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--socket", str(tmp_path / "s"), "network", "set", "hostname"]) == 3
     assert "hostname: expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_json_flag_is_accepted_after_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--socket", str(tmp_path / "s"), "status", "--json"]) == 5
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "agent_unreachable"
+    assert main(["config", "validate", str(DATA / "full.yaml"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["valid"] is True

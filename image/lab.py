@@ -1,0 +1,524 @@
+"""`voxnode lab`: a two-node lab of systemd-nspawn containers on one isolated LAN.
+
+Owns the lab's life cycle: ``up`` (build or reuse the cached rootfs, make the network,
+boot ``node1`` and ``node2``, wait until both agents answer), ``down`` (stop everything,
+verify nothing is left), ``status`` and getting into a node (``shell``, ``exec``).
+
+Each node is ``systemd-nspawn --boot --register=no --keep-unit`` (the host has no systemd
+as PID 1 and no D-Bus) joined to its own network namespace, on an overlay of the cached
+rootfs layers with a fresh writable upper directory per ``up``. The node's address and
+hostname come from the seed document written to ``/etc/voxnode/seed.yaml``, which the
+agent applies as revision 1 at first start. What runs is recorded in ``out/lab/state.json``;
+``down`` also finds the lab's processes by their namespaces, so a lost state file leaves
+nothing behind.
+
+Run as ``python -m image.lab …`` or through ``voxnode lab …`` (which calls ``main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from image import labnet, rootfs
+from image.labnet import Member
+from image.labutil import (
+    EXIT_BOOT,
+    EXIT_FAILED,
+    EXIT_NOT_ROOT,
+    EXIT_NOT_UP,
+    EXIT_OK,
+    EXIT_UNKNOWN_NODE,
+    EXIT_USAGE,
+    LabError,
+    Paths,
+    locked,
+    run,
+    say,
+    step,
+    tail,
+    umount,
+)
+
+NODES = (Member("node1", "10.77.0.11"), Member("node2", "10.77.0.12"))
+CLIENT = Member("client", "10.77.0.100")
+NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+UP_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 20.0
+HOST_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "ip", "mount", "systemctl")
+
+
+def seed_document(node: Member) -> str:
+    return (
+        "# written by `voxnode lab up`: the agent applies it as revision 1 at first start\n"
+        "schema_version: 1\n"
+        "network:\n"
+        f"  hostname: {node.name}\n"
+        "  interfaces:\n"
+        f"    eth0: {{addresses: [{node.address}/{labnet.PREFIXLEN}], dhcp: false}}\n"
+        f"  gateway: {labnet.GATEWAY}\n"
+        "mode: standard\n"
+    )
+
+
+def member(name: str) -> Member:
+    for node in NODES:
+        if node.name == name:
+            return node
+    names = ", ".join(n.name for n in NODES)
+    raise LabError(f"unknown node {name!r} (the lab has {names})", EXIT_UNKNOWN_NODE)
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def nspawn_pid(node: Member) -> int | None:
+    """The host PID of the node's systemd-nspawn, found by its command line."""
+    marker = f"--network-namespace-path={labnet.NETNS_DIR / node.netns}"
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            argv = _cmdline(int(entry))
+            if argv and argv[0].endswith("systemd-nspawn") and marker in argv:
+                return int(entry)
+    return None
+
+
+def container_pid(nspawn: int) -> int | None:
+    """The container's PID 1 (systemd), as a host PID: the child of systemd-nspawn."""
+    for task in Path(f"/proc/{nspawn}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in task.read_text().split():
+                if Path(f"/proc/{child}/ns/pid").exists() and os.readlink(
+                    f"/proc/{child}/ns/pid"
+                ) != os.readlink("/proc/self/ns/pid"):
+                    return int(child)
+    return None
+
+
+def node_command(leader: int, command: list[str], tty: bool = False) -> list[str]:
+    """Argv that runs ``command`` inside the container whose PID 1 is ``leader``."""
+    env = ["PATH=" + NODE_PATH, "HOME=/root", "LANG=C.UTF-8", "USER=root", "LOGNAME=root"]
+    if tty:
+        env.append("TERM=" + os.environ.get("TERM", "xterm"))
+    return ["nsenter", f"--target={leader}", "--mount", "--uts", "--ipc", "--net", "--pid",
+            "--root", "--wd", "/usr/bin/env", "-i", *env, *command]
+
+
+def in_node(leader: int, command: list[str], timeout: float = 15.0) -> tuple[int, str]:
+    """Run a command in a node and capture its output: (exit code, stdout)."""
+    try:
+        proc = subprocess.run(node_command(leader, command), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return 124, ""
+    return proc.returncode, proc.stdout
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeProbe:
+    name: str
+    running: bool
+    nspawn_pid: int | None
+    leader_pid: int | None
+    addresses: list[str]
+    agent: bool
+    revision: int | None
+    hostname: str | None
+    systemd: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def probe(node: Member) -> NodeProbe:
+    pid = nspawn_pid(node)
+    leader = container_pid(pid) if pid else None
+    agent, revision, hostname, systemd = False, None, None, "-"
+    if leader:
+        code, out = in_node(leader, ["voxnode", "--json", "status"])
+        if code == 0:
+            agent = True
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                data = json.loads(out)
+                hostname = data.get("hostname")
+                revision = (data.get("revision") or {}).get("revision")
+        _, out = in_node(leader, ["systemctl", "is-system-running"])
+        systemd = out.strip() or "unknown"
+    return NodeProbe(node.name, leader is not None, pid, leader,
+                     labnet.addresses(node.netns), agent, revision, hostname, systemd)
+
+
+def _load_state(paths: Paths) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(paths.state_file.read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(paths: Paths, state: dict[str, Any]) -> None:
+    tmp = paths.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, paths.state_file)
+
+
+# --- up -------------------------------------------------------------------------------------
+
+
+def _prepare_root(paths: Paths, node: Member, fs: rootfs.Rootfs) -> Path:
+    base = paths.nodes / node.name
+    upper, work, root = base / "upper", base / "work", base / "root"
+    for d in (upper, work, root):
+        d.mkdir(parents=True)
+    etc = upper / "etc"
+    (etc / "voxnode").mkdir(parents=True)
+    (etc / "voxnode" / "seed.yaml").write_text(seed_document(node))
+    (etc / "hostname").write_text(node.name + "\n")
+    (etc / "hosts").write_text(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        + "".join(f"{n.address}\t{n.name}\n" for n in NODES)
+        + f"{CLIENT.address}\t{CLIENT.name}\n{labnet.GATEWAY}\tgateway\n"
+    )
+    (etc / "machine-id").write_text(os.urandom(16).hex() + "\n")
+    run(["mount", "-t", "overlay", f"vxlab-{node.name}", "-o",
+         f"lowerdir={fs.lowerdir},upperdir={upper},workdir={work}", root])
+    return root
+
+
+def _boot(paths: Paths, node: Member, root: Path) -> int:
+    log = paths.node_log(node.name)
+    cmd = ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", f"--machine={node.name}",
+           f"--directory={root}", f"--network-namespace-path={labnet.NETNS_DIR / node.netns}",
+           # the agent owns eth0's addresses and routes
+           "--capability=CAP_NET_ADMIN",
+           "--console=read-only", "--link-journal=no", "--resolv-conf=off", "--timezone=off"]
+    with log.open("w") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc.pid
+
+
+def _wait_agents(paths: Paths, timeout: float) -> list[NodeProbe]:
+    deadline = time.monotonic() + timeout
+    waiting = list(NODES)
+    probes: dict[str, NodeProbe] = {}
+    while waiting:
+        for node in list(waiting):
+            p = probe(node)
+            if p.nspawn_pid is None or not _alive(p.nspawn_pid):
+                log = paths.node_log(node.name)
+                raise LabError(f"{node.name} stopped while booting (log {log})",
+                               EXIT_BOOT, detail=tail(log, 20))
+            if p.agent and p.revision is not None:
+                probes[node.name] = p
+                waiting.remove(node)
+                say(f"    {node.name}: agent answers (systemd {p.systemd}, revision {p.revision})")
+        if waiting and time.monotonic() > deadline:
+            node = waiting[0]
+            pid = nspawn_pid(node)
+            leader = container_pid(pid) if pid else None
+            journal = ""
+            if leader:
+                _, journal = in_node(leader, ["journalctl", "-b", "--no-pager", "-n", "15",
+                                              "-u", "voxnode-agent.service"])
+            what = ("answers but has no revision (was the seed refused?)"
+                    if probe(node).agent else "did not answer")
+            raise LabError(
+                f"{node.name}: the agent {what} within {timeout:.0f} s "
+                f"(node log {paths.node_log(node.name)}; the lab is left running for a "
+                f"look: `voxnode lab shell {node.name}`, then `make lab-down`)", EXIT_BOOT,
+                detail=tail(paths.node_log(node.name), 12)
+                + ("\n--- journal of voxnode-agent.service ---\n" + journal.rstrip()
+                   if journal else ""))
+        if waiting:
+            time.sleep(0.5)
+    return [probes[n.name] for n in NODES]
+
+
+def usage_text(probes: list[NodeProbe]) -> str:
+    lines = ["", "The lab is up (bridge 10.77.0.1 in netns vxlab-br, no route out):"]
+    for p, node in zip(probes, NODES, strict=True):
+        lines.append(f"  {p.name}: {node.address}  (netns {node.netns}, "
+                     f"revision {p.revision}, systemd {p.systemd})")
+    lines.append(f"  client: {CLIENT.address}  (netns {CLIENT.netns})")
+    lines += [
+        "",
+        "Use it:",
+        "  .venv/bin/voxnode lab shell node1                       # a root shell on node1",
+        "  .venv/bin/voxnode lab exec node1 -- voxnode status      # one command, exit code kept",
+        "  .venv/bin/voxnode lab exec node2 -- journalctl -u voxnode-agent -f",
+        f"  ip netns exec {CLIENT.netns} ping {NODES[0].address}              # from the client",
+        "  .venv/bin/voxnode lab status [--json]",
+        "  make lab-down                                            # remove everything",
+    ]
+    return "\n".join(lines)
+
+
+def up(paths: Paths, timeout: float) -> int:
+    current = {n.name: probe(n) for n in NODES}
+    complete = all(p.running and p.agent for p in current.values()) and all(
+        labnet.exists(m.netns) for m in (*NODES, CLIENT))
+    if complete:
+        say("The lab is already up.")
+        if _load_state(paths).get("rootfs") != rootfs.keys()["agent"]:
+            say("note: the sources changed since it started; `lab down` then `lab up` to "
+                "run the new rootfs.")
+        say(usage_text(list(current.values())))
+        return EXIT_OK
+    if any(p.running for p in current.values()) or labnet.namespaces() or paths.state_file.exists():
+        say("==> a previous lab is partly up: removing it first")
+        down(paths, quiet=True)
+    started = time.monotonic()
+    fs = rootfs.ensure(paths)
+    state: dict[str, Any] = {"rootfs": fs.key, "layers": [str(p) for p in fs.layers],
+                             "started": time.time(), "nodes": {}}
+    _save_state(paths, state)
+    with step("network: bridge 10.77.0.1/24 and namespaces for node1, node2, client"):
+        labnet.create_bridge()
+        for node in NODES:
+            labnet.attach(node, configure=False)
+        labnet.attach(CLIENT, configure=True)
+    with step("booting node1 and node2 (systemd-nspawn)"):
+        for node in NODES:
+            root = _prepare_root(paths, node, fs)
+            pid = _boot(paths, node, root)
+            state["nodes"][node.name] = {"nspawn_pid": pid, "root": str(root),
+                                         "log": str(paths.node_log(node.name))}
+            _save_state(paths, state)
+    with step(f"waiting for both agents to answer (up to {timeout:.0f} s)"):
+        probes = _wait_agents(paths, timeout)
+    say(f"lab up in {time.monotonic() - started:.1f} s")
+    say(usage_text(probes))
+    return EXIT_OK
+
+
+# --- down -----------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _lab_pids() -> set[int]:
+    pids = {p for n in NODES if (p := nspawn_pid(n))}
+    for ns in labnet.namespaces():
+        pids.update(labnet.pids_inside(ns))
+    pids.discard(os.getpid())
+    return {p for p in pids if _alive(p)}
+
+
+def down(paths: Paths, quiet: bool = False) -> int:
+    started = time.monotonic()
+    nspawns = {n.name: p for n in NODES if (p := nspawn_pid(n))}
+    if nspawns:
+        with step(f"stopping {', '.join(nspawns)}"):
+            for pid in nspawns.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)  # nspawn powers the container off cleanly
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while any(_alive(p) for p in nspawns.values()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            for pid in nspawns.values():
+                if _alive(pid):
+                    say(f"    pid {pid} still running after {STOP_TIMEOUT_S:.0f} s: SIGKILL")
+                    leader = container_pid(pid)
+                    for victim in (leader, pid):
+                        if victim:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(victim, signal.SIGKILL)
+    reaped = time.monotonic() + 1  # give init a moment to reap the nspawn zombies
+    while any(Path(f"/proc/{p}").exists() for p in nspawns.values()) and time.monotonic() < reaped:
+        time.sleep(0.05)
+    for pid in _lab_pids():  # anything else still inside a lab namespace
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _lab_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for node in NODES:
+        base = paths.nodes / node.name
+        umount(base / "root")
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(f"/run/systemd/nspawn/propagate/{node.name}", ignore_errors=True)
+    for ns in labnet.namespaces():
+        labnet.delete(ns)
+    with contextlib.suppress(FileNotFoundError):
+        paths.state_file.unlink()
+    left = sorted(_lab_pids())
+    problems = []
+    if left:
+        problems.append(f"processes still running: {left}")
+    if labnet.namespaces():
+        problems.append(f"namespaces still present: {labnet.namespaces()}")
+    mounted = [n.name for n in NODES if (paths.nodes / n.name / "root").exists()]
+    if mounted:
+        problems.append(f"node roots still present: {mounted}")
+    if problems:
+        raise LabError("lab down left things behind: " + "; ".join(problems))
+    if not quiet:
+        say(f"The lab is down (nothing left; {time.monotonic() - started:.1f} s).")
+    return EXIT_OK
+
+
+# --- status, shell, exec --------------------------------------------------------------------
+
+
+def status(as_json: bool) -> int:
+    probes = [probe(n) for n in NODES]
+    client_addresses = labnet.addresses(CLIENT.netns)
+    client_ns = labnet.exists(CLIENT.netns)
+    client = {"netns": client_ns, "addresses": client_addresses}
+    bridge = {"netns": labnet.exists(labnet.BRIDGE_NS),
+              "addresses": labnet.addresses(labnet.BRIDGE_NS, labnet.BRIDGE)}
+    healthy = all(p.running and p.agent for p in probes) and client_ns
+    if as_json:
+        print(json.dumps({"up": healthy, "nodes": {p.name: p.as_dict() for p in probes},
+                          "client": client, "bridge": bridge}, indent=2))
+    else:
+        rows = [("node", "container", "pid", "address", "agent", "revision", "systemd")]
+        for p in probes:
+            rows.append((p.name, "running" if p.running else "stopped",
+                         str(p.leader_pid or "-"), ",".join(p.addresses) or "-",
+                         "answers" if p.agent else "no", str(p.revision or "-"), p.systemd))
+        rows.append(("client", "netns" if client_ns else "absent", "-",
+                     ",".join(client_addresses) or "-", "-", "-", "-"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        print("lab: " + ("up" if healthy else "down" if not any(p.running for p in probes)
+                         else "degraded"))
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def enter(name: str, command: list[str], tty: bool) -> int:
+    node = member(name)
+    pid = nspawn_pid(node)
+    leader = container_pid(pid) if pid else None
+    if leader is None:
+        raise LabError(f"{node.name} is not running (start the lab with `make lab`)", EXIT_NOT_UP)
+    argv = node_command(leader, command, tty=tty)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command gets ^C itself
+    try:
+        code = subprocess.call(argv)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 128 - code if code < 0 else code
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="voxnode lab",
+        description="A two-node lab: node1 and node2 are systemd-nspawn containers booting the "
+        "lab rootfs (Debian 12 + the agent), on the LAN 10.77.0.0/24 with a client namespace.",
+        epilog="exit status: 0 ok; 1 failed (status: lab not fully up); 2 usage; 3 unknown "
+        "node; 4 not root or host tool missing; 5 node not running; 6 rootfs build failed; "
+        "7 a node did not come up. `exec` returns the command's own exit status.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    up_p = sub.add_parser("up", help="build (cached) and start the lab; waits for both agents")
+    up_p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S,
+                      help=f"seconds to wait for the agents (default {UP_TIMEOUT_S:.0f})")
+    sub.add_parser("down", help="stop and remove everything the lab made")
+    st = sub.add_parser("status", help="containers, addresses, agents, systemd state")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    sh = sub.add_parser("shell", help="a login shell inside a node")
+    sh.add_argument("node")
+    ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
+    ex.add_argument("node")
+    ex.add_argument("cmd", nargs="*", metavar="-- CMD", help="the command and its arguments")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `exec NODE -- CMD...`: everything after the first `--` is the command, untouched
+    command: list[str] | None = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
+    args = parser().parse_args(argv)
+    paths = Paths.default()
+    try:
+        if args.command == "exec":
+            if command is None or args.cmd or not command:
+                raise LabError("usage: voxnode lab exec NODE -- CMD [ARGS...] (the `--` is "
+                               "required)", EXIT_USAGE)
+            member(args.node)
+        elif command is not None:
+            raise LabError(f"`--` is only valid with exec, not {args.command}", EXIT_USAGE)
+        if args.command == "shell":
+            member(args.node)
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces, mounts, nspawn): "
+                           "run it with sudo", EXIT_NOT_ROOT)
+        if args.command == "up":
+            missing = [t for t in rootfs_tools() if shutil.which(t) is None]
+            if missing:
+                raise LabError(f"missing host tools: {', '.join(missing)} (`make lab` installs "
+                               "them)", EXIT_NOT_ROOT)
+            with locked(paths.out / "lock"):
+                return up(paths, args.timeout)
+        if args.command == "down":
+            with locked(paths.out / "lock"):
+                return down(paths)
+        if args.command == "status":
+            return status(args.json)
+        if args.command == "shell":
+            shell = ["/bin/bash", "-l"]
+            if sys.stdin.isatty():  # a pty of the node's own devpts, so `tty`, sudo, less work
+                shell = ["/usr/bin/script", "-qfec", "/bin/bash -l", "/dev/null"]
+            return enter(args.node, shell, tty=True)
+        assert command is not None
+        return enter(args.node, command, tty=sys.stdin.isatty())
+    except LabError as exc:
+        print(f"voxnode lab: error: {exc.message}", file=sys.stderr)
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("voxnode lab: interrupted", file=sys.stderr)
+        return 130
+
+
+def rootfs_tools() -> tuple[str, ...]:
+    return HOST_TOOLS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Small pieces shared by the lab modules: the error type and its exit codes, running host
+commands with readable failures, timed progress steps, and the lab's file locations.
+
+Nothing here knows about nodes or rootfs layers; ``image.rootfs``, ``image.labnet`` and
+``image.lab`` build on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# exit codes of `voxnode lab` (`exec` passes the command's own code through instead)
+EXIT_OK = 0
+EXIT_FAILED = 1  # a host command failed, or `status` found the lab down / degraded
+EXIT_USAGE = 2  # bad arguments (argparse), `exec` without `--`
+EXIT_UNKNOWN_NODE = 3
+EXIT_NOT_ROOT = 4  # not root, or a host tool / kernel feature is missing
+EXIT_NOT_UP = 5  # `exec` / `shell` on a node that is not running
+EXIT_BUILD = 6  # building the rootfs failed
+EXIT_BOOT = 7  # a node did not come up (its agent did not answer in time)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the lab keeps things.
+
+    Small files (state, logs, lock) live in the repository's ``out/lab``. The big trees
+    (cached rootfs layers, the per-node overlay roots) live outside the repository, under
+    ``/var/cache/voxnode-lab``: setuptools' package finder and editors walk the whole
+    repository, and a mounted node root there would make them crawl a full Debian system.
+    """
+
+    out: Path
+    cache: Path
+
+    @classmethod
+    def default(cls) -> Paths:
+        out = Path(os.environ.get("VOXNODE_LAB_OUT", REPO / "out" / "lab"))
+        cache = Path(os.environ.get("VOXNODE_LAB_CACHE", "/var/cache/voxnode-lab"))
+        return cls(out=out, cache=cache)
+
+    @property
+    def layers(self) -> Path:
+        return self.cache / "layers"
+
+    @property
+    def nodes(self) -> Path:
+        return self.cache / "nodes"
+
+    @property
+    def state_file(self) -> Path:
+        return self.out / "state.json"
+
+    @property
+    def build_log(self) -> Path:
+        return self.out / "build.log"
+
+    def node_log(self, node: str) -> Path:
+        return self.out / f"{node}.log"
+
+
+class LabError(Exception):
+    """A failure to report as one line (plus optional detail), with a distinct exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.detail = detail
+
+
+def run(
+    cmd: Sequence[str | Path],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    log: Path | None = None,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a host command. With ``log`` its output is appended there (and shown on failure)."""
+    argv = [str(c) for c in cmd]
+    try:
+        if log is not None:
+            with log.open("a") as fh:
+                fh.write(f"\n$ {' '.join(argv)}\n")
+                fh.flush()
+                proc = subprocess.run(
+                    argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    text=True, timeout=timeout, env=env, check=False,
+                )
+        else:
+            proc = subprocess.run(
+                argv, capture_output=capture, stdin=subprocess.DEVNULL, text=True,
+                timeout=timeout, env=env, check=False,
+            )
+    except FileNotFoundError:
+        raise LabError(f"{argv[0]} is not installed", EXIT_NOT_ROOT) from None
+    except subprocess.TimeoutExpired:
+        raise LabError(f"`{' '.join(argv)}` did not finish within {timeout:.0f} s") from None
+    if check and proc.returncode != 0:
+        if log is not None:
+            detail = tail(log, 25)
+        else:
+            detail = ((proc.stderr or "") + (proc.stdout or "")).strip()
+        raise LabError(
+            f"`{' '.join(argv)}` failed with exit code {proc.returncode}", detail=detail
+        )
+    return proc
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+@contextlib.contextmanager
+def step(title: str) -> Iterator[None]:
+    """Print a progress line, then how long the step took (or that it failed)."""
+    start = time.monotonic()
+    print(f"==> {title} …", flush=True)
+    try:
+        yield
+    except BaseException:
+        print(f"    failed after {time.monotonic() - start:.1f} s", flush=True)
+        raise
+    print(f"    done in {time.monotonic() - start:.1f} s", flush=True)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (waits for another `lab` command to finish)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another lab command (lock {path}) …", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path.resolve()) if path.exists() else str(path)
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            return any(line.split()[4] == target for line in fh)
+    except OSError:
+        return False
+
+
+def umount(path: Path) -> None:
+    """Unmount ``path`` if mounted; fall back to a lazy unmount when it is busy."""
+    if not is_mounted(path):
+        return
+    if run(["umount", path], check=False).returncode != 0:
+        run(["umount", "-l", path])

@@ -1,0 +1,415 @@
+"""The lab rootfs: a Debian 12 system with systemd, the PBX stack and the voxnode agent.
+
+Owns building and caching it. The rootfs is three overlayfs layers, each cached under a
+hash of its inputs and built into a temporary directory that is renamed only when
+complete (an interrupted build is never used):
+
+1. ``base-<hash>``: ``mmdebstrap --variant=minbase bookworm`` with ``PACKAGES``, from the
+   host's own Debian mirror. Key: the exact mmdebstrap command line.
+2. ``venv-<hash>``: ``/opt/voxnode/venv`` made by the rootfs's own python3, holding the
+   agent's dependencies from PyPI. Key: base key + the dependency list of pyproject.toml.
+3. ``agent-<hash>``: the wheel of this repository installed into that venv, the
+   ``/usr/bin`` symlinks, ``image/overlay/`` (the unit and tmpfiles the AlmaLinux image
+   carries too) and the unit policy (agent enabled; PBX units disabled, left for the
+   agent's services subsystem). Key: venv key + pyproject.toml, README.md and every file
+   under agent/, ha/ and image/ (this build script and the overlay included).
+
+Editing the agent therefore rebuilds only the small top layer. Nodes mount the three
+layers read-only under their own writable upper directory. Only the newest layer of each
+kind is kept (plus any a running lab still uses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from image.labutil import (
+    EXIT_BUILD,
+    EXIT_NOT_ROOT,
+    REPO,
+    LabError,
+    Paths,
+    locked,
+    run,
+    say,
+    step,
+    tail,
+    umount,
+)
+
+SUITE = "bookworm"
+PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "iproute2", "procps", "python3", "python3-venv",
+    "kamailio", "mariadb-server", "rsync", "coturn", "openvpn", "nginx-light", "less",
+    "ca-certificates", "iputils-ping", "bash", "sudo",
+)
+VENV = "/opt/voxnode/venv"
+OVERLAY = REPO / "image" / "overlay"
+WHEEL_INPUTS = ("pyproject.toml", "README.md", "agent", "ha", "image")
+
+AGENT_UNIT = "voxnode-agent.service"
+# installed enabled by Debian; the agent's services subsystem starts them by licence/role
+DISABLED_UNITS = (
+    "kamailio.service", "mariadb.service", "mariadb.socket", "coturn.service",
+    "openvpn.service", "nginx.service", "e2scrub_reap.service",
+)
+# would fight the agent, need the outside world, or wait for console input in a container
+MASKED_UNITS = (
+    "systemd-networkd.service", "systemd-networkd.socket", "systemd-networkd-wait-online.service",
+    "systemd-firstboot.service", "console-getty.service", "getty@tty1.service",
+    "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
+    "fstrim.timer",
+)
+BUILD_MACHINE = "vxlab-build"
+SYMLINKS = {"/usr/bin/voxnode": f"{VENV}/bin/voxnode",
+            "/usr/bin/voxnode-agent": f"{VENV}/bin/voxnode-agent"}
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """A built rootfs: its layers, lowest first, and the key of the top one."""
+
+    layers: tuple[Path, ...]
+    key: str
+
+    @property
+    def lowerdir(self) -> str:
+        """The overlayfs ``lowerdir=`` value (top layer first)."""
+        return ":".join(str(p) for p in reversed(self.layers))
+
+
+def _digest(*parts: str | bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def host_mirrors() -> list[str]:
+    """The host's Debian apt sources for SUITE as one-line ``deb`` entries (offline mirror)."""
+    entries: list[str] = []
+    files = [Path("/etc/apt/sources.list"),
+             *sorted(Path("/etc/apt/sources.list.d").glob("*.list")),
+             *sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))]
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields: dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if line.startswith("#") or ":" not in line:
+                        continue
+                    key, _, value = line.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+                if "deb" not in fields.get("types", "").split():
+                    continue
+                for uri in fields.get("uris", "").split():
+                    for suite in fields.get("suites", "").split():
+                        entries.append(f"deb {uri} {suite} {fields.get('components', 'main')}")
+        else:
+            for line in text.splitlines():
+                line = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).strip()
+                if line.startswith("deb "):
+                    entries.append(" ".join(line.split()))
+    ours = [e for e in entries if e.split()[2].startswith(SUITE)]
+    return ours or [f"deb http://deb.debian.org/debian {SUITE} main"]
+
+
+def base_command(target: Path) -> list[str]:
+    return [
+        "mmdebstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+        # the build copies the host's resolv.conf and hostname in; the lab sets its own
+        '--customize-hook=rm -f "$1/etc/resolv.conf" "$1/etc/hostname"',
+        '--customize-hook=truncate -s 0 "$1/etc/machine-id"',
+        SUITE, str(target), *host_mirrors(),
+    ]
+
+
+def dependencies() -> list[str]:
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        project = tomllib.load(fh)["project"]
+    return sorted(project.get("dependencies", []))
+
+
+def _input_files() -> list[Path]:
+    files: list[Path] = []
+    for name in WHEEL_INPUTS:
+        path = REPO / name
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            files.extend(
+                p for p in path.rglob("*")
+                if (p.is_file() or p.is_symlink()) and "__pycache__" not in p.parts
+                and p.suffix not in (".pyc", ".pyo")
+            )
+    return sorted(files)
+
+
+def keys() -> dict[str, str]:
+    """The cache keys of the three layers, computed from their inputs (cheap)."""
+    base = _digest("base", *base_command(Path("TARGET")))
+    venv = _digest("venv", base, VENV, *dependencies())
+    parts: list[str | bytes] = ["agent", venv]
+    for path in _input_files():
+        parts.append(str(path.relative_to(REPO)))
+        parts.append(os.readlink(path) if path.is_symlink() else path.read_bytes())
+    return {"base": base, "venv": venv, "agent": _digest(*parts)}
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def _nspawn_run(root: Path, command: Sequence[str], log: Path, binds: Iterable[str] = ()) -> None:
+    """Run a command inside ``root`` (not booted, no network: inputs come bind-mounted)."""
+    try:
+        run(
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe",
+             f"--machine={BUILD_MACHINE}", "--private-network", "--resolv-conf=off",
+             "--timezone=off", "--link-journal=no", "--setenv=PIP_NO_CACHE_DIR=1",
+             "--setenv=PIP_DISABLE_PIP_VERSION_CHECK=1",
+             *(f"--bind-ro={b}" for b in binds), "-D", root, *command],
+            log=log,
+        )
+    finally:
+        shutil.rmtree(f"/run/systemd/nspawn/propagate/{BUILD_MACHINE}", ignore_errors=True)
+
+
+def host_wheels(paths: Paths, requirements: Sequence[str], into: Path) -> None:
+    """Wheels for ``requirements`` made by the host's pip (same Debian 12 / CPython 3.11 as
+    the rootfs), so the container installs offline and the host's pip configuration
+    (index, proxy, certificates) is the only one that matters."""
+    shutil.rmtree(into, ignore_errors=True)
+    into.mkdir(parents=True)
+    run([sys.executable, "-m", "pip", "wheel", "-q", "-w", into, *requirements],
+        log=paths.build_log)
+
+
+class _LayerBuild:
+    """An overlay (given lower layers + a fresh upper) mounted for building one layer."""
+
+    def __init__(self, lowers: Sequence[Path], tmp: Path) -> None:
+        self.lowers = lowers
+        self.tmp = tmp
+        self.upper = tmp / "root"
+        self.work = tmp / "work"
+        self.merged = tmp / "merged"
+
+    def __enter__(self) -> _LayerBuild:
+        for d in (self.upper, self.work, self.merged):
+            d.mkdir(parents=True)
+        lower = ":".join(str(p) for p in reversed(self.lowers))
+        run(["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={lower},upperdir={self.upper},workdir={self.work}", self.merged])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        umount(self.merged)
+
+    def finish(self, final: Path) -> None:
+        """Drop what the build leaves behind and publish the layer atomically."""
+        umount(self.merged)
+        for leftover in ("mnt/wheels",):
+            path = self.upper / leftover
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        shutil.rmtree(self.work)
+        self.merged.rmdir()
+        os.rename(self.tmp, final)
+
+
+def _fresh(tmp: Path) -> None:
+    if tmp.exists():
+        for sub in ("merged",):
+            umount(tmp / sub)
+        shutil.rmtree(tmp)
+
+
+def _build_base(paths: Paths, key: str) -> Path:
+    final = paths.layers / f"base-{key}"
+    tmp = paths.layers / f"base-{key}.tmp"
+    _fresh(tmp)
+    tmp.mkdir(parents=True)
+    with step(f"mmdebstrap {SUITE} with {len(PACKAGES)} packages (base layer)"):
+        cmd = base_command(tmp / "root")
+        with paths.build_log.open("a") as log:
+            log.write(f"\n$ {' '.join(cmd)}\n")
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith("I: ") and "success" not in line:
+                    say(f"    {line[3:].rstrip()}")
+            if proc.wait() != 0:
+                raise LabError("mmdebstrap failed", EXIT_BUILD, detail=_tail_log(paths))
+        os.rename(tmp, final)
+    return final
+
+
+def _build_venv(paths: Paths, key: str, base: Path) -> Path:
+    final = paths.layers / f"venv-{key}"
+    tmp = paths.layers / f"venv-{key}.tmp"
+    _fresh(tmp)
+    with step(f"agent dependencies into {VENV} (venv layer)"):
+        wheels = paths.cache / "deps"
+        host_wheels(paths, dependencies(), wheels)
+        with _LayerBuild([base / "root"], tmp) as build:
+            script = (f"set -e; python3 -m venv {VENV}; {VENV}/bin/pip install -q --no-index "
+                      f"--find-links /mnt/wheels {' '.join(repr(d) for d in dependencies())}")
+            _nspawn_run(build.merged, ["/bin/sh", "-c", script], paths.build_log,
+                        binds=[f"{wheels}:/mnt/wheels"])
+            build.finish(final)
+        shutil.rmtree(wheels, ignore_errors=True)
+    return final
+
+
+def build_wheel(paths: Paths) -> Path:
+    """Build the voxnode wheel from a clean copy of its inputs (never walks out/ or .venv)."""
+    work = paths.cache / "wheel"
+    shutil.rmtree(work, ignore_errors=True)
+    src, dist = work / "src", work / "dist"
+    src.mkdir(parents=True)
+    for name in WHEEL_INPUTS:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif path.exists():
+            shutil.copy2(path, src / name)
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", dist, src],
+        log=paths.build_log)
+    shutil.rmtree(src)
+    wheels = sorted(dist.glob("voxnode-*.whl"))
+    if not wheels:
+        raise LabError("pip wheel produced no voxnode wheel", EXIT_BUILD)
+    return dist
+
+
+def _build_agent(paths: Paths, key: str, lowers: list[Path]) -> Path:
+    final = paths.layers / f"agent-{key}"
+    tmp = paths.layers / f"agent-{key}.tmp"
+    _fresh(tmp)
+    with step("voxnode wheel, overlay and unit policy (agent layer)"):
+        dist = build_wheel(paths)
+        with _LayerBuild(lowers, tmp) as build:
+            root = build.merged
+            wheel = sorted(dist.glob("voxnode-*.whl"))[-1].name
+            _nspawn_run(
+                root,
+                ["/bin/sh", "-c",
+                 f"set -e; {VENV}/bin/pip install -q --no-deps --no-index /mnt/wheels/{wheel}; "
+                 f"{VENV}/bin/pip check"],
+                paths.build_log, binds=[f"{dist}:/mnt/wheels"],
+            )
+            for link, target in SYMLINKS.items():
+                dest = root / link.lstrip("/")
+                if dest.is_symlink() or dest.exists():
+                    dest.unlink()
+                dest.symlink_to(target)
+            run(["cp", "-a", "--no-preserve=ownership", f"{OVERLAY}/.", root])
+            systemctl = ["systemctl", f"--root={root}", "--quiet"]
+            run([*systemctl, "enable", AGENT_UNIT], log=paths.build_log)
+            present = [u for u in DISABLED_UNITS if _unit_exists(root, u)]
+            if present:
+                run([*systemctl, "disable", *present], log=paths.build_log)
+            run([*systemctl, "mask", *MASKED_UNITS], log=paths.build_log)
+            (root / "etc/voxnode").mkdir(parents=True, exist_ok=True)
+            (root / "etc/voxnode/lab-rootfs.json").write_text(
+                json.dumps({"agent_layer": key, "packages": list(PACKAGES)}, indent=2) + "\n")
+            build.finish(final)
+    return final
+
+
+def _unit_exists(root: Path, unit: str) -> bool:
+    return any((root / d / unit).exists() for d in ("lib/systemd/system", "usr/lib/systemd/system",
+                                                    "etc/systemd/system"))
+
+
+def _tail_log(paths: Paths) -> str:
+    return tail(paths.build_log, 25)
+
+
+def _in_use(layer: Path) -> bool:
+    """Whether a mounted overlay (a running node, a build) uses ``layer``."""
+    try:
+        return str(layer) in Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return True
+
+
+def _prune(paths: Paths, current: dict[str, Path]) -> None:
+    """Keep only the newest layer of each kind, plus those a mounted overlay still uses."""
+    for kind, keep in current.items():
+        for old in paths.layers.glob(f"{kind}-*"):
+            if old == keep or _in_use(old):
+                continue
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def ensure(paths: Paths) -> Rootfs:
+    """Return the lab rootfs for the current sources, building the layers that are missing."""
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        run(["modprobe", "overlay"], check=False)
+        if "overlay" not in Path("/proc/filesystems").read_text():
+            raise LabError("the kernel has no overlayfs (needed for the lab's node roots)",
+                           code=EXIT_NOT_ROOT)
+    paths.layers.mkdir(parents=True, exist_ok=True)
+    paths.out.mkdir(parents=True, exist_ok=True)
+    with locked(paths.cache / "lock"):
+        return _ensure(paths)
+
+
+def _ensure(paths: Paths) -> Rootfs:
+    k = keys()
+    base = paths.layers / f"base-{k['base']}"
+    venv = paths.layers / f"venv-{k['venv']}"
+    agent = paths.layers / f"agent-{k['agent']}"
+    if agent.is_dir() and venv.is_dir() and base.is_dir():
+        say(f"==> rootfs {k['agent']} is cached ({agent.parent})")
+    else:
+        say(f"==> building the lab rootfs {k['agent']} (log: {paths.build_log})")
+        paths.build_log.write_text("")
+        try:
+            if not base.is_dir():
+                _build_base(paths, k["base"])
+            if not venv.is_dir():
+                _build_venv(paths, k["venv"], base)
+            if not agent.is_dir():
+                _build_agent(paths, k["agent"], [base / "root", venv / "root"])
+        except LabError as exc:
+            if exc.code == 1:
+                exc.code = EXIT_BUILD
+            raise
+    _prune(paths, {"base": base, "venv": venv, "agent": agent})
+    return Rootfs(layers=(base / "root", venv / "root", agent / "root"), key=k["agent"])
+
+
+if __name__ == "__main__":  # build (or confirm the cache) without starting anything
+    try:
+        print(ensure(Paths.default()).lowerdir)
+    except LabError as exc:
+        print(f"image.rootfs: error: {exc.message}", file=sys.stderr)
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        sys.exit(exc.code)
