@@ -5,7 +5,24 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+
+from agent.errors import SubsystemError
+
+
+class FileWriteError(SubsystemError):
+    """A rendered file could not be written or removed on the node."""
+
+    default_remedy = "Check the file system (permissions, free space) and apply again."
+
+
+@contextlib.contextmanager
+def _as_subsystem_error(node_path: str, verb: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise FileWriteError(f"cannot {verb} {node_path}: {exc.strerror or exc}") from exc
 
 
 def fsync_dir(path: Path) -> None:
@@ -81,6 +98,12 @@ class FileTree:
         ``group``: the file's group, looked up on the node; when the node has no such group
         (the service that reads the file is not installed) the file keeps group root.
         """
+        with _as_subsystem_error(node_path, "write"):
+            return self._write_if_changed(node_path, content, mode, group)
+
+    def _write_if_changed(
+        self, node_path: str, content: str | bytes, mode: int, group: str | None
+    ) -> bool:
         data = content.encode() if isinstance(content, str) else content
         target = self.path(node_path)
         gid = (self.group_id(group) if group else None)
@@ -100,7 +123,11 @@ class FileTree:
 
     def remove(self, node_path: str) -> bool:
         """Delete a file or a whole directory; True if something was there."""
-        target = self.path(node_path)
+        with _as_subsystem_error(node_path, "remove"):
+            return self._remove(self.path(node_path))
+
+    @staticmethod
+    def _remove(target: Path) -> bool:
         if target.is_dir() and not target.is_symlink():
             for child in sorted(target.rglob("*"), key=lambda p: len(p.parts), reverse=True):
                 if child.is_dir() and not child.is_symlink():

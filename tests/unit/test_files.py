@@ -47,3 +47,13 @@ def test_remove_file_and_directory(tmp_path: Path) -> None:
     assert tree.remove("/etc/voxnode/mcs") is True
     assert not (tmp_path / "etc/voxnode/mcs").exists()
     assert tree.remove("/etc/voxnode/mcs") is False
+
+
+def test_os_errors_become_operator_errors(tmp_path: Path) -> None:
+    from agent.ports.files import FileWriteError
+
+    tree = FileTree(tmp_path)
+    (tmp_path / "etc/hostname").mkdir(parents=True)
+    with pytest.raises(FileWriteError) as info:
+        tree.write_if_changed("/etc/hostname", "pbx1\n")
+    assert info.value.message == "cannot write /etc/hostname: Is a directory"
