@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent import __version__
+from agent import __version__, api_services
 from agent.api import AgentContext, make_app
 from agent.engine import Engine
 from agent.errors import StoreError, VoxnodeError
@@ -31,11 +31,15 @@ from agent.ports.files import FileTree
 from agent.ports.hostname import KernelHostname
 from agent.ports.licence import NoLicence
 from agent.ports.netlink import PyRoute2Netlink
+from agent.ports.systemd import DbusSystemd
 from agent.sdnotify import Notifier
+from agent.services.catalogue import load_catalogue
 from agent.state.document import load_document
 from agent.state.store import Store
 from agent.subsystems.mode import ModeSubsystem
 from agent.subsystems.network import NetworkSubsystem
+from agent.subsystems.services import ServicesSubsystem, StaticRole
+from agent.subsystems.services import watch as watch_services
 
 log = logging.getLogger("voxnode.agent")
 
@@ -64,7 +68,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--root", default="/", type=Path,
         help="root of the node's file system for rendered files (default /); with any "
-        "other root the kernel hostname is left alone",
+        "other root the kernel hostname and the systemd units are left alone",
+    )
+    parser.add_argument(
+        "--catalogue", default=os.environ.get("VOXNODE_CATALOGUE", "appliance"),
+        metavar="appliance|lab|PATH",
+        help="service catalogue: which units run by licence, role and working mode "
+        "(default appliance; $VOXNODE_CATALOGUE; lab nodes use lab)",
     )
     parser.add_argument(
         "--seed", default=DEFAULT_SEED, type=Path,
@@ -165,7 +175,18 @@ async def run(args: argparse.Namespace) -> int:
     network = NetworkSubsystem(
         netlink, files, KernelHostname() if root == Path("/") else None
     )
-    engine = Engine(store, [network, ModeSubsystem(files, licence)], events)
+    catalogue = load_catalogue(args.catalogue)
+    # units are driven only on a real node; an agent on another root (tests in network
+    # namespaces of a development machine) must never touch the host's systemd
+    systemd = DbusSystemd() if root == Path("/") else None
+    services = (
+        ServicesSubsystem(systemd, catalogue, licence, StaticRole(), files=files, events=events)
+        if systemd is not None
+        else None
+    )
+    engine = Engine(
+        store, [network, ModeSubsystem(files, licence), *([services] if services else [])], events
+    )
     ctx = AgentContext(
         engine=engine, events=events, network=network, licence=licence,
         started=time.time(), state_dir=str(args.state_dir), root=str(root),
@@ -176,7 +197,10 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    runner = web.AppRunner(make_app(ctx), handle_signals=False, access_log=None)
+    app = make_app(ctx)
+    if services is not None:
+        api_services.add_routes(app, services)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     _claim_socket(args.socket)
     await web.UnixSite(runner, str(args.socket)).start()
@@ -191,6 +215,7 @@ async def run(args: argparse.Namespace) -> int:
         await engine.start()
         if store.head() == 0:
             await _apply_seed(engine, files, str(args.seed), events)
+        watcher = tg.create_task(watch_services(services)) if services else None
         head = store.head()
         notifier.ready(f"serving; revision {head}" if head else "serving; not configured")
         await stop.wait()
@@ -209,6 +234,10 @@ async def run(args: argparse.Namespace) -> int:
             args.socket.unlink()
         if watchdog is not None:
             watchdog.cancel()
+        if watcher is not None:
+            watcher.cancel()
+        if systemd is not None:
+            await systemd.close()
     events.emit("agent.stopped", "clean stop")
     return 0
 
@@ -220,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         with instance_lock(args.state_dir):
             return asyncio.run(run(args))
     except VoxnodeError as exc:
-        log.error("%s%s", exc.message, f" — {exc.remedy}" if exc.remedy else "")
+        problems = "".join(f"\n  {p}" for p in exc.problems)
+        log.error("%s%s%s", exc.message, f" — {exc.remedy}" if exc.remedy else "", problems)
         return 1
     except KeyboardInterrupt:
         return 1

@@ -334,6 +334,11 @@ def _build_agent(paths: Paths, key: str, lowers: list[Path]) -> Path:
             if present:
                 run([*systemctl, "disable", *present], log=paths.build_log)
             run([*systemctl, "mask", *MASKED_UNITS], log=paths.build_log)
+            # lab nodes run Kamailio as the PBX engine: the lab service catalogue
+            dropin = root / "etc/systemd/system/voxnode-agent.service.d"
+            dropin.mkdir(parents=True, exist_ok=True)
+            (dropin / "lab.conf").write_text(
+                "[Service]\nEnvironment=VOXNODE_CATALOGUE=lab\n")
             (root / "etc/voxnode").mkdir(parents=True, exist_ok=True)
             (root / "etc/voxnode/lab-rootfs.json").write_text(
                 json.dumps({"agent_layer": key, "packages": list(PACKAGES)}, indent=2) + "\n")
