@@ -210,12 +210,42 @@ class WorkingMode(StrEnum):
     PURE_CLOUD = "pure-cloud"
 
 
+class SharedIP(Strict):
+    """A node IP: held by the master on ``interface`` (labelled ``<if>:vip``)."""
+
+    interface: IfName
+    address: Cidr
+    primary: StrictBool = False
+
+
+class HAProfile(StrEnum):
+    """Failure-detection timing: ``standard`` (~1 s takeover), ``fast`` (~0.3 s)."""
+
+    STANDARD = "standard"
+    FAST = "fast"
+
+
+class HAConfig(Strict):
+    """Fault tolerance: the active/standby pair (requirements §5)."""
+
+    enabled: StrictBool = False
+    peer: IP | None = None
+    management_ip: IP | None = None
+    replication_bandwidth_kb: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] = 2048
+    shared_ips: list[SharedIP] = Field(default_factory=list)
+    witnesses: list[IP] = Field(default_factory=list)
+    cloud: StrictBool = False
+    profile: HAProfile = HAProfile.STANDARD
+    heartbeat_port: Annotated[int, Field(strict=True, ge=1024, le=65535)] = 7411
+
+
 class DesiredState(Strict):
-    """The whole desired state of a node. Later issues add sections (ha, license...)."""
+    """The whole desired state of a node. Later issues add sections (license...)."""
 
     schema_version: Literal[1]
     network: NetworkConfig
     mode: WorkingMode = WorkingMode.STANDARD
+    ha: HAConfig = Field(default_factory=HAConfig)
 
     def to_document(self) -> dict[str, Any]:
         """The JSON-able form, as written to disk and sent on the wire."""

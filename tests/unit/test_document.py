@@ -87,7 +87,7 @@ def test_bad_text(case: str, text: str, expected: list[str]) -> None:
 
 BAD_DOCS = [
     ("unknown top-level key", {**base(), "netwrk": {}},
-     ["netwrk: unknown key (allowed: schema_version, network, mode)"]),
+     ["netwrk: unknown key (allowed: schema_version, network, mode, ha)"]),
     ("unknown network key", base(hostnme="x"),
      ["network.hostnme: unknown key (allowed: hostname, domain, public_ip, interfaces, "
       "gateway, dns, search, ntp)"]),
@@ -195,3 +195,97 @@ def test_rules_across_fields_run_once_fields_are_valid() -> None:
         validate_document(base(hostnme="x", gateway="10.9.0.1"))
     assert "rules that relate several fields" in info.value.remedy
     assert [p.path for p in info.value.problems] == ["network.hostnme"]
+
+
+def ha_doc(**ha: object) -> dict[str, object]:
+    doc = base()
+    doc["ha"] = {"enabled": True, "peer": "10.0.0.12",
+                 "shared_ips": [{"interface": "eth0", "address": "10.0.0.10/24",
+                                 "primary": True}], **ha}
+    return doc
+
+
+def test_ha_pair_is_valid_and_defaults_follow_the_network() -> None:
+    from agent.state.document import ha_management_ip, ha_witnesses
+
+    state = validate_document(ha_doc())
+    assert str(ha_management_ip(state)) == "10.0.0.11"
+    assert [str(w) for w in ha_witnesses(state)] == ["10.0.0.1"]
+    assert state.ha.profile.value == "standard" and state.ha.heartbeat_port == 7411
+
+
+def test_disabled_ha_is_not_checked() -> None:
+    doc = base()
+    doc["ha"] = {"enabled": False, "peer": "10.9.9.9"}
+    assert validate_document(doc).ha.enabled is False
+
+
+BAD_HA = [
+    ("no peer", {"peer": None},
+     ["ha.peer: required when ha.enabled (the other node's address)"]),
+    ("peer is us", {"peer": "10.0.0.11"}, ["ha.peer: 10.0.0.11 is this node's own address"]),
+    ("peer off-link", {"peer": "10.5.0.12"},
+     ["ha.peer: 10.5.0.12 is outside every interface subnet; the two nodes must share a LAN"]),
+    ("node IP equals a node address",
+     {"shared_ips": [{"interface": "eth0", "address": "10.0.0.11/24"}]},
+     ["ha.shared_ips[0].address: 10.0.0.11 is this node's own address; the node IP must be a "
+      "third address"]),
+    ("node IP equals the peer", {"shared_ips": [{"interface": "eth0", "address": "10.0.0.12/24"}]},
+     ["ha.shared_ips[0].address: 10.0.0.12 is the peer's address"]),
+    ("node IP outside the subnet",
+     {"shared_ips": [{"interface": "eth0", "address": "10.0.1.10/24"}]},
+     ["ha.shared_ips[0].address: 10.0.1.10/24 is outside the subnets of eth0 (10.0.0.0/24)"]),
+    ("node IP on an unknown interface",
+     {"shared_ips": [{"interface": "eth1", "address": "10.0.0.10/24"}]},
+     ["ha.shared_ips[0].interface: eth1 is not in network.interfaces"]),
+    ("cloud with shared IPs", {"cloud": True},
+     ["ha.shared_ips: must be empty with ha.cloud: a Pure Cloud pair has no shared IP (the "
+      "cloud provider owns the address; switch by hand)"]),
+    ("no node IP", {"shared_ips": []},
+     ["ha.shared_ips: at least one node IP is required (or set ha.cloud for a Pure Cloud "
+      "pair)"]),
+    ("two primaries", {"shared_ips": [
+        {"interface": "eth0", "address": "10.0.0.10/24", "primary": True},
+        {"interface": "eth0", "address": "10.0.0.9/24", "primary": True}]},
+     ["ha.shared_ips: only one node IP may be primary"]),
+    ("witness is the peer", {"witnesses": ["10.0.0.12"]},
+     ["ha.witnesses[0]: 10.0.0.12 is one of the pair's own addresses; a witness is a third "
+      "device (e.g. the gateway)"]),
+    ("witness off-link", {"witnesses": ["10.7.0.1"]},
+     ["ha.witnesses[0]: 10.7.0.1 is outside every interface subnet (witnesses are probed with "
+      "ARP)"]),
+    ("management ip not ours", {"management_ip": "10.0.0.99"},
+     ["ha.management_ip: 10.0.0.99 is not one of this node's static addresses"]),
+    ("bad profile", {"profile": "turbo"},
+     ["ha.profile: 'turbo' is not a profile (allowed: standard, fast)"]),
+    ("bandwidth zero", {"replication_bandwidth_kb": 0},
+     ["ha.replication_bandwidth_kb: 0 is out of range (1-10000000 KB/s)"]),
+]
+
+
+@pytest.mark.parametrize(("case", "ha", "expected"), BAD_HA, ids=[c[0] for c in BAD_HA])
+def test_bad_ha_settings(case: str, ha: dict[str, object], expected: list[str]) -> None:
+    doc = ha_doc(**ha)
+    if ha.get("peer", "x") is None:
+        del doc["ha"]["peer"]  # type: ignore[attr-defined]
+    assert problems_of(doc) == sorted(expected)
+
+
+def test_ha_without_any_witness() -> None:
+    doc = ha_doc()
+    del doc["network"]["gateway"]  # type: ignore[attr-defined]
+    assert problems_of(doc) == [
+        "ha.witnesses: none: set ha.witnesses or network.gateway (a slave takes over only "
+        "while it reaches a witness)"
+    ]
+
+
+def test_pure_cloud_pair_must_be_cloud() -> None:
+    doc = ha_doc()
+    network: dict[str, object] = doc["network"]  # type: ignore[assignment]
+    network.update(domain="pbx.example.com", public_ip="203.0.113.10")
+    doc["mode"] = "pure-cloud"
+    assert problems_of(doc) == [
+        "ha.cloud: must be true in pure-cloud mode (the public address moves at the cloud "
+        "provider, by hand)"
+    ]
