@@ -1,0 +1,214 @@
+"""The pair's role decisions as a pure function: what this node should be, and why.
+
+No I/O and no clock of its own: ``decide`` takes a snapshot of what the node knows (its role
+and epoch, the peer's last authentic heartbeat and when it came, whether a witness answers)
+and returns the role to move to with an operator sentence, plus the reasons a failover
+would be impossible right now. The runtime (``ha.manager``) calls it on every tick.
+
+Safety rules (architecture: split brain is the failure that matters most):
+- a slave promotes itself only when the master has been silent on every heartbeat channel
+  for the dead interval **and** a witness answers; never in a cloud pair;
+- a master that hears neither the peer nor any witness releases the node IP (fail closed);
+- two masters that meet keep the one with the higher epoch, then the lower node id;
+- a node that starts and hears a master, or sees the node IP held, becomes slave (no
+  preemption); two nodes starting together elect one deterministically.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from agent.state.model import HAProfile
+from ha.protocol import Role
+
+
+@dataclass(frozen=True)
+class Timing:
+    interval: float  # heartbeat period (s)
+    dead: float  # peer silent this long on every channel: a slave may take over
+    guard: float  # peer and every witness silent this long: a master lets go (< dead, so an
+    #               isolated master has released the node IP before the slave takes it)
+    witness_interval: float  # witness probe period
+    witness_within: float  # a witness counts as reachable if it answered this recently
+    init_wait: float  # listen this long at start before deciding
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v * 1000) for k, v in self.__dict__.items()}
+
+
+TIMINGS = {
+    # a takeover needs 6 heartbeat periods with neither copy (UDP, Ethernet) arriving:
+    # with 5 % loss per packet that is ~(0.05**2)**6 per window
+    HAProfile.STANDARD: Timing(0.1, 0.6, 0.3, 0.05, 0.6, 1.8),
+    HAProfile.FAST: Timing(0.03, 0.15, 0.075, 0.02, 0.15, 0.6),
+}
+
+
+@dataclass(frozen=True)
+class PeerView:
+    node_id: str
+    role: Role
+    epoch: int
+    holds_vip: bool
+    witness_ok: bool
+    last_seen: float  # local monotonic time of the last authentic message
+    released_at: float | None = None  # when it announced a graceful release
+
+
+@dataclass(frozen=True)
+class Inputs:
+    now: float
+    started: float
+    role: Role
+    epoch: int
+    node_id: str
+    peer: PeerView | None
+    witness_age: float  # seconds since a witness last answered (inf: never)
+    vip_foreign_holder: bool
+    cloud: bool
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class Decision:
+    target: Role | None  # None: stay where we are
+    reason: str
+    blockers: tuple[str, ...] = ()
+    bump_epoch: bool = False
+
+
+def witness_ok(i: Inputs) -> bool:
+    return i.witness_age < i.timing.witness_within
+
+
+PEER_LOST = "Peer unreachable on the heartbeat link"
+WITNESS_LOST = "Witness unreachable"
+CLOUD_MANUAL = "Pure Cloud pair: failover is manual (System Monitor STATE)"
+PEER_OFF = "The peer is off (services off)"
+PEER_NO_WITNESS = "The peer cannot reach a witness"
+SELF_OFF = "This node is off (services off)"
+
+
+def wins_election(epoch: int, node_id: str, other_epoch: int, other_id: str) -> bool:
+    """Higher epoch wins; on a tie the lower address wins (both sides compute the same)."""
+    if epoch != other_epoch:
+        return epoch > other_epoch
+    return _order(node_id) < _order(other_id)
+
+
+def _order(node_id: str) -> tuple[int, int | str]:
+    try:
+        return (0, int(ipaddress.ip_address(node_id)))
+    except ValueError:
+        return (1, node_id)
+
+
+def peer_alive(i: Inputs) -> bool:
+    return i.peer is not None and i.now - i.peer.last_seen < i.timing.dead
+
+
+def blockers(i: Inputs) -> tuple[str, ...]:
+    """Why a failover could not happen now, as operator sentences (status shows them)."""
+    found: list[str] = []
+    if i.cloud:
+        found.append(CLOUD_MANUAL)
+    if i.role is Role.OFF:
+        found.append(SELF_OFF)
+    if i.role is Role.MASTER:
+        if not peer_alive(i):
+            found.append(PEER_LOST)
+        elif i.peer is not None and i.peer.role is Role.OFF:
+            found.append(PEER_OFF)
+        elif i.peer is not None and not i.peer.witness_ok:
+            found.append(PEER_NO_WITNESS)
+    elif not witness_ok(i):
+        found.append(WITNESS_LOST)
+    if i.role is not Role.MASTER and not peer_alive(i) and i.role is not Role.OFF:
+        found.append(PEER_LOST)
+    return tuple(dict.fromkeys(found))
+
+
+def decide(i: Inputs) -> Decision:
+    stuck = blockers(i)
+    if i.role is Role.OFF:
+        return Decision(None, "off by the operator", stuck)
+    if i.role is Role.INIT:
+        return _decide_init(i, stuck)
+    if i.role is Role.SLAVE:
+        return _decide_slave(i, stuck)
+    return _decide_master(i, stuck)
+
+
+def _decide_init(i: Inputs, stuck: tuple[str, ...]) -> Decision:
+    peer = i.peer if peer_alive(i) else None
+    if peer is not None and peer.role is Role.MASTER:
+        return Decision(Role.SLAVE, f"the peer {peer.node_id} is master (no preemption)", stuck)
+    if i.vip_foreign_holder:
+        return Decision(Role.SLAVE, "another device holds the node IP (no preemption)", stuck)
+    if i.now - i.started < i.timing.init_wait:
+        return Decision(None, "listening for the peer", stuck)
+    if peer is not None:
+        if wins_election(i.epoch, i.node_id, peer.epoch, peer.node_id) or peer.role is Role.OFF:
+            return Decision(
+                Role.MASTER,
+                f"no master in the pair; elected over {peer.node_id} "
+                f"(epoch {i.epoch} vs {peer.epoch})",
+                stuck, bump_epoch=True,
+            )
+        return Decision(Role.SLAVE, f"no master in the pair; {peer.node_id} is elected", stuck)
+    if i.cloud:
+        return Decision(Role.SLAVE, "no peer heard; a Pure Cloud node waits for the operator",
+                        stuck)
+    if witness_ok(i):
+        return Decision(Role.MASTER, "no peer heard and a witness answers: first node of the "
+                        "pair", stuck, bump_epoch=True)
+    return Decision(Role.SLAVE, "neither the peer nor a witness answers: not taking the node "
+                    "IP", stuck)
+
+
+def _decide_slave(i: Inputs, stuck: tuple[str, ...]) -> Decision:
+    peer = i.peer
+    if peer is not None and peer.released_at is not None and not i.cloud:
+        return Decision(Role.MASTER, f"{peer.node_id} handed the node IP over (switchover)",
+                        stuck, bump_epoch=True)
+    if peer_alive(i) and peer is not None:
+        if peer.role is Role.MASTER:
+            return Decision(None, "following the master", stuck)
+        if i.cloud:
+            return Decision(None, "Pure Cloud pair: waiting for the operator", stuck)
+        if peer.role is Role.OFF and witness_ok(i):
+            return Decision(Role.MASTER, f"the peer {peer.node_id} is off", stuck,
+                            bump_epoch=True)
+        if peer.role in (Role.SLAVE, Role.INIT) and wins_election(
+            i.epoch, i.node_id, peer.epoch, peer.node_id
+        ):
+            return Decision(Role.MASTER, f"no master in the pair; elected over {peer.node_id}",
+                            stuck, bump_epoch=True)
+        return Decision(None, "no master yet; the peer is elected", stuck)
+    if i.cloud:
+        return Decision(None, "the peer is unreachable; Pure Cloud failover is manual", stuck)
+    silent = "never heard" if peer is None else f"silent for {i.now - peer.last_seen:.1f} s"
+    if witness_ok(i):
+        return Decision(Role.MASTER, f"master unreachable ({silent}) and a witness answers",
+                        stuck, bump_epoch=True)
+    return Decision(None, f"master unreachable ({silent}) but no witness answers: not taking "
+                    "over (this node may be the isolated one)", stuck)
+
+
+def _decide_master(i: Inputs, stuck: tuple[str, ...]) -> Decision:
+    peer = i.peer if peer_alive(i) else None
+    if peer is not None and peer.role is Role.MASTER and not wins_election(
+        i.epoch, i.node_id, peer.epoch, peer.node_id
+    ):
+        return Decision(
+            Role.SLAVE,
+            f"two masters after a partition: {peer.node_id} keeps the role (epoch "
+            f"{peer.epoch} vs {i.epoch}); this node's data since the split diverged",
+            stuck,
+        )
+    peer_age = i.now - i.peer.last_seen if i.peer is not None else float("inf")
+    if peer_age >= i.timing.guard and i.witness_age >= i.timing.guard and not i.cloud:
+        return Decision(Role.SLAVE, "isolated: neither the peer nor any witness answers; "
+                        "releasing the node IP", stuck)
+    return Decision(None, "serving", stuck)

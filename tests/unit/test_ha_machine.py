@@ -1,0 +1,123 @@
+"""The pair's pure role decisions: every rule, table-driven, with a fake clock."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from agent.state.model import HAProfile
+from ha.machine import (
+    PEER_LOST,
+    TIMINGS,
+    WITNESS_LOST,
+    Inputs,
+    PeerView,
+    decide,
+    wins_election,
+)
+from ha.protocol import Role
+
+T = TIMINGS[HAProfile.STANDARD]
+NOW = 100.0
+
+
+def peer(role: Role, *, age: float = 0.05, epoch: int = 3, released: bool = False,
+         witness_ok: bool = True, node_id: str = "10.0.0.12") -> PeerView:
+    return PeerView(node_id, role, epoch, role is Role.MASTER, witness_ok, NOW - age,
+                    NOW - age if released else None)
+
+
+def inputs(role: Role, p: PeerView | None, *, witness_age: float = 0.01, epoch: int = 3,
+           started: float = 0.0, cloud: bool = False, foreign: bool = False) -> Inputs:
+    return Inputs(now=NOW, started=started, role=role, epoch=epoch, node_id="10.0.0.11",
+                  peer=p, witness_age=witness_age, vip_foreign_holder=foreign, cloud=cloud,
+                  timing=T)
+
+
+def test_election_is_deterministic_and_antisymmetric() -> None:
+    assert wins_election(4, "10.0.0.12", 3, "10.0.0.11")
+    assert wins_election(3, "10.0.0.9", 3, "10.0.0.11")  # numeric, not text, order
+    assert not wins_election(3, "10.0.0.11", 3, "10.0.0.9")
+    for a, b in [((1, "10.0.0.1"), (1, "10.0.0.2")), ((2, "10.0.0.2"), (1, "10.0.0.1"))]:
+        assert wins_election(*a, *b) != wins_election(*b, *a)
+
+
+CASES = [
+    # (name, inputs, expected role or None, reason fragment)
+    ("init hears a master: slave", inputs(Role.INIT, peer(Role.MASTER), started=NOW),
+     Role.SLAVE, "no preemption"),
+    ("init sees the node IP held", inputs(Role.INIT, None, started=NOW, foreign=True),
+     Role.SLAVE, "another device holds the node IP"),
+    ("init waits before deciding", inputs(Role.INIT, None, started=NOW - 0.5), None,
+     "listening"),
+    ("init alone with a witness: first node",
+     inputs(Role.INIT, None), Role.MASTER, "first node of the pair"),
+    ("init alone without witness", inputs(Role.INIT, None, witness_age=math.inf),
+     Role.SLAVE, "neither the peer nor a witness"),
+    ("init with an init peer it beats",
+     inputs(Role.INIT, peer(Role.INIT, epoch=2)), Role.MASTER, "elected over 10.0.0.12"),
+    ("init with an init peer that wins",
+     inputs(Role.INIT, peer(Role.INIT, epoch=5)), Role.SLAVE, "10.0.0.12 is elected"),
+    ("init in a cloud pair without peer", inputs(Role.INIT, None, cloud=True),
+     Role.SLAVE, "waits for the operator"),
+    ("slave follows a live master", inputs(Role.SLAVE, peer(Role.MASTER)), None,
+     "following the master"),
+    ("slave takes over a silent master with a witness",
+     inputs(Role.SLAVE, peer(Role.MASTER, age=0.7)), Role.MASTER,
+     "master unreachable (silent for 0.7 s) and a witness answers"),
+    ("slave without witness does not take over",
+     inputs(Role.SLAVE, peer(Role.MASTER, age=0.7), witness_age=0.9), None,
+     "no witness answers"),
+    ("slave just under the dead interval waits",
+     inputs(Role.SLAVE, peer(Role.MASTER, age=0.55)), None, "following the master"),
+    ("slave takes the release at once", inputs(Role.SLAVE, peer(Role.SLAVE, released=True)),
+     Role.MASTER, "handed the node IP over"),
+    ("slave in a cloud pair never takes over",
+     inputs(Role.SLAVE, peer(Role.MASTER, age=5), cloud=True), None, "manual"),
+    ("slave with an off peer", inputs(Role.SLAVE, peer(Role.OFF)), Role.MASTER,
+     "is off"),
+    ("master keeps serving", inputs(Role.MASTER, peer(Role.SLAVE)), None, "serving"),
+    ("master alone with a witness keeps serving",
+     inputs(Role.MASTER, peer(Role.SLAVE, age=10)), None, "serving"),
+    ("isolated master lets go",
+     inputs(Role.MASTER, peer(Role.SLAVE, age=0.35), witness_age=0.35), Role.SLAVE,
+     "isolated"),
+    ("master that only lost the witness stays",
+     inputs(Role.MASTER, peer(Role.SLAVE), witness_age=math.inf), None, "serving"),
+    ("two masters: the higher epoch stays",
+     inputs(Role.MASTER, peer(Role.MASTER, epoch=2), epoch=3), None, "serving"),
+    ("two masters: the lower epoch demotes",
+     inputs(Role.MASTER, peer(Role.MASTER, epoch=4), epoch=3), Role.SLAVE,
+     "diverged"),
+    ("off stays off", inputs(Role.OFF, None), None, "off by the operator"),
+]
+
+
+@pytest.mark.parametrize(("name", "given", "target", "reason"), CASES, ids=[c[0] for c in CASES])
+def test_decisions(name: str, given: Inputs, target: Role | None, reason: str) -> None:
+    decision = decide(given)
+    assert decision.target is target
+    assert reason in decision.reason
+    assert decision.bump_epoch == (target is Role.MASTER)
+
+
+def test_isolated_master_lets_go_before_the_slave_takes_over() -> None:
+    # the master's guard (peer and witnesses silent) expires before the slave's dead interval
+    assert T.guard < T.dead
+    for profile in HAProfile:
+        timing = TIMINGS[profile]
+        assert timing.guard < timing.dead
+        assert timing.witness_interval * 3 <= timing.guard
+
+
+def test_blockers_are_operator_sentences() -> None:
+    slave = decide(inputs(Role.SLAVE, peer(Role.MASTER, age=3), witness_age=math.inf))
+    assert slave.blockers == (WITNESS_LOST, PEER_LOST)
+    master = decide(inputs(Role.MASTER, None))
+    assert master.blockers == (PEER_LOST,)
+    fine = decide(inputs(Role.MASTER, peer(Role.SLAVE)))
+    assert fine.blockers == ()
+    no_witness_peer = decide(inputs(Role.MASTER, replace(peer(Role.SLAVE), witness_ok=False)))
+    assert no_witness_peer.blockers == ("The peer cannot reach a witness",)
