@@ -44,7 +44,10 @@ def test_one_flipped_bit_is_refused() -> None:
         decode(bytes(data), KEY)
 
 
-@pytest.mark.parametrize("data", [b"", b"VXHA", b"XXXX" + bytes(40), b"VXHA\x02\x00\x01x" + bytes(16)])
+GARBAGE = [b"", b"VXHA", b"XXXX" + bytes(40), b"VXHA\x02\x00\x01x" + bytes(16)]
+
+
+@pytest.mark.parametrize("data", GARBAGE)
 def test_garbage_is_refused(data: bytes) -> None:
     with pytest.raises(BadMessage):
         decode(data, KEY)
