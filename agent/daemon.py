@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent import __version__, api_services
+from agent import __version__, api_ha, api_services
 from agent.api import AgentContext, make_app
 from agent.engine import Engine
 from agent.errors import StoreError, VoxnodeError
@@ -37,8 +37,11 @@ from agent.services.catalogue import load_catalogue
 from agent.state.document import load_document
 from agent.state.store import Store
 from agent.subsystems.mode import ModeSubsystem
+from ha.manager import HAManager
+from ha.protocol import Role
 from agent.subsystems.network import NetworkSubsystem
-from agent.subsystems.services import ServicesSubsystem, StaticRole
+from agent.subsystems.ha import HARoleSource, HASubsystem, service_role
+from agent.subsystems.services import ServicesSubsystem
 from agent.subsystems.services import watch as watch_services
 
 log = logging.getLogger("voxnode.agent")
@@ -179,13 +182,25 @@ async def run(args: argparse.Namespace) -> int:
     # units are driven only on a real node; an agent on another root (tests in network
     # namespaces of a development machine) must never touch the host's systemd
     systemd = DbusSystemd() if root == Path("/") else None
+    ha = HAManager(args.state_dir, netlink, events)
     services = (
-        ServicesSubsystem(systemd, catalogue, licence, StaticRole(), files=files, events=events)
+        ServicesSubsystem(systemd, catalogue, licence, HARoleSource(ha), files=files,
+                          events=events)
         if systemd is not None
         else None
     )
+    if services is not None:
+        units = services
+
+        async def converge_units(old: Role, new: Role) -> object:
+            return await units.on_role_change(service_role(old), service_role(new))
+
+        ha.hooks.append(converge_units)
     engine = Engine(
-        store, [network, ModeSubsystem(files, licence), *([services] if services else [])], events
+        store,
+        [network, HASubsystem(ha), ModeSubsystem(files, licence),
+         *([services] if services else [])],
+        events,
     )
     ctx = AgentContext(
         engine=engine, events=events, network=network, licence=licence,
@@ -200,6 +215,7 @@ async def run(args: argparse.Namespace) -> int:
     app = make_app(ctx)
     if services is not None:
         api_services.add_routes(app, services)
+    api_ha.add_routes(app, ha)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     _claim_socket(args.socket)
@@ -228,6 +244,7 @@ async def run(args: argparse.Namespace) -> int:
                     pass
         except TimeoutError:
             log.warning("a change was still running after %.0f s; stopping anyway", STOP_GRACE_S)
+        await ha.stop()
         await runner.cleanup()
         await netlink.close()
         with contextlib.suppress(FileNotFoundError):

@@ -68,6 +68,7 @@ class Inputs:
     vip_foreign_holder: bool
     cloud: bool
     timing: Timing
+    hold_off: bool = False  # just handed the node IP over: no election win for a while
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,9 @@ def _decide_slave(i: Inputs, stuck: tuple[str, ...]) -> Decision:
             return Decision(None, "following the master", stuck)
         if i.cloud:
             return Decision(None, "Pure Cloud pair: waiting for the operator", stuck)
+        if i.hold_off:
+            return Decision(None, "handed the node IP over; waiting for the peer to take it",
+                            stuck)
         if peer.role is Role.OFF and witness_ok(i):
             return Decision(Role.MASTER, f"the peer {peer.node_id} is off", stuck,
                             bump_epoch=True)

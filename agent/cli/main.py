@@ -14,6 +14,7 @@ import yaml
 
 from agent import __version__
 from agent.cli import output
+from agent.cli import ha as ha_cli
 from agent.cli import services as services_cli
 from agent.cli.client import Client
 from agent.errors import (
@@ -335,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mode", choices=["standard", "pure-cloud"])
     _apply_options(p)
     services_cli.register(sub, add)
+    ha_cli.register(sub, add)
     lab = sub.add_parser(
         "lab", add_help=False, prefix_chars="\0",
         help="the two-node development lab: up | down | status | shell NODE | "

@@ -1,0 +1,60 @@
+"""API of the pair: status, events, the operator's STATE control, switchover, pair key."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from agent.api import _body, _json
+from agent.errors import InvalidInput, Problem
+from ha.manager import HAManager
+from ha.protocol import Role
+
+HA: web.AppKey[HAManager] = web.AppKey("ha", HAManager)
+
+
+async def ha_status(request: web.Request) -> web.Response:
+    return _json(request.app[HA].status())
+
+
+async def ha_events(request: web.Request) -> web.Response:
+    return _json({"events": request.app[HA].recent_events(200)})
+
+
+async def ha_set_state(request: web.Request) -> web.Response:
+    data = await _body(request, {"state"})
+    allowed = [Role.MASTER.value, Role.SLAVE.value, Role.OFF.value]
+    if data.get("state") not in allowed:
+        raise InvalidInput("unknown state", problems=[
+            Problem("state", f"'{data.get('state')}' is not a state (allowed: "
+                    f"{', '.join(allowed)})")])
+    manager = request.app[HA]
+    await manager.set_state(Role(data["state"]))
+    return _json(manager.status())
+
+
+async def ha_switchover(request: web.Request) -> web.Response:
+    manager = request.app[HA]
+    await manager.switchover()
+    return _json(manager.status())
+
+
+async def ha_pair_key(request: web.Request) -> web.Response:
+    data = await _body(request, {"generate", "key"})
+    manager = request.app[HA]
+    if data.get("generate") is True and "key" not in data:
+        key = manager.store.generate_key()
+        return _json({"key": key, "runtime": await manager.reload()})
+    if isinstance(data.get("key"), str) and "generate" not in data:
+        manager.store.set_key(data["key"])
+        return _json({"installed": True, "runtime": await manager.reload()})
+    raise InvalidInput("say what to do with the pair key", problems=[
+        Problem("body", "either {\"generate\": true} or {\"key\": \"<64 hex digits>\"}")])
+
+
+def add_routes(app: web.Application, manager: HAManager) -> None:
+    app[HA] = manager
+    app.router.add_get("/v1/ha", ha_status)
+    app.router.add_get("/v1/ha/events", ha_events)
+    app.router.add_post("/v1/ha/state", ha_set_state)
+    app.router.add_post("/v1/ha/switchover", ha_switchover)
+    app.router.add_post("/v1/ha/pair-key", ha_pair_key)

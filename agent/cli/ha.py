@@ -1,0 +1,131 @@
+"""`voxnode ha …`: the pair's status, events, STATE control, switchover and pair key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from agent.cli import output
+from agent.cli.client import Client
+from agent.errors import EXIT_OK, InvalidInput, Problem
+
+Handler = Callable[[Client, argparse.Namespace], int]
+AddCommand = Callable[[Any, str, Handler, str], argparse.ArgumentParser]
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], None]) -> int:
+    if getattr(args, "json", False):
+        import json
+
+        output.write_raw(json.dumps(data, indent=2) + "\n")
+    else:
+        human(data)
+    return EXIT_OK
+
+
+def show_status(d: dict[str, Any]) -> None:
+    if not d["running"]:
+        state = "enabled but not running" if d["enabled"] else "not enabled"
+        output.out.print(f"Fault tolerance: {state}")
+        for blocker in d.get("failover_blockers", []):
+            output.out.print(f"[yellow]•[/] {blocker}")
+        return
+    peer = d["peer"]
+    last = d["last_transition"]
+    output.kv_table([
+        ("role", f"{d['role']} (epoch {d['epoch']}, {d['profile']} profile"
+         f"{', cloud pair' if d['cloud'] else ''})"),
+        ("this node", d["node_id"]),
+        ("peer", f"{peer['address']}: " + (
+            f"{peer['role']} (epoch {peer['epoch']}), heard {peer['last_seen_ms']} ms ago"
+            if peer["reachable"] else "UNREACHABLE")),
+        ("heartbeat channels", f"udp {peer['channels_ms']['udp']} ms, ethernet "
+         f"{peer['channels_ms']['ethernet']} ms ago"),
+        ("node IP", ", ".join(f"{n['address']} on {n['interface']}" for n in d["node_ip"])
+         or "none (cloud pair)"),
+        ("held by", d["node_ip_holder"]),
+        ("witnesses", ", ".join(
+            f"{w['address']} {'reachable' if w['reachable'] else 'UNREACHABLE'}"
+            for w in d["witnesses"]) or "none"),
+        ("decision", d["decision"]),
+        ("last transition", f"{last['from']} → {last['to']} at {output.when(last['time'])}: "
+         f"{last['reason']}" if last else "none yet"),
+        ("rejected heartbeats", f"{peer['rejected_messages']['count']}"
+         + (f" (last: {peer['rejected_messages']['last']})"
+            if peer["rejected_messages"]["count"] else "")),
+    ])
+    if d["failover_blockers"]:
+        output.out.print("[bold yellow]Failover is impossible now:[/]")
+        for blocker in d["failover_blockers"]:
+            output.out.print(f"  • {blocker}")
+    if d.get("next_step"):
+        output.out.print(f"[bold]Next step:[/] {d['next_step']}")
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    return _emit(args, client.get("/v1/ha"), show_status)
+
+
+def cmd_events(client: Client, args: argparse.Namespace) -> int:
+    def human(d: dict[str, Any]) -> None:
+        output.table(
+            ["time", "from", "to", "epoch", "reason", "steps"],
+            [[output.when(e["time"]), e["from"], e["to"], e["epoch"], e["reason"],
+              "; ".join(e["steps"])] for e in d["events"]],
+        )
+    return _emit(args, client.get("/v1/ha/events"), human)
+
+
+def cmd_set_state(client: Client, args: argparse.Namespace) -> int:
+    data = client.post("/v1/ha/state", {"state": args.state})
+    return _emit(args, data, show_status)
+
+
+def cmd_switchover(client: Client, args: argparse.Namespace) -> int:
+    data = client.post("/v1/ha/switchover", {})
+    return _emit(args, data, show_status)
+
+
+def cmd_key_generate(client: Client, args: argparse.Namespace) -> int:
+    data = client.post("/v1/ha/pair-key", {"generate": True})
+
+    def human(d: dict[str, Any]) -> None:
+        output.write_raw(d["key"] + "\n")
+        output.err.print("Installed. On the other node run: voxnode ha pair-key set - "
+                         "(and paste the key), then keep it secret.")
+    return _emit(args, data, human)
+
+
+def cmd_key_set(client: Client, args: argparse.Namespace) -> int:
+    key = sys.stdin.readline().strip() if args.key == "-" else args.key
+    if not key:
+        raise InvalidInput("no pair key given", problems=[Problem("KEY", "empty")])
+    data = client.post("/v1/ha/pair-key", {"key": key})
+    return _emit(args, data, lambda d: output.out.print("Pair key installed."))
+
+
+def register(subparsers: Any, add: AddCommand) -> None:
+    ha = subparsers.add_parser("ha", help="fault tolerance: the active/standby pair")
+    actions = ha.add_subparsers(dest="action", metavar="ACTION", required=True,
+                                parser_class=type(ha))
+    add(actions, "status", cmd_status,
+        "role, epoch, peer, who holds the node IP, witnesses, and why failover would be "
+        "impossible now")
+    add(actions, "events", cmd_events, "every role transition with its reason and steps")
+    p = add(actions, "set-state", cmd_set_state,
+            "the System Monitor STATE control: master, slave, or off (services off)")
+    p.add_argument("state", choices=["master", "slave", "off"])
+    add(actions, "switchover", cmd_switchover,
+        "graceful hand-over: this master stops its units, releases the node IP and tells "
+        "the peer to take it at once")
+    keys = actions.add_parser("pair-key", help="the key that authenticates heartbeats")
+    key_actions = keys.add_subparsers(dest="key_action", metavar="ACTION", required=True,
+                                      parser_class=type(keys))
+    add(key_actions, "generate", cmd_key_generate,
+        "create and install a new pair key and print it (once) for the other node")
+    p = add(key_actions, "set", cmd_key_set,
+            "install the pair key printed on the other node (KEY, or - to read it from "
+            "standard input so it stays out of the process list)")
+    p.add_argument("key", metavar="KEY")

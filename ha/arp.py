@@ -1,0 +1,268 @@
+"""ARP on one interface: probes, gratuitous announcements, claims seen, witness liveness.
+
+This module owns every ARP frame the failover daemon sends or reads. ``ArpEndpoint`` holds
+one raw AF_PACKET socket per interface; a single reader callback parses each frame and
+hands replies to the probes waiting for them, so any number of probes may run at once.
+``WitnessMonitor`` uses it to tell whether this node still reaches a witness (by default
+the gateway): ARP works without an IP route and is answered by the witness's kernel,
+so it measures the one thing that matters, that the LAN segment still carries frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, Protocol
+
+from ha.net import (
+    ETH_HEADER,
+    HaNetError,
+    format_mac,
+    interface_index,
+    open_packet_socket,
+    send_frame,
+)
+
+log = logging.getLogger("voxnode.ha.arp")
+
+ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
+ARP_REQUEST = 1
+ARP_REPLY = 2
+# htype, ptype, hlen, plen, op, sha, spa, tha, tpa
+ARP_BODY = struct.Struct("!HHBBH6s4s6s4s")
+BROADCAST = b"\xff" * 6
+ZERO_MAC = b"\x00" * 6
+ANY_IP = IPv4Address(0)
+
+ClaimHandler = Callable[[IPv4Address, str], None]
+
+
+def arp_frame(op: int, src_mac: bytes, sender_ip: IPv4Address, target_mac: bytes,
+              target_ip: IPv4Address, *, dst_mac: bytes = BROADCAST) -> bytes:
+    """An Ethernet + ARP frame, 42 bytes (the NIC pads it to the 60-byte minimum)."""
+    return ETH_HEADER.pack(dst_mac, src_mac, ETH_P_ARP) + ARP_BODY.pack(
+        1, ETH_P_IP, 6, 4, op, src_mac, sender_ip.packed, target_mac, target_ip.packed)
+
+
+@dataclass(frozen=True)
+class _Observer:
+    callback: ClaimHandler
+    ips: frozenset[IPv4Address] | None
+
+
+class ArpEndpoint:
+    """ARP requests, replies and announcements on one interface."""
+
+    def __init__(self, ifname: str, sock: socket.socket) -> None:
+        self.ifname = ifname
+        self.index = interface_index(ifname)
+        # The bound socket's own address carries the MAC, read in this very namespace.
+        self._mac_raw: bytes = sock.getsockname()[4]
+        self.mac = format_mac(self._mac_raw)
+        self._sock = sock
+        self._waiters: dict[IPv4Address, list[asyncio.Future[str]]] = {}
+        self._observers: list[_Observer] = []
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    async def open(cls, ifname: str) -> ArpEndpoint:
+        sock = open_packet_socket(ifname, ETH_P_ARP)
+        try:
+            return cls(ifname, sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        for futures in self._waiters.values():
+            for future in futures:
+                future.cancel()
+        self._waiters.clear()
+
+    # The timeout is part of the probe's meaning (no answer within it = absent), not a
+    # deadline for the caller to impose, hence the parameter.
+    async def probe(self, target: IPv4Address, *, sender_ip: IPv4Address | None,
+                    timeout: float) -> str | None:  # noqa: ASYNC109
+        """The MAC of the first ARP reply from ``target``, or None after ``timeout``.
+
+        ``sender_ip=None`` sends an RFC 5227 probe (sender 0.0.0.0), which leaves no entry
+        for us in the target's neighbour table. A send the kernel drops (link down) just
+        counts as an unanswered probe.
+        """
+        future: asyncio.Future[str] = self._loop.create_future()
+        waiting = self._waiters.setdefault(target, [])
+        waiting.append(future)
+        try:
+            send_frame(self._sock, arp_frame(ARP_REQUEST, self._mac_raw, sender_ip or ANY_IP,
+                                             ZERO_MAC, target), f"ARP probe for {target}")
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            waiting.remove(future)
+            if not waiting and self._waiters.get(target) is waiting:
+                del self._waiters[target]
+
+    def announce(self, ip: IPv4Address, count: int = 1) -> None:
+        """Gratuitous ARP for ``ip`` from our MAC, request form then reply form.
+
+        Both forms, as keepalived sends them: some hosts only update their cache from one
+        of the two. With the default arp_accept=0, Linux neighbours update an existing
+        entry but do not create one.
+        """
+        request = arp_frame(ARP_REQUEST, self._mac_raw, ip, ZERO_MAC, ip)
+        reply = arp_frame(ARP_REPLY, self._mac_raw, ip, BROADCAST, ip)
+        for _ in range(count):
+            send_frame(self._sock, request, f"gratuitous ARP request for {ip}")
+            send_frame(self._sock, reply, f"gratuitous ARP reply for {ip}")
+
+    def observe(self, callback: ClaimHandler,
+                ips: Collection[IPv4Address] | None = None) -> Callable[[], None]:
+        """Call ``callback(sender_ip, sender_mac)`` for every ARP frame another host sends
+        claiming one of ``ips`` (all when None); returns the function that stops it.
+
+        A frame claiming our node IP from a foreign MAC means another node holds it.
+        """
+        observer = _Observer(callback, frozenset(ips) if ips is not None else None)
+        self._observers.append(observer)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                self._observers.remove(observer)
+        return stop
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                frame, address = self._sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ENETDOWN is queued once when the link goes down; the socket recovers
+                # by itself when it comes back up.
+                log.debug("ARP socket on %s: %s", self.ifname, os.strerror(exc.errno or 0))
+                return
+            if address[2] == socket.PACKET_OUTGOING:
+                continue  # our own frames, looped back to the tap
+            self._handle(frame)
+
+    def _handle(self, frame: bytes) -> None:
+        if len(frame) < ETH_HEADER.size + ARP_BODY.size:
+            return
+        htype, ptype, hlen, plen, op, sha, spa, _tha, _tpa = ARP_BODY.unpack_from(
+            frame, ETH_HEADER.size)
+        if (htype, ptype, hlen, plen) != (1, ETH_P_IP, 6, 4) or sha == self._mac_raw:
+            return
+        sender_ip, sender_mac = IPv4Address(spa), format_mac(sha)
+        if op == ARP_REPLY:
+            for future in self._waiters.get(sender_ip, ()):
+                if not future.done():
+                    future.set_result(sender_mac)
+        if sender_ip == ANY_IP:
+            return  # a probe claims nothing
+        for observer in list(self._observers):
+            if observer.ips is None or sender_ip in observer.ips:
+                try:
+                    observer.callback(sender_ip, sender_mac)
+                except Exception:  # one faulty observer must not starve the probes
+                    log.exception("ARP observer failed on %s", self.ifname)
+
+
+class Prober(Protocol):
+    """What the witness monitor needs: ``ArpEndpoint`` in production, a fake in tests."""
+
+    async def probe(self, target: IPv4Address, *, sender_ip: IPv4Address | None,
+                    timeout: float) -> str | None:  # noqa: ASYNC109
+        ...
+
+
+@dataclass
+class _Sighting:
+    last_seen: float | None = None
+    mac: str | None = None
+
+
+class WitnessMonitor:
+    """Probes every witness each ``interval`` seconds; remembers when each last answered."""
+
+    def __init__(self, endpoint: Prober, witnesses: Sequence[IPv4Address], *,
+                 interval: float = 0.2, timeout: float | None = None,
+                 sender_ip: IPv4Address | None = None, stale_after: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not witnesses:
+            raise ValueError("a witness monitor needs at least one witness address")
+        if interval <= 0:
+            raise ValueError(f"interval must be positive, not {interval}")
+        self.endpoint = endpoint
+        self.witnesses = list(witnesses)
+        self.interval = interval
+        # A probe answered after the next one was sent says nothing new: cap at interval.
+        self.timeout = min(timeout, interval) if timeout is not None else interval
+        self.sender_ip = sender_ip
+        self.stale_after = stale_after if stale_after is not None else 3 * interval
+        self._clock = clock
+        self._seen = {w: _Sighting() for w in self.witnesses}
+        self._stopping = asyncio.Event()
+
+    def reachable(self, now: float, within: float) -> bool:
+        """Whether any witness answered in the last ``within`` seconds."""
+        return any(s.last_seen is not None and now - s.last_seen <= within
+                   for s in self._seen.values())
+
+    def details(self, now: float) -> list[dict[str, Any]]:
+        """Per witness: address, reachable (within ``stale_after``), age of the last answer
+        in ms (None if never), its MAC."""
+        out: list[dict[str, Any]] = []
+        for address, seen in self._seen.items():
+            age = None if seen.last_seen is None else now - seen.last_seen
+            out.append({
+                "address": str(address),
+                "reachable": age is not None and age <= self.stale_after,
+                "last_seen_age_ms": None if age is None else round(age * 1000),
+                "mac": seen.mac,
+            })
+        return out
+
+    async def probe_once(self) -> None:
+        """One round: every witness probed at the same time."""
+        async with asyncio.TaskGroup() as group:
+            for address in self.witnesses:
+                group.create_task(self._probe(address))
+
+    async def _probe(self, address: IPv4Address) -> None:
+        try:
+            mac = await self.endpoint.probe(address, sender_ip=self.sender_ip,
+                                            timeout=self.timeout)
+        except HaNetError as exc:
+            log.warning("witness %s not probed: %s", address, exc.message)
+            return
+        if mac is not None:
+            self._seen[address] = _Sighting(self._clock(), mac)
+
+    async def run(self) -> None:
+        """Probe rounds every ``interval`` seconds until ``stop()``."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            started = loop.time()
+            await self.probe_once()
+            # Rounds start on a fixed period, whatever the probes took.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, started + self.interval - loop.time())):
+                    await self._stopping.wait()
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,102 @@
+"""The second heartbeat path: raw Ethernet frames that no IP firewall rule can drop.
+
+This module owns the frame format of that path. A frame is an Ethernet header with the
+IEEE local experimental EtherType 0x88B5, a 2-byte payload length, the payload, and zero
+padding up to the 60-byte Ethernet minimum (so the receiver needs the length to know where
+the payload ends). nftables ``inet``/``ip`` rules and iptables never see these frames, so
+a node that lost its UDP heartbeats to a firewall change still hears its peer here and
+does not promote itself into a split brain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+from ha.net import ETH_HEADER, format_mac, open_packet_socket, parse_mac, send_frame
+
+log = logging.getLogger("voxnode.ha.l2")
+
+ETHERTYPE_LOCAL_EXPERIMENTAL = 0x88B5
+ETH_MIN_FRAME = 60  # without the FCS, which the NIC adds
+LENGTH = struct.Struct("!H")
+MAX_PAYLOAD = 1500 - LENGTH.size  # one untagged frame at the standard MTU
+
+FrameHandler = Callable[[bytes, str], None]
+
+
+def pack_frame(dst_mac: bytes, src_mac: bytes, payload: bytes) -> bytes:
+    frame = (ETH_HEADER.pack(dst_mac, src_mac, ETHERTYPE_LOCAL_EXPERIMENTAL)
+             + LENGTH.pack(len(payload)) + payload)
+    return frame.ljust(ETH_MIN_FRAME, b"\x00")
+
+
+def unpack_payload(frame: bytes) -> bytes | None:
+    """The payload of a received frame; None if it is shorter than its length says."""
+    start = ETH_HEADER.size + LENGTH.size
+    if len(frame) < start:
+        return None
+    (length,) = LENGTH.unpack_from(frame, ETH_HEADER.size)
+    if len(frame) < start + length:
+        return None
+    return frame[start:start + length]
+
+
+class L2Channel:
+    """Heartbeat frames on one interface, broadcast or to the peer's MAC."""
+
+    def __init__(self, ifname: str, sock: socket.socket, on_frame: FrameHandler) -> None:
+        self.ifname = ifname
+        self._sock = sock
+        self._mac_raw: bytes = sock.getsockname()[4]
+        self.mac = format_mac(self._mac_raw)
+        self._on_frame = on_frame
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    async def open(cls, ifname: str, on_frame: FrameHandler) -> L2Channel:
+        """Listen on ``ifname``; ``on_frame(payload, source_mac)`` for each peer frame."""
+        sock = open_packet_socket(ifname, ETHERTYPE_LOCAL_EXPERIMENTAL)
+        try:
+            return cls(ifname, sock, on_frame)
+        except BaseException:
+            sock.close()
+            raise
+
+    def send(self, payload: bytes, dst_mac: str = "ff:ff:ff:ff:ff:ff") -> bool:
+        """Send one frame; False if the kernel dropped it (link down, queue full)."""
+        if len(payload) > MAX_PAYLOAD:
+            raise ValueError(f"an L2 heartbeat carries at most {MAX_PAYLOAD} bytes, "
+                             f"not {len(payload)}")
+        frame = pack_frame(parse_mac(dst_mac), self._mac_raw, payload)
+        return send_frame(self._sock, frame, f"L2 heartbeat on {self.ifname}")
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                frame, address = self._sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("L2 socket on %s: %s", self.ifname, os.strerror(exc.errno or 0))
+                return
+            source = frame[6:12]
+            # Our own frames come back to the tap as outgoing; a frame from our MAC that
+            # arrives from the wire is a loop (or a cloned MAC), not the peer.
+            if address[2] == socket.PACKET_OUTGOING or source == self._mac_raw:
+                continue
+            payload = unpack_payload(frame)
+            if payload is None:
+                log.debug("short L2 frame on %s from %s", self.ifname, format_mac(source))
+                continue
+            self._on_frame(payload, format_mac(source))
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()

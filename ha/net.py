@@ -1,0 +1,241 @@
+"""Low-level network I/O of the failover daemon: what every other ``ha`` module sends with.
+
+This module owns the pieces that are not ARP or raw Ethernet (those live in ``ha.arp`` and
+``ha.l2``): the typed error for every socket failure, the interface helpers, the raw
+AF_PACKET socket opener they share, the UDP heartbeat channel and the unsolicited IPv6
+Neighbour Advertisement sent when the node IP moves.
+
+Everything runs on the asyncio loop of the daemon, without threads: sockets are
+non-blocking, reads are driven by ``loop.add_reader`` and sends never wait (a datagram the
+kernel cannot take now is dropped; heartbeats and announcements are repeated anyway).
+The daemon runs inside the node's network namespace, so sockets are opened where it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from agent.errors import SubsystemError
+
+log = logging.getLogger("voxnode.ha.net")
+
+SIOCGIFHWADDR = 0x8927
+ETH_ALEN = 6
+ETH_HEADER = struct.Struct("!6s6sH")
+
+# A send that fails with one of these is a lost datagram, not a broken socket: the link
+# is down, the peer is gone, the queue is full or a firewall dropped it (EPERM from an
+# nftables/iptables drop on output). Heartbeats are repeated, so these are not raised.
+TRANSIENT_SEND_ERRNOS = frozenset({
+    errno.EAGAIN, errno.ENOBUFS, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH,
+    errno.EHOSTDOWN, errno.ECONNREFUSED, errno.EPERM, errno.ENXIO,
+})
+
+
+class HaNetError(SubsystemError):
+    """A socket operation of the failover daemon failed; ``errno`` says why."""
+
+    code = "ha_network_io"
+
+    def __init__(self, message: str, *, errno_code: int, remedy: str | None = None) -> None:
+        name = errno.errorcode.get(errno_code, str(errno_code))
+        super().__init__(message, remedy=remedy, details={"errno": name})
+        self.errno = errno_code
+
+
+def _hint(code: int) -> str:
+    """Why an errno usually happens here, for the operator (chosen by errno, never text)."""
+    if code in (errno.EPERM, errno.EACCES):
+        return " (the agent needs CAP_NET_RAW)"
+    if code in (errno.ENODEV, errno.ENXIO):
+        return " (no such interface in this network namespace)"
+    if code == errno.ENETDOWN:
+        return " (the interface is down)"
+    if code == errno.EADDRNOTAVAIL:
+        return " (the address is not configured on this node)"
+    if code == errno.EADDRINUSE:
+        return " (another process already uses it)"
+    return ""
+
+
+def net_error(action: str, exc: OSError) -> HaNetError:
+    """``cannot ACTION: <strerror> (<hint>)`` from an OSError, typed by its errno."""
+    code = exc.errno or errno.EIO
+    return HaNetError(f"cannot {action}: {os.strerror(code)}{_hint(code)}", errno_code=code)
+
+
+# --- interfaces -------------------------------------------------------------------------------
+
+
+def format_mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def parse_mac(text: str) -> bytes:
+    parts = text.split(":")
+    if len(parts) != ETH_ALEN or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"not a MAC address: {text!r} (expected aa:bb:cc:dd:ee:ff)")
+    return bytes(int(p, 16) for p in parts)
+
+
+def interface_index(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError as exc:
+        # CPython raises this one without an errno; the kernel's answer was ENODEV.
+        code = exc.errno or errno.ENODEV
+        raise net_error(f"find interface {ifname}", OSError(code, os.strerror(code))) from exc
+
+
+def interface_mac(ifname: str) -> str:
+    """The interface's MAC as ``aa:bb:..``.
+
+    Asked with the SIOCGIFHWADDR ioctl rather than read from /sys/class/net: a process that
+    entered the namespace with setns() still sees the sysfs of the namespace it came from.
+    """
+    request = struct.pack("256s", ifname.encode()[:15])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            answer = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, request)
+    except OSError as exc:
+        raise net_error(f"read the MAC address of {ifname}", exc) from exc
+    return format_mac(answer[18:18 + ETH_ALEN])  # ifr_name[16], sa_family (2), sa_data
+
+
+def open_packet_socket(ifname: str, ethertype: int) -> socket.socket:
+    """A non-blocking AF_PACKET socket bound to ``ifname`` for one EtherType."""
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+    except OSError as exc:
+        raise net_error(f"open raw socket on {ifname}", exc) from exc
+    try:
+        sock.setblocking(False)
+        sock.bind((ifname, ethertype))
+    except OSError as exc:
+        sock.close()
+        raise net_error(f"open raw socket on {ifname}", exc) from exc
+    return sock
+
+
+def send_frame(sock: socket.socket, frame: bytes, what: str) -> bool:
+    """Send without waiting; False if the frame was dropped for a transient reason."""
+    try:
+        sock.send(frame)
+    except OSError as exc:
+        if exc.errno in TRANSIENT_SEND_ERRNOS:
+            log.debug("dropped %s: %s", what, os.strerror(exc.errno or 0))
+            return False
+        raise net_error(f"send {what}", exc) from exc
+    return True
+
+
+# --- UDP heartbeats ---------------------------------------------------------------------------
+
+DatagramHandler = Callable[[bytes, IPv4Address | IPv6Address], None]
+
+
+class UdpChannel:
+    """UDP datagrams between the two management addresses (one socket, both directions)."""
+
+    def __init__(self, sock: socket.socket, port: int, on_datagram: DatagramHandler) -> None:
+        self._sock = sock
+        self._port = port
+        self._on_datagram = on_datagram
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    async def open(cls, local_ip: IPv4Address | IPv6Address, port: int,
+                   on_datagram: DatagramHandler) -> UdpChannel:
+        family = socket.AF_INET6 if local_ip.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            # A restarted daemon must rebind at once, whatever the old socket left behind.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            sock.bind((str(local_ip), port))
+        except OSError as exc:
+            sock.close()
+            raise net_error(f"listen for heartbeats on {local_ip} port {port}", exc) from exc
+        return cls(sock, port, on_datagram)
+
+    @property
+    def local_port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    def send(self, payload: bytes, peer_ip: IPv4Address | IPv6Address,
+             port: int | None = None) -> bool:
+        """Send one datagram (to the same port by default); False if it was dropped."""
+        try:
+            self._sock.sendto(payload, (str(peer_ip), port or self._port))
+        except OSError as exc:
+            if exc.errno in TRANSIENT_SEND_ERRNOS:
+                log.debug("heartbeat to %s dropped: %s", peer_ip, os.strerror(exc.errno or 0))
+                return False
+            raise net_error(f"send a heartbeat to {peer_ip}", exc) from exc
+        return True
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                payload, source = self._sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # A queued ICMP error surfaces here once; the socket itself is still good.
+                log.debug("heartbeat socket: %s", os.strerror(exc.errno or 0))
+                return
+            self._on_datagram(payload, ip_address(source[0]))
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+
+# --- IPv6 unsolicited Neighbour Advertisement -------------------------------------------------
+
+ICMPV6_NEIGHBOUR_ADVERTISEMENT = 136
+NA_FLAG_OVERRIDE = 0x20
+ND_OPT_TARGET_LINKADDR = 2
+ALL_NODES = "ff02::1"
+
+
+def neighbour_advertisement(target: IPv6Address, mac: str) -> bytes:
+    """The ICMPv6 body of an unsolicited NA (the kernel fills in the checksum).
+
+    Override set so neighbours replace the old MAC at once; solicited clear (RFC 4861
+    7.2.6); router clear, because a PBX node is not a router.
+    """
+    header = struct.pack("!BBHB3x", ICMPV6_NEIGHBOUR_ADVERTISEMENT, 0, 0, NA_FLAG_OVERRIDE)
+    option = struct.pack("!BB6s", ND_OPT_TARGET_LINKADDR, 1, parse_mac(mac))
+    return header + target.packed + option
+
+
+def send_unsolicited_na(ifname: str, address: IPv6Address) -> None:
+    """Tell every node on ``ifname``'s link that ``address`` is now at our MAC."""
+    index = interface_index(ifname)
+    body = neighbour_advertisement(address, interface_mac(ifname))
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    except OSError as exc:
+        raise net_error(f"open raw ICMPv6 socket on {ifname}", exc) from exc
+    with sock:
+        try:
+            # Receivers drop ND messages whose hop limit is not 255 (RFC 4861 7.1.2).
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+            sock.sendto(body, (ALL_NODES, 0, 0, index))
+        except OSError as exc:
+            raise net_error(f"send a neighbour advertisement for {address} on {ifname}",
+                            exc) from exc

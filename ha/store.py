@@ -1,0 +1,100 @@
+"""What the failover daemon keeps on disk: the pair key, its epoch and role, its events.
+
+Under ``<state-dir>/ha/``: ``pair.key`` (0600, 64 hex digits, never logged), ``state.json``
+(epoch and last role, so an epoch only grows, even across restarts) and ``events.jsonl``
+(one transition per line; the newest are read back for ``voxnode ha events``).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import InvalidInput, Problem
+from agent.ports.files import atomic_write
+from ha.protocol import KEY_BYTES, Role, parse_key
+
+KEEP_EVENTS = 1000
+
+
+@dataclass
+class Persisted:
+    epoch: int = 0
+    role: Role = Role.INIT
+
+
+class HAStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "ha"
+        self.key_file = self.dir / "pair.key"
+        self.state_file = self.dir / "state.json"
+        self.events_file = self.dir / "events.jsonl"
+
+    # --- pair key ------------------------------------------------------------------------
+
+    def key(self) -> bytes | None:
+        try:
+            return parse_key(self.key_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def generate_key(self) -> str:
+        text = secrets.token_hex(KEY_BYTES)
+        self._write_key(text)
+        return text
+
+    def set_key(self, text: str) -> None:
+        try:
+            parse_key(text)
+        except ValueError as exc:
+            raise InvalidInput("the pair key is not valid", problems=[Problem("key", str(exc))],
+                               remedy="Copy the key printed by `voxnode ha pair-key generate` "
+                               "on the other node.") from None
+        self._write_key(text.strip().lower())
+
+    def _write_key(self, text: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self.key_file, (text + "\n").encode(), 0o600)
+
+    # --- epoch and role ------------------------------------------------------------------
+
+    def load(self) -> Persisted:
+        try:
+            raw = json.loads(self.state_file.read_text())
+            return Persisted(int(raw["epoch"]), Role(raw["role"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return Persisted()
+
+    def save(self, persisted: Persisted) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body = {"epoch": persisted.epoch, "role": persisted.role.value}
+        atomic_write(self.state_file, (json.dumps(body) + "\n").encode(), 0o600)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def append_event(self, event: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.events_file, "a") as fh:
+            fh.write(json.dumps(event) + "\n")
+        if self.events_file.stat().st_size > 4 * 1024 * 1024:
+            kept = self.events(KEEP_EVENTS)
+            atomic_write(self.events_file,
+                         "".join(json.dumps(e) + "\n" for e in kept).encode(), 0o600)
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        try:
+            with open(self.events_file) as fh:
+                lines = deque(fh, maxlen=limit)
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a crash
+        return out
