@@ -22,11 +22,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent import __version__, api_ha, api_services
+from agent import __version__, api_ha, api_jobs, api_services
 from agent.api import AgentContext, make_app
 from agent.engine import Engine
 from agent.errors import StoreError, VoxnodeError
 from agent.events import EventLog
+from agent.jobs.mongodb_update import mongodb_update_job
+from agent.jobs.runner import JobRunner
+from agent.jobs.store import JobStore
 from agent.ports.files import FileTree
 from agent.ports.hostname import KernelHostname
 from agent.ports.licence import NoLicence
@@ -36,13 +39,13 @@ from agent.sdnotify import Notifier
 from agent.services.catalogue import load_catalogue
 from agent.state.document import load_document
 from agent.state.store import Store
-from agent.subsystems.mode import ModeSubsystem
-from ha.manager import HAManager
-from ha.protocol import Role
-from agent.subsystems.network import NetworkSubsystem
 from agent.subsystems.ha import HARoleSource, HASubsystem, service_role
+from agent.subsystems.mode import ModeSubsystem
+from agent.subsystems.network import NetworkSubsystem
 from agent.subsystems.services import ServicesSubsystem
 from agent.subsystems.services import watch as watch_services
+from ha.manager import HAManager
+from ha.protocol import Role
 
 log = logging.getLogger("voxnode.agent")
 
@@ -202,6 +205,10 @@ async def run(args: argparse.Namespace) -> int:
          *([services] if services else [])],
         events,
     )
+    jobs = JobRunner(JobStore(args.state_dir), events)
+    if services is not None:
+        jobs.register(mongodb_update_job(services))
+    jobs.recover()  # a job found running was cut off by a stop: it becomes interrupted
     ctx = AgentContext(
         engine=engine, events=events, network=network, licence=licence,
         started=time.time(), state_dir=str(args.state_dir), root=str(root),
@@ -216,6 +223,7 @@ async def run(args: argparse.Namespace) -> int:
     if services is not None:
         api_services.add_routes(app, services)
     api_ha.add_routes(app, ha)
+    api_jobs.add_routes(app, jobs)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     _claim_socket(args.socket)
@@ -232,11 +240,14 @@ async def run(args: argparse.Namespace) -> int:
         if store.head() == 0:
             await _apply_seed(engine, files, str(args.seed), events)
         watcher = tg.create_task(watch_services(services)) if services else None
+        job_task = tg.create_task(jobs.run())
         head = store.head()
         notifier.ready(f"serving; revision {head}" if head else "serving; not configured")
         await stop.wait()
         notifier.stopping()
         events.emit("agent.stopping", "signal received; finishing any change in progress")
+        job_task.cancel()
+        await asyncio.gather(job_task, return_exceptions=True)  # a running job: interrupted
         await engine.stop()
         try:
             async with asyncio.timeout(STOP_GRACE_S):

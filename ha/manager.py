@@ -358,7 +358,7 @@ class HAManager:
         steps = ["PROMOTING: taking the node IP", *await runtime.node_ip.take()]
         held = await runtime.node_ip.held()
         if not all(held):
-            missing = [str(s.address) for s, h in zip(runtime.cfg.shared_ips, held) if not h]
+            missing = [str(s.address) for s, h in zip(runtime.cfg.shared_ips, held, strict=True) if not h]
             raise RuntimeError(f"the kernel does not show {', '.join(missing)} after adding it")
         self.holds_vip = bool(runtime.cfg.shared_ips)
         runtime.node_ip.announce()
@@ -368,7 +368,7 @@ class HAManager:
         self.role = Role.MASTER
         self._save()
         runtime.send()
-        asyncio.create_task(self._repeat_announce(runtime))
+        runtime.tasks.append(asyncio.create_task(self._repeat_announce(runtime)))
         if runtime.peer is not None:
             runtime.peer = PeerView(runtime.peer.node_id, runtime.peer.role, runtime.peer.epoch,
                                     runtime.peer.holds_vip, runtime.peer.witness_ok,

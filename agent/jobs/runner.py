@@ -1,0 +1,323 @@
+"""The job runner: the registry of job kinds, scheduling, running steps, and recovery.
+
+Owns every job of the node while the agent runs. A *job kind* (``JobKind``) is a name, a
+title and an ordered list of steps (``StepDef``), each an async function that returns the
+sentence shown when it succeeds, raises ``StepSkipped`` when the step is not needed on this
+node, or raises a ``VoxnodeError`` whose message says what failed. ``schedule()`` records a
+job (now, or at a time); ``run()`` is the scheduler task: it starts due jobs one at a time,
+runs their steps in order, stops at the first failed step (the rest are ``skipped``), saves
+the record after every change and reports to the event log.
+
+Crash safety: ``recover()`` runs once at start-up, before ``run()``. A job found
+``running`` was cut short by a crash or a stop: it becomes ``interrupted``, naming the step
+it was in, and is never resumed (a half-done restart sequence is for the operator to
+judge). Scheduled jobs stay scheduled; one whose time passed more than ``missed_grace``
+seconds ago is cancelled rather than run at an hour nobody chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from agent.errors import Conflict, InvalidInput, NotFound, Problem, StoreError, VoxnodeError
+from agent.events import EventLog
+from agent.jobs.model import Job, JobState, JobStep, StepState
+from agent.jobs.store import JobStore
+
+log = logging.getLogger("voxnode.jobs")
+
+MISSED_GRACE_S = 15 * 60.0  # an agent restart or upgrade around the scheduled time
+MAX_SLEEP_S = 30.0  # wall-clock jumps (NTP, suspend) are noticed within this
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class StepSkipped(Exception):
+    """Raised by a step that is not needed on this node; ``reason`` is shown with it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StepContext:
+    """What a running step may do: report its progress (0-100) and a message."""
+
+    def __init__(self, runner: JobRunner, job: Job, step: JobStep) -> None:
+        self._runner, self.job, self.step = runner, job, step
+
+    def report(self, progress: int, message: str = "") -> None:
+        self.step.progress = max(0, min(100, progress))
+        if message:
+            self.step.message = message
+        self._runner._save(self.job)
+
+
+StepFunction = Callable[[StepContext], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class StepDef:
+    name: str
+    title: str
+    run: StepFunction
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    title: str
+    description: str
+    steps: tuple[StepDef, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "title": self.title, "description": self.description,
+                "steps": [{"name": s.name, "title": s.title} for s in self.steps]}
+
+
+def format_time(ts: float) -> str:
+    """A time as the node's local ISO 8601 with its offset (2026-11-23T02:00:00+01:00)."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+class JobRunner:
+    def __init__(
+        self, store: JobStore, events: EventLog, *, clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep, missed_grace: float = MISSED_GRACE_S,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self._clock = clock
+        self._sleep = sleep
+        self._missed_grace = missed_grace
+        self._kinds: dict[str, JobKind] = {}
+        self._jobs: dict[int, Job] = {}
+        self._next_id = 1
+        self._recovered = False
+        self._wake = asyncio.Event()
+
+    # --- kinds and queries --------------------------------------------------------------------
+
+    def register(self, kind: JobKind) -> None:
+        if kind.name in self._kinds:
+            raise ValueError(f"job kind {kind.name} is registered twice")
+        self._kinds[kind.name] = kind
+
+    def kinds(self) -> list[JobKind]:
+        return sorted(self._kinds.values(), key=lambda k: k.name)
+
+    def jobs(self) -> list[Job]:
+        """Every job kept, newest first."""
+        return sorted(self._jobs.values(), key=lambda j: j.id, reverse=True)
+
+    def get(self, job_id: int) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}",
+                           remedy="See the jobs kept with `voxnode jobs list`.")
+        return job
+
+    # --- start-up -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Load the history; mark jobs cut short as interrupted; drop missed schedules."""
+        self.store.open()
+        now = self._clock()
+        for job in self.store.load_all():
+            self._jobs[job.id] = job
+            if job.state is JobState.RUNNING:
+                self._interrupt(job, now)
+            elif (job.state is JobState.SCHEDULED and job.scheduled_at is not None
+                  and job.scheduled_at < now - self._missed_grace):
+                missed = format_time(job.scheduled_at)
+                self._end_unrun(job, now, JobState.CANCELLED, f"missed: the agent was not "
+                                f"running at {missed}; schedule it again")
+        self._next_id = max(self.store.highest_id(), max(self._jobs, default=0)) + 1
+        self._prune()
+        self._recovered = True
+
+    # --- operator requests --------------------------------------------------------------------
+
+    def schedule(self, name: str, at: float | None = None) -> Job:
+        """Record a job of kind ``name`` to run now (``at`` None) or at unix time ``at``."""
+        if not self._recovered:
+            raise RuntimeError("JobRunner.recover() must run before jobs are scheduled")
+        kind = self._kinds.get(name)
+        if kind is None:
+            known = ", ".join(sorted(self._kinds)) or "none on this node"
+            raise InvalidInput("unknown job kind", problems=[
+                Problem("name", f"'{name}' is not a job kind (known: {known})")])
+        now = self._clock()
+        if at is not None and at <= now:
+            raise InvalidInput("the job's time is in the past", problems=[
+                Problem("at", f"{format_time(at)} is in the past (it is now {format_time(now)})")])
+        for other in self._jobs.values():
+            if other.name == name and other.active:
+                when = (f", due at {format_time(other.scheduled_at)}"
+                        if other.state is JobState.SCHEDULED and other.scheduled_at else "")
+                raise Conflict(
+                    f"a {name} job is already {other.state.value} (job {other.id}{when})",
+                    remedy=f"Wait for it to end, or cancel it: voxnode jobs cancel {other.id}",
+                )
+        job = Job(id=self._next_id, name=name, title=kind.title, state=JobState.SCHEDULED,
+                  created=now, scheduled_at=at,
+                  steps=[JobStep(s.name, s.title) for s in kind.steps])
+        self.store.save(job)  # refused before it exists: the operator sees StoreError
+        self._next_id += 1
+        self._jobs[job.id] = job
+        due = f"for {format_time(at)}" if at is not None else "to run now"
+        self.events.emit("job.scheduled", f"job {job.id} {name} scheduled {due}")
+        self._wake.set()
+        return job
+
+    def cancel(self, job_id: int) -> Job:
+        job = self.get(job_id)
+        if job.state is not JobState.SCHEDULED:
+            remedy = ("A running job is not stopped half-way; wait for it to end."
+                      if job.state is JobState.RUNNING else "")
+            raise Conflict(f"job {job_id} is {job.state.value}: only a scheduled job can be "
+                           "cancelled", remedy=remedy or None)
+        self._end_unrun(job, self._clock(), JobState.CANCELLED, "cancelled by the operator")
+        self._wake.set()
+        return job
+
+    # --- the scheduler ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start due jobs, one at a time, until cancelled; never raises otherwise."""
+        while True:
+            job = self._due()
+            if job is None:
+                await self._idle()
+                continue
+            try:
+                await self._execute(job)
+            except Exception:
+                log.exception("jobs: job %d hit an unexpected error", job.id)
+                if job.active:
+                    self._finish(job, JobState.FAILED, "the job hit an internal error; "
+                                 "details are in the agent's log")
+
+    def _due(self) -> Job | None:
+        now = self._clock()
+        due = [j for j in self._jobs.values() if j.state is JobState.SCHEDULED
+               and (j.scheduled_at is None or j.scheduled_at <= now)]
+        return min(due, key=lambda j: (j.scheduled_at or j.created, j.id), default=None)
+
+    async def _idle(self) -> None:
+        """Wait until the next scheduled time (at most MAX_SLEEP_S) or a new request."""
+        times = [j.scheduled_at for j in self._jobs.values()
+                 if j.state is JobState.SCHEDULED and j.scheduled_at is not None]
+        waker = asyncio.ensure_future(self._wake.wait())
+        waits: set[asyncio.Future[Any]] = {waker}
+        if times:
+            delay = min(max(0.0, min(times) - self._clock()), MAX_SLEEP_S)
+            waits.add(asyncio.ensure_future(self._sleep(delay)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        self._wake.clear()
+
+    async def _execute(self, job: Job) -> None:
+        kind = self._kinds.get(job.name)
+        job.state, job.started = JobState.RUNNING, self._clock()
+        self._save(job)
+        self.events.emit("job.started", f"job {job.id} {job.name} started ({job.title})")
+        total = len(job.steps)
+        for index, step in enumerate(job.steps, start=1):
+            definition = next((d for d in kind.steps if d.name == step.name), None) if (
+                kind) else None
+            step.state, step.started, step.progress = StepState.RUNNING, self._clock(), 0
+            self._save(job)
+            try:
+                if definition is None:
+                    raise VoxnodeError(f"this agent version has no step {step.name} in "
+                                       f"{job.name} jobs")
+                message = await definition.run(StepContext(self, job, step))
+            except asyncio.CancelledError:
+                self._interrupt(job, self._clock())
+                raise
+            except StepSkipped as exc:
+                step.state, step.message = StepState.SKIPPED, exc.reason
+            except VoxnodeError as exc:
+                step.state, step.message = StepState.FAILED, exc.message
+            except Exception:
+                log.exception("jobs: step %s of job %d hit an unexpected error", step.name, job.id)
+                step.state = StepState.FAILED
+                step.message = "the step hit an internal error; details are in the agent's log"
+            else:
+                step.state, step.message, step.progress = StepState.SUCCEEDED, message, 100
+            step.finished = self._clock()
+            self.events.emit(
+                "job.step", f"job {job.id} {job.name}: step {index} of {total} ({step.title}) "
+                f"{step.state.value}" + (f": {step.message}" if step.message else ""),
+                level=logging.ERROR if step.state is StepState.FAILED else logging.INFO)
+            if step.state is StepState.FAILED:
+                self._skip_rest(job, f"not run: step {index} ({step.title}) failed")
+                job.result = f"failed at step {index} of {total} ({step.title})"
+                self._finish(job, JobState.FAILED, step.message)
+                return
+            self._save(job)
+        skipped = sum(1 for s in job.steps if s.state is StepState.SKIPPED)
+        done = total - skipped
+        job.result = f"{done} step{'s' if done != 1 else ''} done" + (
+            f", {skipped} skipped" if skipped else "")
+        self._finish(job, JobState.SUCCEEDED, "")
+
+    # --- record keeping -----------------------------------------------------------------------
+
+    def _save(self, job: Job) -> None:
+        """Persist a running job; a disk problem is reported but does not stop the job."""
+        try:
+            self.store.save(job)
+        except StoreError as exc:
+            self.events.emit("job.store-failed", exc.message, level=logging.ERROR)
+
+    @staticmethod
+    def _skip_rest(job: Job, reason: str) -> None:
+        for step in job.steps:
+            if step.state is StepState.PENDING:
+                step.state, step.message = StepState.SKIPPED, reason
+
+    def _interrupt(self, job: Job, now: float) -> None:
+        current = job.current_step()
+        if current is not None:
+            index = job.steps.index(current) + 1
+            current.state, current.finished = StepState.INTERRUPTED, now
+            current.message = "the agent stopped during this step"
+            where = f"while step {index} of {len(job.steps)} ({current.title}) was running"
+        else:
+            where = "between two steps"
+        self._skip_rest(job, "not run: the job was interrupted")
+        job.result = "interrupted"
+        self._finish(job, JobState.INTERRUPTED,
+                     f"the agent stopped {where}; the job did not finish", now=now)
+
+    def _end_unrun(self, job: Job, now: float, state: JobState, why: str) -> None:
+        self._skip_rest(job, f"not run: the job was {state.value}")
+        job.result = state.value
+        self._finish(job, state, why, now=now)
+
+    def _finish(self, job: Job, state: JobState, error: str, *, now: float | None = None) -> None:
+        job.state, job.error = state, error
+        job.finished = self._clock() if now is None else now
+        self._save(job)
+        text = f"job {job.id} {job.name} {state.value}: " + (error or job.result)
+        level = {JobState.SUCCEEDED: logging.INFO, JobState.CANCELLED: logging.INFO,
+                 JobState.INTERRUPTED: logging.WARNING}.get(state, logging.ERROR)
+        self.events.emit(f"job.{state.value}", text, level=level)
+        self._prune()
+
+    def _prune(self) -> None:
+        for job in self.store.prune(list(self._jobs.values())):
+            del self._jobs[job.id]
