@@ -199,8 +199,10 @@ class Runtime:
         )
 
     async def _tick_loop(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(self.timing.interval / 2)
+            ticks += 1
             try:
                 self.decision = decide(self.inputs())
                 if self.decision.target is not None:
@@ -208,6 +210,8 @@ class Runtime:
                                             bump=self.decision.bump_epoch)
                 elif self.m.role is Role.MASTER:
                     await self.m.ensure_node_ip()
+                elif ticks % 10 == 0:
+                    await self.m.ensure_no_node_ip()
             except (VoxnodeError, OSError, RuntimeError) as exc:
                 # never let a failed step kill the runtime: it is retried next tick
                 text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
@@ -296,6 +300,7 @@ class HAManager:
             raise
         self.runtime = runtime
         self.role = Role.OFF if self.persisted.role is Role.OFF else Role.INIT
+        await self.ensure_no_node_ip()  # a node IP left by a crash must go before deciding
         runtime.start()
         done.append(f"started the failover runtime ({state.ha.profile.value} profile) as "
                     f"{self.role.value}")
@@ -358,13 +363,16 @@ class HAManager:
         steps = ["PROMOTING: taking the node IP", *await runtime.node_ip.take()]
         held = await runtime.node_ip.held()
         if not all(held):
-            missing = [str(s.address) for s, h in zip(runtime.cfg.shared_ips, held, strict=True) if not h]
+            missing = [str(s.address)
+                       for s, h in zip(runtime.cfg.shared_ips, held, strict=True) if not h]
             raise RuntimeError(f"the kernel does not show {', '.join(missing)} after adding it")
         self.holds_vip = bool(runtime.cfg.shared_ips)
         runtime.node_ip.announce()
         steps.append("PROMOTING: announced the node IP")
         if bump:
-            self.persisted.epoch += 1
+            # above every epoch seen in the pair, so a later two-masters meeting keeps us
+            seen = runtime.peer.epoch if runtime.peer is not None else 0
+            self.persisted.epoch = max(self.persisted.epoch, seen) + 1
         self.role = Role.MASTER
         self._save()
         runtime.send()
@@ -420,6 +428,21 @@ class HAManager:
             restored = await runtime.node_ip.take()
             runtime.node_ip.announce()
             self.events.emit("ha.node-ip-restored", "; ".join(restored), level=logging.WARNING)
+
+    async def ensure_no_node_ip(self) -> None:
+        """A node that is not master must not hold the node IP (left by a crash, or added
+        by hand): release it, fail closed."""
+        async with self.lock:
+            runtime = self.runtime
+            if runtime is None or runtime.node_ip is None or self.role is Role.MASTER:
+                return
+            if not any(await runtime.node_ip.held()):
+                return
+            released = await runtime.node_ip.release()
+            self.holds_vip = False
+            self.events.emit("ha.node-ip-released",
+                             f"{'; '.join(released)} (this node is {self.role.value})",
+                             level=logging.WARNING)
 
     async def _run_hooks(self, old: Role, new: Role, prefix: str = "PROMOTING") -> list[str]:
         steps = []
