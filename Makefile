@@ -55,7 +55,7 @@ clean:
 
 # --- lab: two systemd-nspawn nodes + a client on 10.77.0.0/24 (image/lab.py; needs root) -----
 # Host packages the lab needs; the rootfs itself comes from the same apt mirror (mmdebstrap).
-APT_LAB    := mmdebstrap systemd-container iproute2 util-linux procps iputils-ping
+APT_LAB    := mmdebstrap systemd-container iproute2 util-linux procps iputils-ping openvpn kmod
 # lab-down/-status must work without the .venv too: image.lab uses only the standard library
 LABPY       = $(shell test -x $(PY) && echo $(PY) || echo $(SYSPYTHON))
 

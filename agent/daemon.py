@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent import __version__, api_ha, api_jobs, api_services
+from agent import __version__, api_ha, api_jobs, api_mcs, api_services
 from agent.api import AgentContext, make_app
 from agent.engine import Engine
 from agent.errors import StoreError, VoxnodeError
@@ -30,6 +30,8 @@ from agent.events import EventLog
 from agent.jobs.mongodb_update import mongodb_update_job
 from agent.jobs.runner import JobRunner
 from agent.jobs.store import JobStore
+from agent.mcs.client import McsClient
+from agent.mcs.tunnel import LocalTunnel
 from agent.ports.files import FileTree
 from agent.ports.hostname import KernelHostname
 from agent.ports.licence import NoLicence
@@ -224,6 +226,10 @@ async def run(args: argparse.Namespace) -> int:
         api_services.add_routes(app, services)
     api_ha.add_routes(app, ha)
     api_jobs.add_routes(app, jobs)
+    api_mcs.add_routes(app, McsClient(
+        files, services, lambda: (c.state if (c := store.current()) else None), LocalTunnel(),
+        events=events, lock=engine.lock,
+    ))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     _claim_socket(args.socket)

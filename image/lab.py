@@ -55,6 +55,7 @@ CLIENT = Member("client", "10.77.0.100")
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
+TUN_DRIVER = Path("/sys/class/misc/tun")
 HOST_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "ip", "mount", "systemctl")
 
 
@@ -277,7 +278,18 @@ def usage_text(probes: list[NodeProbe]) -> str:
     return "\n".join(lines)
 
 
+def ensure_tun() -> None:
+    """The nodes' OpenVPN (the MCS client) needs the host's tun driver: systemd-nspawn gives
+    every node its own /dev/net/tun, which opens only when the driver is loaded."""
+    if not TUN_DRIVER.exists() and shutil.which("modprobe"):
+        run(["modprobe", "tun"], check=False)
+    if not TUN_DRIVER.exists():
+        raise LabError("the host has no tun driver (needed by OpenVPN in the nodes): load it "
+                       "with `modprobe tun`", EXIT_NOT_ROOT)
+
+
 def up(paths: Paths, timeout: float) -> int:
+    ensure_tun()
     current = {n.name: probe(n) for n in NODES}
     complete = all(p.running and p.agent for p in current.values()) and all(
         labnet.exists(m.netns) for m in (*NODES, CLIENT))

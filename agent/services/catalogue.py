@@ -213,6 +213,7 @@ class Facts:
     licence: LicenceView
     role: Role
     mcs_client_configured: bool
+    mcs_client_stopped: bool = False  # the operator's STOP (voxnode mcs stop)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,8 @@ def _decide(entry: Entry, mode: WorkingMode, facts: Facts) -> UnitDecision:
     if entry.condition is Condition.MCS_CLIENT_CONFIGURED and not facts.mcs_client_configured:
         against.append(f"the MCS client is not configured ({MCS_CLIENT_CONF} is missing: "
                        "upload the VPN certificate from MCS)")
+    elif entry.condition is Condition.MCS_CLIENT_CONFIGURED and facts.mcs_client_stopped:
+        against.append("stopped by the operator (`voxnode mcs start` starts it again)")
     missing = [m for m in entry.licence if not facts.licence.has(m)]
     if missing:
         needs = f"needs the licence module{'s' if len(missing) > 1 else ''} {', '.join(missing)}"

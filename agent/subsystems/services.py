@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from agent.errors import Conflict, Problem, SubsystemError, VoxnodeError
 from agent.events import EventLog
+from agent.mcs import MCS_STOP_FLAG
 from agent.paths import MCS_CLIENT_CONF
 from agent.ports.files import FileTree
 from agent.ports.licence import LicencePort
@@ -102,7 +103,8 @@ class ServicesSubsystem:
                 f"the licence could not be read within {LICENCE_TIMEOUT_S:g} s; units are "
                 "left as they are"
             ) from None
-        return Facts(licence, role or self._roles.current(), self._files.exists(MCS_CLIENT_CONF))
+        return Facts(licence, role or self._roles.current(), self._files.exists(MCS_CLIENT_CONF),
+                     self._files.exists(MCS_STOP_FLAG))
 
     async def wanted(self, state: DesiredState | None) -> list[UnitDecision]:
         mode = state.mode if state else WorkingMode.STANDARD
