@@ -69,6 +69,9 @@ class Inputs:
     cloud: bool
     timing: Timing
     hold_off: bool = False  # just handed the node IP over: no election win for a while
+    witness_streak: float = float("inf")  # how long a witness has answered without a break
+    unverified_age: float = float("inf")  # since the peer's address last sent a heartbeat
+    #                                       we could not authenticate (another pair key)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ CLOUD_MANUAL = "Pure Cloud pair: failover is manual (System Monitor STATE)"
 PEER_OFF = "The peer is off (services off)"
 PEER_NO_WITNESS = "The peer cannot reach a witness"
 SELF_OFF = "This node is off (services off)"
+PEER_UNVERIFIED = ("The peer sends heartbeats this node cannot authenticate (different pair "
+                   "keys?)")
 
 
 def wins_election(epoch: int, node_id: str, other_epoch: int, other_id: str) -> bool:
@@ -127,6 +132,8 @@ def blockers(i: Inputs) -> tuple[str, ...]:
         found.append(WITNESS_LOST)
     if i.role is not Role.MASTER and not peer_alive(i) and i.role is not Role.OFF:
         found.append(PEER_LOST)
+    if i.unverified_age < i.timing.dead:
+        found.append(PEER_UNVERIFIED)
     return tuple(dict.fromkeys(found))
 
 
@@ -193,6 +200,15 @@ def _decide_slave(i: Inputs, stuck: tuple[str, ...]) -> Decision:
     if i.cloud:
         return Decision(None, "the peer is unreachable; Pure Cloud failover is manual", stuck)
     silent = "never heard" if peer is None else f"silent for {i.now - peer.last_seen:.1f} s"
+    if i.unverified_age < i.timing.dead:
+        # something at the peer's address is alive: taking over could make two masters
+        return Decision(None, f"master unreachable ({silent}) but its address sends "
+                        "heartbeats signed with another key: not taking over", stuck)
+    if witness_ok(i) and i.witness_streak < i.timing.dead:
+        # the witness just came back (this node was the isolated one?): the master's
+        # heartbeats get the same chance as the witness before anything is decided
+        return Decision(None, f"master unreachable ({silent}); the witness answers again "
+                        "since a moment: waiting a dead interval", stuck)
     if witness_ok(i):
         return Decision(Role.MASTER, f"master unreachable ({silent}) and a witness answers",
                         stuck, bump_epoch=True)

@@ -33,6 +33,7 @@ from ha.machine import TIMINGS, Decision, Inputs, PeerView, Timing, decide
 from ha.net import UdpChannel
 from ha.protocol import (
     BadMessage,
+    BadSignature,
     Kind,
     Message,
     ReplayGuard,
@@ -80,6 +81,8 @@ class Runtime:
         self.guard = ReplayGuard()
         self.peer: PeerView | None = None
         self.peer_mac: str | None = None
+        self.unverified_at: float | None = None
+        self.witness_up_since: float | None = None
         self.channels = Channels()
         self.bad: dict[str, Any] = {"count": 0, "last": ""}
         self.started = manager.clock()
@@ -152,12 +155,13 @@ class Runtime:
             await asyncio.sleep(self.timing.interval)
 
     def _on_udp(self, payload: bytes, source: object) -> None:
-        self._receive(payload, "udp", None)
+        self._receive(payload, "udp", None, from_peer=str(source) == str(self.peer_ip))
 
     def _on_l2(self, payload: bytes, source_mac: str) -> None:
-        self._receive(payload, "l2", source_mac)
+        self._receive(payload, "l2", source_mac, from_peer=source_mac == self.peer_mac)
 
-    def _receive(self, payload: bytes, channel: str, mac: str | None) -> None:
+    def _receive(self, payload: bytes, channel: str, mac: str | None, *,
+                 from_peer: bool) -> None:
         now = self.m.clock()
         try:
             msg = decode(payload, self.key)
@@ -168,6 +172,8 @@ class Runtime:
             fresh = self.guard.check(msg, self.m.wall())
         except BadMessage as exc:
             self.bad = {"count": int(self.bad["count"]) + 1, "last": str(exc)}
+            if isinstance(exc, BadSignature) and from_peer:
+                self.unverified_at = now
             return
         setattr(self.channels, channel, now)
         if mac is not None:
@@ -179,6 +185,16 @@ class Runtime:
             released = self.peer.released_at
         self.peer = PeerView(msg.node_id, msg.role, msg.epoch, msg.holds_vip, msg.witness_ok,
                              now, released)
+
+    def witness_streak(self) -> float:
+        """Seconds the witnesses have been reachable without a break (0 when not now)."""
+        now = self.m.clock()
+        if self.witness_age() >= self.timing.witness_within:
+            self.witness_up_since = None
+            return 0.0
+        if self.witness_up_since is None:
+            self.witness_up_since = now
+        return now - self.witness_up_since
 
     def witness_age(self) -> float:
         if self.witness is None:
@@ -196,6 +212,9 @@ class Runtime:
             node_id=self.node_id, peer=self.peer, witness_age=self.witness_age(),
             vip_foreign_holder=m.vip_foreign, cloud=self.cfg.cloud, timing=self.timing,
             hold_off=m.hold_off_until > m.clock(),
+            witness_streak=self.witness_streak(),
+            unverified_age=(m.clock() - self.unverified_at
+                            if self.unverified_at is not None else float("inf")),
         )
 
     async def _tick_loop(self) -> None:

@@ -45,6 +45,10 @@ class BadMessage(ValueError):
     """A datagram that is not a valid, authentic, fresh heartbeat (reason in the text)."""
 
 
+class BadSignature(BadMessage):
+    """Well formed, but signed with another key: a peer that is alive but misconfigured."""
+
+
 @dataclass(frozen=True)
 class Message:
     kind: Kind
@@ -100,7 +104,7 @@ def decode(data: bytes, key: bytes) -> Message:
         raise BadMessage("truncated")
     expected = hmac.new(key, data[:end], hashlib.sha256).digest()[:MAC_LEN]
     if not hmac.compare_digest(expected, data[end : end + MAC_LEN]):
-        raise BadMessage("bad signature (the nodes have different pair keys?)")
+        raise BadSignature("bad signature (the nodes have different pair keys?)")
     try:
         body = json.loads(data[_HEADER.size : end])
         return Message(

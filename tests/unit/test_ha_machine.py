@@ -121,3 +121,20 @@ def test_blockers_are_operator_sentences() -> None:
     assert fine.blockers == ()
     no_witness_peer = decide(inputs(Role.MASTER, replace(peer(Role.SLAVE), witness_ok=False)))
     assert no_witness_peer.blockers == ("The peer cannot reach a witness",)
+
+
+def test_unauthenticated_heartbeats_from_the_peer_block_a_takeover() -> None:
+    given = replace(inputs(Role.SLAVE, peer(Role.MASTER, age=3)), unverified_age=0.1)
+    decision = decide(given)
+    assert decision.target is None
+    assert "signed with another key" in decision.reason
+    assert decision.blockers[-1].startswith("The peer sends heartbeats")
+
+
+def test_a_witness_that_just_came_back_does_not_allow_a_takeover() -> None:
+    given = replace(inputs(Role.SLAVE, peer(Role.MASTER, age=3)), witness_streak=0.1)
+    decision = decide(given)
+    assert decision.target is None
+    assert "waiting a dead interval" in decision.reason
+    later = replace(given, witness_streak=0.7)
+    assert decide(later).target is Role.MASTER

@@ -1,0 +1,251 @@
+"""Failover of the node IP between two real agents, in the namespace lab (tests/halab.py).
+
+Every scenario asserts the roles, who holds the node IP (``ip -j``), that the client's
+UDP echo keeps or resumes answering from the right node, and that at no sampled moment
+both nodes held the node IP (a crashed node's kernel keeps its addresses, so it counts
+only until its crash: see ``PairLab.both_held_samples``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.halab import NODES, PairLab, missing_tools, other
+from tests.voxpair import VoxnodePair
+
+pytestmark = pytest.mark.root
+
+HEARTBEAT_PORT = 7411
+
+
+@pytest.fixture
+def pair() -> Iterator[VoxnodePair]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"host tools missing: {', '.join(missing)}")
+    with PairLab(assign_node_addresses=False) as lab:
+        voxnode = VoxnodePair(lab)
+        try:
+            yield voxnode
+        finally:
+            voxnode.stop()
+
+
+def start(pair: VoxnodePair) -> str:
+    master = pair.start(stagger_s=0.3)
+    pair.lab.wait_steady(master, for_s=0.3)
+    return master
+
+
+def assert_never_both(pair: VoxnodePair, since: float = 0.0) -> None:
+    both = pair.lab.both_held_samples(since)
+    assert both == [], f"both nodes held the node IP at {len(both)} samples"
+
+
+def test_first_node_is_master_and_the_second_follows(pair: VoxnodePair) -> None:
+    master = start(pair)
+    assert master == "a"  # started first: a is master before b even listens
+    assert pair.role("b") == "slave"
+    status = pair.status("a")
+    assert status is not None
+    assert status["node_ip_holder"] == "this node"
+    assert status["peer"]["reachable"] is True
+    assert status["failover_blockers"] == []
+    assert pair.lab.vip_holders() == {"a"}
+    assert_never_both(pair)
+
+
+def test_master_crash_moves_the_node_ip(pair: VoxnodePair) -> None:
+    master = start(pair)
+    at = pair.lab.crash(master)
+    survivor = other(master)
+    pair.wait_role(survivor, "master", timeout=5)
+    pair.lab.wait_steady(survivor, since=at, for_s=0.5)
+    report = pair.lab.probe.report(at, time.monotonic())
+    assert report.recovered and report.after == survivor
+    assert report.gap_ms < 3000
+    assert_never_both(pair)
+    # the node comes back: it finds a live master and stays slave (no preemption), and
+    # releases the node IP its dead kernel still had
+    pair.lab.revive(master)
+    pair.start_node(master)
+    pair.wait_role(master, "slave", timeout=10)
+    deadline = time.monotonic() + 5
+    while pair.lab.vip_holders() != {survivor}:
+        assert time.monotonic() < deadline, pair.lab.vip_holders()
+        time.sleep(0.05)
+    assert pair.role(survivor) == "master"
+
+
+def test_master_link_down(pair: VoxnodePair) -> None:
+    master = start(pair)
+    at = pair.lab.link_down(master)
+    survivor = other(master)
+    pair.wait_role(survivor, "master", timeout=5)
+    # the master that lost peer and witness let the node IP go (fail closed)
+    pair.wait_role(master, "slave", timeout=5)
+    pair.lab.wait_steady(survivor, since=at, for_s=0.5)
+    assert_never_both(pair)
+    pair.lab.link_up(master)
+    time.sleep(1.5)
+    assert pair.role(survivor) == "master" and pair.role(master) == "slave"
+    assert pair.lab.vip_holders() == {survivor}
+
+
+def test_heartbeat_only_loss_changes_nothing(pair: VoxnodePair) -> None:
+    master = start(pair)
+    at = pair.lab.block_heartbeat("udp", HEARTBEAT_PORT)
+    time.sleep(2.5)
+    assert pair.role(master) == "master" and pair.role(other(master)) == "slave"
+    status = pair.status(other(master))
+    assert status is not None
+    channels = status["peer"]["channels_ms"]
+    assert channels["udp"] > 1500 and channels["ethernet"] < 500
+    assert pair.lab.holder_changes(at) == 0
+    assert_never_both(pair)
+
+
+def test_isolated_slave_does_not_promote(pair: VoxnodePair) -> None:
+    master = start(pair)
+    slave = other(master)
+    at = pair.lab.isolate(slave)
+    time.sleep(2.5)
+    assert pair.role(slave) == "slave"
+    status = pair.status(slave)
+    assert status is not None
+    assert "Witness unreachable" in status["failover_blockers"]
+    assert pair.role(master) == "master"
+    assert pair.lab.holder_changes(at) == 0
+    pair.lab.heal()
+    time.sleep(1.0)
+    assert pair.role(master) == "master" and pair.role(slave) == "slave"
+    assert_never_both(pair)
+
+
+def test_isolated_master_gives_up_before_the_slave_takes_over(pair: VoxnodePair) -> None:
+    master = start(pair)
+    slave = other(master)
+    at = pair.lab.isolate(master)
+    pair.wait_role(slave, "master", timeout=5)
+    pair.wait_role(master, "slave", timeout=5)
+    pair.lab.wait_steady(slave, since=at, for_s=0.5)
+    assert_never_both(pair)
+    pair.lab.heal()
+    time.sleep(1.5)
+    assert pair.role(slave) == "master" and pair.role(master) == "slave"
+    assert pair.lab.vip_holders() == {slave}
+
+
+def test_partition_and_heal(pair: VoxnodePair) -> None:
+    master = start(pair)
+    slave = other(master)
+    # the master ends up alone; the slave stays with the gateway (witness) and the client
+    at = pair.lab.partition([master], [slave, "gw", "c"])
+    pair.wait_role(slave, "master", timeout=5)
+    pair.lab.wait_steady(slave, since=at, for_s=0.5)
+    heal = pair.lab.heal()
+    time.sleep(2.0)
+    roles = {n: pair.role(n) for n in NODES}
+    assert sorted(roles.values()) == ["master", "slave"], roles
+    assert pair.lab.vip_holders() == {slave}
+    assert pair.lab.holder_changes(heal) == 0
+    assert_never_both(pair)
+
+
+def test_flapping_link_never_splits(pair: VoxnodePair) -> None:
+    master = start(pair)
+    at = pair.lab.flap(master, 4, down_s=0.15, up_s=0.4)
+    time.sleep(2.0)
+    roles = {n: pair.role(n) for n in NODES}
+    assert sorted(roles.values()) == ["master", "slave"], roles
+    assert pair.lab.holder_changes(at) == 0  # short flaps are below the dead interval
+    assert_never_both(pair)
+
+
+def test_loss_and_jitter_cause_no_false_failover(pair: VoxnodePair) -> None:
+    master = start(pair)
+    for node in NODES:
+        pair.lab.netem(node, loss_pct=5, delay_ms=50, jitter_ms=25)
+    at = time.monotonic()
+    time.sleep(12)
+    assert pair.role(master) == "master" and pair.role(other(master)) == "slave"
+    assert pair.lab.holder_changes(at) == 0
+    assert_never_both(pair)
+
+
+def test_switchover_is_graceful(pair: VoxnodePair) -> None:
+    master = start(pair)
+    slave = other(master)
+    at = pair.switchover()
+    pair.wait_role(slave, "master", timeout=3)
+    pair.lab.wait_steady(slave, since=at, for_s=0.5)
+    report = pair.lab.probe.report(at, time.monotonic())
+    assert report.after == slave and report.gap_ms < 500
+    time.sleep(1.0)
+    assert pair.role(master) == "slave"  # and stays there: no election win right after
+    assert_never_both(pair)
+    events = pair.events(slave)
+    assert events[-1]["reason"].endswith("handed the node IP over (switchover)")
+
+
+def test_off_releases_and_the_slave_takes_over(pair: VoxnodePair) -> None:
+    master = start(pair)
+    slave = other(master)
+    pair.set_state(master, "off")
+    pair.wait_role(slave, "master", timeout=3)
+    assert pair.role(master) == "off"
+    assert pair.lab.vip_holders() == {slave}
+    time.sleep(1.0)
+    assert pair.role(master) == "off"  # off stays off
+    pair.set_state(master, "slave")
+    pair.wait_role(master, "slave", timeout=3)
+    assert_never_both(pair)
+
+
+def test_two_masters_after_a_heal_keep_one(pair: VoxnodePair) -> None:
+    """Both nodes reach the witness but not each other (an A-B cut): the one failure a
+    gateway witness cannot arbitrate. When the cut heals, the higher epoch keeps the role
+    and the other demotes, reporting that its data diverged."""
+    master = start(pair)
+    slave = other(master)
+    pair.lab.partition([master], [slave])
+    pair.wait_role(slave, "master", timeout=5)
+    heal = pair.lab.heal()
+    pair.wait_role(master, "slave", timeout=5)
+    assert pair.role(slave) == "master"
+    assert pair.lab.vip_holders() == {slave}
+    last = pair.events(master)[-1]
+    assert "diverged" in last["reason"]
+    assert pair.lab.both_held_samples(heal + 1.0) == []
+
+
+def test_a_different_pair_key_is_reported_and_causes_no_takeover(pair: VoxnodePair) -> None:
+    master = start(pair)
+    slave = other(master)
+    at = time.monotonic()
+    pair.client(slave).post("/v1/ha/pair-key", {"key": "11" * 32})
+    time.sleep(2.5)
+    for node in NODES:
+        status = pair.status(node)
+        assert status is not None
+        assert "bad signature" in status["peer"]["rejected_messages"]["last"]
+        assert ("The peer sends heartbeats this node cannot authenticate (different pair "
+                "keys?)") in status["failover_blockers"]
+    assert pair.role(master) == "master"
+    assert pair.lab.holder_changes(at) == 0
+    assert_never_both(pair)
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft missing")
+def test_status_without_ha_is_clear(pair: VoxnodePair) -> None:
+    start(pair)
+    data = pair.client("a").get("/v1/ha")
+    assert data["running"] is True and data["profile"] == "standard"
+    assert data["timing_ms"]["dead"] == 600
