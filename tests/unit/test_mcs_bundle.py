@@ -66,6 +66,11 @@ class Pki:
         if not ca:
             usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
             builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            # OpenVPN's remote-cert-tls checks key usage too, as real MCS certificates have
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
         signer = key if ca else (issuer_key or self.ca_key)
         return builder.sign(signer, hashes.SHA256())
 
