@@ -1,0 +1,19 @@
+"""testinfra suite for an installed node (see test_appliance.py for the targets).
+
+Registers the ``lab://NODE`` backend and skips the suite unless ``--hosts`` names its
+targets: without it testinfra would check the machine pytest runs on.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.infra.labbackend import register
+
+register()
+
+
+@pytest.fixture(autouse=True)
+def _needs_hosts(request: pytest.FixtureRequest) -> None:
+    if request.config.getoption("hosts", None) is None:
+        pytest.skip("give the node to check: --hosts=lab://node1 or --hosts=ssh://root@HOST")
