@@ -255,3 +255,58 @@ def test_status_without_ha_is_clear(pair: VoxnodePair) -> None:
     data = pair.client("a").get("/v1/ha")
     assert data["running"] is True and data["profile"] == "standard"
     assert data["timing_ms"]["dead"] == 600
+
+
+@pytest.fixture
+def cloud_pair() -> Iterator[VoxnodePair]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    with PairLab(assign_node_addresses=False, probe=False) as lab:
+        voxnode = VoxnodePair(lab, extra_ha={"cloud": True, "shared_ips": []})
+        try:
+            yield voxnode
+        finally:
+            voxnode.stop()
+
+
+def test_cloud_pair_switches_only_by_hand_step_by_step(cloud_pair: VoxnodePair) -> None:
+    """Requirements §5, Pure Cloud pair: master → off; move the public IP at the provider;
+    slave → master; the old node → slave. Nothing moves by itself."""
+    pair = cloud_pair
+    for node in NODES:
+        pair.start_node(node)
+        time.sleep(0.3)
+    master = "a"
+    pair.wait_role(master, "master", timeout=10)
+    pair.wait_role("b", "slave", timeout=10)
+    status = pair.status(master)
+    assert status is not None
+    assert status["node_ip"] == [] and status["cloud"] is True
+    assert "Pure Cloud pair: failover is manual (System Monitor STATE)" in (
+        status["failover_blockers"])
+    assert status["next_step"].startswith("to move the service: set this node off")
+    # a lost master is not replaced automatically
+    pair.lab.isolate(master)
+    time.sleep(1.5)
+    assert pair.role("b") == "slave"
+    pair.lab.heal()
+    time.sleep(0.5)
+    # step 1: master off
+    pair.set_state(master, "off")
+    pair.wait_role(master, "off", timeout=3)
+    time.sleep(1.0)
+    assert pair.role("b") == "slave"  # still nothing moves by itself
+    off_status = pair.status(master)
+    assert off_status is not None and off_status["next_step"].startswith(
+        "move the static public IP")
+    slave_status = pair.status("b")
+    assert slave_status is not None and slave_status["next_step"].startswith(
+        "once the static public IP points at this instance")
+    # step 2 happens at the cloud provider; step 3: slave → master
+    pair.set_state("b", "master")
+    pair.wait_role("b", "master", timeout=3)
+    # step 4: the old node → slave
+    pair.set_state(master, "slave")
+    pair.wait_role(master, "slave", timeout=3)
+    time.sleep(1.0)
+    assert pair.role("b") == "master" and pair.role(master) == "slave"
