@@ -1,0 +1,237 @@
+"""One configuration of the pair running: sockets, tasks, heartbeats and the current view.
+
+``Runtime`` owns the two heartbeat channels (UDP between the management addresses, raw
+Ethernet frames), the witness monitor and the node-IP handle for one revision of the
+``ha`` section; ``HAManager`` (ha.manager) creates a new one whenever that section or the
+network changes, and asks it for the inputs of ``ha.machine.decide`` on every tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import VoxnodeError
+from agent.state.document import ha_management_ip, ha_witnesses
+from agent.state.model import DesiredState, HAConfig
+from ha.arp import ArpEndpoint, WitnessMonitor
+from ha.l2 import L2Channel
+from ha.machine import TIMINGS, Decision, Inputs, PeerView, Timing, decide
+from ha.net import UdpChannel
+from ha.protocol import (
+    BadMessage,
+    BadSignature,
+    Kind,
+    Message,
+    ReplayGuard,
+    Role,
+    decode,
+    encode,
+    new_boot_id,
+)
+from ha.vip import NodeIP, keep_secondaries
+
+if TYPE_CHECKING:
+    from ha.manager import HAManager
+
+
+@dataclass
+class Channels:
+    udp: float | None = None  # monotonic time the last authentic message came in
+    l2: float | None = None
+
+
+class Runtime:
+    """One configuration of the pair running: sockets, tasks, and the current view."""
+
+    def __init__(self, manager: HAManager, state: DesiredState, key: bytes) -> None:
+        self.m = manager
+        self.state = state
+        self.cfg: HAConfig = state.ha
+        self.timing: Timing = TIMINGS[self.cfg.profile]
+        self.key = key
+        mgmt = ha_management_ip(state)
+        assert mgmt is not None and self.cfg.peer is not None  # guaranteed by validation
+        self.node_id = str(mgmt)
+        self.mgmt_ip = mgmt
+        self.peer_ip = self.cfg.peer
+        self.mgmt_if = next(
+            name for name, iface in state.network.interfaces.items()
+            if any(a.ip == mgmt for a in iface.addresses)
+        )
+        self.boot_id = new_boot_id()
+        self.seq = 0
+        self.guard = ReplayGuard()
+        self.peer: PeerView | None = None
+        self.peer_mac: str | None = None
+        self.unverified_at: float | None = None
+        self.witness_up_since: float | None = None
+        self.channels = Channels()
+        self.bad: dict[str, Any] = {"count": 0, "last": ""}
+        self.started = manager.clock()
+        self.arp: dict[str, ArpEndpoint] = {}
+        self.udp: UdpChannel | None = None
+        self.l2: L2Channel | None = None
+        self.witness: WitnessMonitor | None = None
+        self.node_ip: NodeIP | None = None
+        self.decision: Decision | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        interfaces = {s.interface for s in self.cfg.shared_ips} | {self.mgmt_if}
+        for ifname in sorted(interfaces):
+            self.arp[ifname] = await ArpEndpoint.open(ifname)
+        self.udp = await UdpChannel.open(self.mgmt_ip, self.cfg.heartbeat_port, self._on_udp)
+        self.l2 = await L2Channel.open(self.mgmt_if, self._on_l2)
+        witnesses = [w for w in ha_witnesses(self.state) if isinstance(w, IPv4Address)]
+        if witnesses:
+            sender = self.mgmt_ip if isinstance(self.mgmt_ip, IPv4Address) else None
+            self.witness = WitnessMonitor(
+                self.arp[self.mgmt_if], witnesses, interval=self.timing.witness_interval,
+                sender_ip=sender, stale_after=self.timing.witness_within,
+                clock=self.m.clock,
+            )
+        self.node_ip = NodeIP(self.m.netlink, self.cfg.shared_ips, self.arp)
+        keep_secondaries(sorted({s.interface for s in self.cfg.shared_ips}), self.m.proc_conf)
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self._send_loop(), name="ha-send"),
+                      asyncio.create_task(self._tick_loop(), name="ha-tick"),
+                      asyncio.create_task(self._probe_vip_loop(), name="ha-probe-vip")]
+        if self.witness is not None:
+            self.tasks.append(asyncio.create_task(self.witness.run(), name="ha-witness"))
+
+    async def close(self) -> None:
+        if self.witness is not None:
+            self.witness.stop()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for closable in (self.udp, self.l2, *self.arp.values()):
+            if closable is not None:
+                closable.close()
+
+    # --- heartbeats ------------------------------------------------------------------------
+
+    def message(self, kind: Kind = Kind.HEARTBEAT) -> Message:
+        self.seq += 1
+        m = self.m
+        return Message(
+            kind=kind, node_id=self.node_id, boot_id=self.boot_id, seq=self.seq,
+            role=m.role, epoch=m.persisted.epoch, holds_vip=m.holds_vip,
+            witness_ok=self.witness_age() < self.timing.witness_within,
+            sent_at=m.wall(), health=tuple(self.decision.blockers if self.decision else ()),
+        )
+
+    def send(self, kind: Kind = Kind.HEARTBEAT) -> None:
+        payload = encode(self.message(kind), self.key)
+        if self.udp is not None:
+            self.udp.send(payload, self.peer_ip)
+        if self.l2 is not None:
+            self.l2.send(payload, self.peer_mac or "ff:ff:ff:ff:ff:ff")
+
+    async def _send_loop(self) -> None:
+        while True:
+            self.send()
+            await asyncio.sleep(self.timing.interval)
+
+    def _on_udp(self, payload: bytes, source: object) -> None:
+        self._receive(payload, "udp", None, from_peer=str(source) == str(self.peer_ip))
+
+    def _on_l2(self, payload: bytes, source_mac: str) -> None:
+        self._receive(payload, "l2", source_mac, from_peer=source_mac == self.peer_mac)
+
+    def _receive(self, payload: bytes, channel: str, mac: str | None, *,
+                 from_peer: bool) -> None:
+        now = self.m.clock()
+        try:
+            msg = decode(payload, self.key)
+            if msg.node_id == self.node_id:
+                return  # our own broadcast frame
+            if msg.node_id != str(self.peer_ip):
+                raise BadMessage(f"from {msg.node_id}, not from the configured peer")
+            fresh = self.guard.check(msg, self.m.wall())
+        except BadMessage as exc:
+            self.bad = {"count": int(self.bad["count"]) + 1, "last": str(exc)}
+            if isinstance(exc, BadSignature) and from_peer:
+                self.unverified_at = now
+            return
+        setattr(self.channels, channel, now)
+        if mac is not None:
+            self.peer_mac = mac
+        if not fresh:
+            return
+        released = now if msg.kind is Kind.RELEASE else None
+        if released is None and self.peer is not None and msg.role is not Role.MASTER:
+            released = self.peer.released_at
+        self.peer = PeerView(msg.node_id, msg.role, msg.epoch, msg.holds_vip, msg.witness_ok,
+                             now, released)
+
+    def witness_streak(self) -> float:
+        """Seconds the witnesses have been reachable without a break (0 when not now)."""
+        now = self.m.clock()
+        if self.witness_age() >= self.timing.witness_within:
+            self.witness_up_since = None
+            return 0.0
+        if self.witness_up_since is None:
+            self.witness_up_since = now
+        return now - self.witness_up_since
+
+    def witness_age(self) -> float:
+        if self.witness is None:
+            return float("inf")
+        ages = [d["last_seen_age_ms"] for d in self.witness.details(self.m.clock())]
+        known = [a / 1000 for a in ages if a is not None]
+        return min(known, default=float("inf"))
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def inputs(self) -> Inputs:
+        m = self.m
+        return Inputs(
+            now=m.clock(), started=self.started, role=m.role, epoch=m.persisted.epoch,
+            node_id=self.node_id, peer=self.peer, witness_age=self.witness_age(),
+            vip_foreign_holder=m.vip_foreign, cloud=self.cfg.cloud, timing=self.timing,
+            hold_off=m.hold_off_until > m.clock(),
+            witness_streak=self.witness_streak(),
+            unverified_age=(m.clock() - self.unverified_at
+                            if self.unverified_at is not None else float("inf")),
+        )
+
+    async def _tick_loop(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(self.timing.interval / 2)
+            ticks += 1
+            try:
+                self.decision = decide(self.inputs())
+                if self.decision.target is not None:
+                    await self.m.transition(self.decision.target, self.decision.reason,
+                                            bump=self.decision.bump_epoch)
+                elif self.m.role is Role.MASTER:
+                    await self.m.ensure_node_ip()
+                elif ticks % 10 == 0:
+                    await self.m.ensure_no_node_ip()
+            except (VoxnodeError, OSError, RuntimeError) as exc:
+                # never let a failed step kill the runtime: it is retried next tick
+                text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
+                self.m.events.emit("ha.step-failed", text, level=logging.ERROR)
+                await asyncio.sleep(self.timing.dead)
+
+    async def _probe_vip_loop(self) -> None:
+        """While deciding at start: does another device answer for the node IP?"""
+        targets = [(s.interface, s.address.ip) for s in self.cfg.shared_ips
+                   if isinstance(s.address.ip, IPv4Address)]
+        while self.m.role is Role.INIT and targets:
+            for ifname, ip in targets:
+                mac = await self.arp[ifname].probe(ip, sender_ip=None,
+                                                   timeout=self.timing.interval)
+                if mac is not None and mac != self.arp[ifname].mac:
+                    self.m.vip_foreign = True
+            await asyncio.sleep(self.timing.interval)
