@@ -124,42 +124,63 @@ class HAManager:
 
     # --- transitions -----------------------------------------------------------------------
 
+    async def tick(self) -> None:
+        """Decide and act in one step under the transition lock, so a decision is never
+        taken on the half-done state of another transition (a switchover stopping units
+        sets the role before it releases the node IP) and applied after it."""
+        async with self.lock:
+            runtime = self.runtime
+            if runtime is None:
+                return
+            runtime.decision = decide(runtime.inputs())
+            target = runtime.decision.target
+            if target is not None:
+                await self._transition(target, runtime.decision.reason,
+                                       bump=runtime.decision.bump_epoch)
+                return
+        if self.role is Role.MASTER:
+            await self.ensure_node_ip()
+
     async def transition(self, target: Role, reason: str, *, bump: bool = False,
                          release: bool = False) -> None:
         async with self.lock:
-            if self.runtime is None or target is self.role:
-                return
-            old = self.role
-            steps: list[str] = []
-            started = self.clock()
-            if target is Role.MASTER:
-                try:
-                    steps += await self._promote(bump)
-                except (VoxnodeError, OSError, RuntimeError) as exc:
-                    # fail closed: a half-taken node IP is released again
-                    text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
-                    steps += [f"PROMOTING failed: {text}", *await self._release_ip()]
-                    self.role = old if old is not Role.MASTER else Role.SLAVE
-                    self._save()
-                    self._record(old, self.role, f"promotion failed: {text}", steps,
-                                 self.clock() - started)
-                    return
-            else:
-                if old is Role.MASTER:
-                    steps += await self._demote_units(old, target)
-                    steps += await self._release_ip()
-                self.role = target
+            await self._transition(target, reason, bump=bump, release=release)
+
+    async def _transition(self, target: Role, reason: str, *, bump: bool = False,
+                          release: bool = False) -> None:
+        if self.runtime is None or target is self.role:
+            return
+        old = self.role
+        steps: list[str] = []
+        started = self.clock()
+        if target is Role.MASTER:
+            try:
+                steps += await self._promote(bump)
+            except (VoxnodeError, OSError, RuntimeError) as exc:
+                # fail closed: a half-taken node IP is released again
+                text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
+                steps += [f"PROMOTING failed: {text}", *await self._release_ip()]
+                self.role = old if old is not Role.MASTER else Role.SLAVE
                 self._save()
-                if release and self.runtime is not None:
-                    for _ in range(3):
-                        self.runtime.send(Kind.RELEASE)
-                    steps.append("told the peer to take over")
-                elif self.runtime is not None:
-                    self.runtime.send()
-                    steps.append("told the peer")
-                if old is not Role.MASTER:
-                    steps += await self._run_hooks(old, target)
-            self._record(old, target, reason, steps, self.clock() - started)
+                self._record(old, self.role, f"promotion failed: {text}", steps,
+                             self.clock() - started)
+                return
+        else:
+            if old is Role.MASTER:
+                steps += await self._demote_units(old, target)
+                steps += await self._release_ip()
+            self.role = target
+            self._save()
+            if release and self.runtime is not None:
+                for _ in range(3):
+                    self.runtime.send(Kind.RELEASE)
+                steps.append("told the peer to take over")
+            elif self.runtime is not None:
+                self.runtime.send()
+                steps.append("told the peer")
+            if old is not Role.MASTER:
+                steps += await self._run_hooks(old, target)
+        self._record(old, target, reason, steps, self.clock() - started)
 
     async def _promote(self, bump: bool) -> list[str]:
         runtime = self.runtime
@@ -200,7 +221,10 @@ class HAManager:
                 runtime.node_ip.announce() if runtime.node_ip else None
 
     async def _demote_units(self, old: Role, new: Role) -> list[str]:
-        # units first: the PBX must stop answering before the address can move
+        # units first: the PBX must stop answering before the address can move; no
+        # election win while they stop (the peer is about to take over)
+        if self.runtime is not None:
+            self.hold_off_until = self.clock() + 2 * self.runtime.timing.dead
         self.role = new
         return await self._run_hooks(old, new, prefix="DEMOTING")
 

@@ -20,7 +20,7 @@ from agent.state.document import ha_management_ip, ha_witnesses
 from agent.state.model import DesiredState, HAConfig
 from ha.arp import ArpEndpoint, WitnessMonitor
 from ha.l2 import L2Channel
-from ha.machine import TIMINGS, Decision, Inputs, PeerView, Timing, decide
+from ha.machine import TIMINGS, Decision, Inputs, PeerView, Timing
 from ha.net import UdpChannel
 from ha.protocol import (
     BadMessage,
@@ -124,7 +124,10 @@ class Runtime:
         m = self.m
         return Message(
             kind=kind, node_id=self.node_id, boot_id=self.boot_id, seq=self.seq,
-            role=m.role, epoch=m.persisted.epoch, holds_vip=m.holds_vip,
+            # while the node IP is still here (a demotion stopping units) the peer must go
+            # on seeing a master: it takes over only once the address is released
+            role=Role.MASTER if m.holds_vip else m.role,
+            epoch=m.persisted.epoch, holds_vip=m.holds_vip,
             witness_ok=self.witness_age() < self.timing.witness_within,
             sent_at=m.wall(), health=tuple(self.decision.blockers if self.decision else ()),
         )
@@ -210,13 +213,8 @@ class Runtime:
             await asyncio.sleep(self.timing.interval / 2)
             ticks += 1
             try:
-                self.decision = decide(self.inputs())
-                if self.decision.target is not None:
-                    await self.m.transition(self.decision.target, self.decision.reason,
-                                            bump=self.decision.bump_epoch)
-                elif self.m.role is Role.MASTER:
-                    await self.m.ensure_node_ip()
-                elif ticks % 10 == 0:
+                await self.m.tick()
+                if self.m.role is not Role.MASTER and ticks % 10 == 0:
                     await self.m.ensure_no_node_ip()
             except (VoxnodeError, OSError, RuntimeError) as exc:
                 # never let a failed step kill the runtime: it is retried next tick

@@ -82,7 +82,7 @@ CASES = [
     ("master alone with a witness keeps serving",
      inputs(Role.MASTER, peer(Role.SLAVE, age=10)), None, "serving"),
     ("isolated master lets go",
-     inputs(Role.MASTER, peer(Role.SLAVE, age=0.35), witness_age=0.35), Role.SLAVE,
+     inputs(Role.MASTER, peer(Role.SLAVE, age=0.25), witness_age=0.25), Role.SLAVE,
      "isolated"),
     ("master that only lost the witness stays",
      inputs(Role.MASTER, peer(Role.SLAVE), witness_age=math.inf), None, "serving"),
