@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent import __version__, api_ha, api_jobs, api_mcs, api_services
+from agent import __version__, api_ha, api_jobs, api_licence, api_mcs, api_services
 from agent.api import AgentContext, make_app
 from agent.engine import Engine
 from agent.errors import StoreError, VoxnodeError
@@ -30,11 +30,12 @@ from agent.events import EventLog
 from agent.jobs.mongodb_update import mongodb_update_job
 from agent.jobs.runner import JobRunner
 from agent.jobs.store import JobStore
+from agent.licence.fingerprint import node_fingerprint
+from agent.licence.security_update import SecurityUpdate
 from agent.mcs.client import McsClient
 from agent.mcs.tunnel import LocalTunnel
 from agent.ports.files import FileTree
 from agent.ports.hostname import KernelHostname
-from agent.ports.licence import NoLicence
 from agent.ports.netlink import PyRoute2Netlink
 from agent.ports.systemd import DbusSystemd
 from agent.sdnotify import Notifier
@@ -177,13 +178,15 @@ async def run(args: argparse.Namespace) -> int:
     events = EventLog()
     store = Store(args.state_dir)
     store.open()
-    licence = NoLicence()
     files = FileTree(root)
     netlink = PyRoute2Netlink()
     network = NetworkSubsystem(
         netlink, files, KernelHostname() if root == Path("/") else None
     )
     catalogue = load_catalogue(args.catalogue)
+    licence = SecurityUpdate(
+        args.state_dir, files, lambda: (c.state if (c := store.current()) else None),
+        fingerprint=lambda: node_fingerprint(root), catalogue=catalogue, events=events)
     # units are driven only on a real node; an agent on another root (tests in network
     # namespaces of a development machine) must never touch the host's systemd
     systemd = DbusSystemd() if root == Path("/") else None
@@ -201,12 +204,14 @@ async def run(args: argparse.Namespace) -> int:
             return await units.on_role_change(service_role(old), service_role(new))
 
         ha.hooks.append(converge_units)
+    licence.services = services
     engine = Engine(
         store,
         [network, HASubsystem(ha), ModeSubsystem(files, licence),
          *([services] if services else [])],
         events,
     )
+    licence.lock = engine.lock
     jobs = JobRunner(JobStore(args.state_dir), events)
     if services is not None:
         jobs.register(mongodb_update_job(services))
@@ -226,6 +231,7 @@ async def run(args: argparse.Namespace) -> int:
         api_services.add_routes(app, services)
     api_ha.add_routes(app, ha)
     api_jobs.add_routes(app, jobs)
+    api_licence.add_routes(app, licence)
     api_mcs.add_routes(app, McsClient(
         files, services, lambda: (c.state if (c := store.current()) else None), LocalTunnel(),
         events=events, lock=engine.lock,
@@ -247,12 +253,14 @@ async def run(args: argparse.Namespace) -> int:
             await _apply_seed(engine, files, str(args.seed), events)
         watcher = tg.create_task(watch_services(services)) if services else None
         job_task = tg.create_task(jobs.run())
+        licence_task = tg.create_task(licence.run())
         head = store.head()
         notifier.ready(f"serving; revision {head}" if head else "serving; not configured")
         await stop.wait()
         notifier.stopping()
         events.emit("agent.stopping", "signal received; finishing any change in progress")
         job_task.cancel()
+        licence_task.cancel()
         await asyncio.gather(job_task, return_exceptions=True)  # a running job: interrupted
         await engine.stop()
         try:

@@ -15,6 +15,7 @@ import yaml
 from agent import __version__
 from agent.cli import ha as ha_cli
 from agent.cli import jobs as jobs_cli
+from agent.cli import licence as licence_cli
 from agent.cli import mcs as mcs_cli
 from agent.cli import output
 from agent.cli import services as services_cli
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     ha_cli.register(sub, add)
     jobs_cli.register(sub, add)
     mcs_cli.register(sub, add)
+    licence_cli.register(sub, add)
     lab = sub.add_parser(
         "lab", add_help=False, prefix_chars="\0",
         help="the two-node development lab: up | down | status | shell NODE | "

@@ -239,13 +239,60 @@ class HAConfig(Strict):
     heartbeat_port: Annotated[int, Field(strict=True, ge=1024, le=65535)] = 7411
 
 
+DEFAULT_LICENSE_SERVER_URL = "https://license.voxnode.example"
+DEFAULT_VENDOR_PUBLIC_KEY = "/etc/voxnode/vendor.pub"
+
+
+def _parse_server_url(value: Any) -> str:
+    text = _need_str(value, "a URL like https://license.example.com")
+    scheme, sep, rest = text.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if not sep or scheme.lower() not in ("http", "https") or not host or any(
+        c.isspace() for c in text
+    ):
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is not an http:// or https:// URL (e.g. https://license.example.com)",
+            {"value": text},
+        )
+    return text.rstrip("/")
+
+
+def _parse_abs_path(value: Any) -> str:
+    text = _need_str(value, "an absolute path like /etc/voxnode/vendor.pub")
+    if not text.startswith("/") or "/../" in f"{text}/" or "\0" in text:
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is not an absolute path (e.g. /etc/voxnode/vendor.pub)",
+            {"value": text},
+        )
+    return text
+
+
+class LicenseConfig(Strict):
+    """Where the Security Update client finds the vendor (requirements §2).
+
+    ``server_url``: the vendor's licence server (HTTPS; plain HTTP only behind a proxy or
+    in a lab). ``public_key_file``: the vendor's Ed25519 public key (PEM) that licences are
+    verified with, on the node's file system.
+    """
+
+    server_url: Annotated[str, PlainValidator(_parse_server_url)] = DEFAULT_LICENSE_SERVER_URL
+    public_key_file: Annotated[str, PlainValidator(_parse_abs_path)] = DEFAULT_VENDOR_PUBLIC_KEY
+
+
 class DesiredState(Strict):
-    """The whole desired state of a node. Later issues add sections (license...)."""
+    """The whole desired state of a node."""
 
     schema_version: Literal[1]
     network: NetworkConfig
     mode: WorkingMode = WorkingMode.STANDARD
     ha: HAConfig = Field(default_factory=HAConfig)
+    license: LicenseConfig | None = None  # None: the appliance defaults (LicenseConfig())
+
+    @property
+    def license_settings(self) -> LicenseConfig:
+        return self.license if self.license is not None else LicenseConfig()
 
     def to_document(self) -> dict[str, Any]:
         """The JSON-able form, as written to disk and sent on the wire."""

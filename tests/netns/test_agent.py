@@ -426,7 +426,7 @@ BAD_INPUT: list[tuple[str, str | None, list[str], str, list[str]]] = [
      "error: the document has 2 problems",
      ["network.hostnme: unknown key (allowed: hostname, domain, public_ip, interfaces, "
       "gateway, dns, search, ntp)",
-      "netwrk: unknown key (allowed: schema_version, network, mode)"]),
+      "netwrk: unknown key (allowed: schema_version, network, mode, ha, license)"]),
     ("bad CIDR", yaml.safe_dump(_with(interfaces={"eth0": {"addresses": ["10.0.0.300/24"]}})),
      [], "error: the document has 1 problem",
      ["network.interfaces.eth0.addresses[0]: '10.0.0.300/24' is not a valid address "
@@ -448,7 +448,7 @@ BAD_INPUT: list[tuple[str, str | None, list[str], str, list[str]]] = [
     ("pure-cloud without licence", None, ["mode", "set", "pure-cloud"],
      "error: the change cannot be made on this node",
      ["mode: pure-cloud needs the PURE_CLOUD licence module; no licence is active on this "
-      "node (licensing is not set up yet)"]),
+      "node (state OFF: activate one with `voxnode license activate --serial S --email E`)"]),
     ("unknown network setting", None, ["network", "set", "hostnme=x"],
      "error: the settings are not valid",
      ["hostnme: unknown setting (allowed: hostname, domain, public_ip, gateway, dns, search, "

@@ -87,7 +87,7 @@ def test_bad_text(case: str, text: str, expected: list[str]) -> None:
 
 BAD_DOCS = [
     ("unknown top-level key", {**base(), "netwrk": {}},
-     ["netwrk: unknown key (allowed: schema_version, network, mode, ha)"]),
+     ["netwrk: unknown key (allowed: schema_version, network, mode, ha, license)"]),
     ("unknown network key", base(hostnme="x"),
      ["network.hostnme: unknown key (allowed: hostname, domain, public_ip, interfaces, "
       "gateway, dns, search, ntp)"]),
