@@ -2,7 +2,9 @@
 
 Owns the lab's life cycle: ``up`` (build or reuse the cached rootfs, make the network,
 boot ``node1`` and ``node2``, wait until both agents answer), ``down`` (stop everything,
-verify nothing is left), ``status`` and getting into a node (``shell``, ``exec``).
+verify nothing is left), ``status`` and getting into a node (``shell``, ``exec``); for
+failover tests, ``crash`` (kill one node at once, leaving its network namespace and disk)
+and ``start`` (boot it again on its disk).
 
 Each node is ``systemd-nspawn --boot --register=no --keep-unit`` (the host has no systemd
 as PID 1 and no D-Bus) joined to its own network namespace, on an overlay of the cached
@@ -42,6 +44,7 @@ from image.labutil import (
     EXIT_USAGE,
     LabError,
     Paths,
+    is_mounted,
     locked,
     run,
     say,
@@ -207,14 +210,14 @@ def _prepare_root(paths: Paths, node: Member, fs: rootfs.Rootfs) -> Path:
     return root
 
 
-def _boot(paths: Paths, node: Member, root: Path) -> int:
+def _boot(paths: Paths, node: Member, root: Path, append: bool = False) -> int:
     log = paths.node_log(node.name)
     cmd = ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", f"--machine={node.name}",
            f"--directory={root}", f"--network-namespace-path={labnet.NETNS_DIR / node.netns}",
            # the agent owns eth0's addresses and routes
            "--capability=CAP_NET_ADMIN",
            "--console=read-only", "--link-journal=no", "--resolv-conf=off", "--timezone=off"]
-    with log.open("w") as fh:
+    with log.open("a" if append else "w") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
@@ -222,9 +225,10 @@ def _boot(paths: Paths, node: Member, root: Path) -> int:
     return proc.pid
 
 
-def _wait_agents(paths: Paths, timeout: float) -> list[NodeProbe]:
+def _wait_agents(paths: Paths, timeout: float,
+                 nodes: tuple[Member, ...] = NODES) -> list[NodeProbe]:
     deadline = time.monotonic() + timeout
-    waiting = list(NODES)
+    waiting = list(nodes)
     probes: dict[str, NodeProbe] = {}
     while waiting:
         for node in list(waiting):
@@ -256,7 +260,7 @@ def _wait_agents(paths: Paths, timeout: float) -> list[NodeProbe]:
                    if journal else ""))
         if waiting:
             time.sleep(0.5)
-    return [probes[n.name] for n in NODES]
+    return [probes[n.name] for n in nodes]
 
 
 def usage_text(probes: list[NodeProbe]) -> str:
@@ -325,6 +329,83 @@ def up(paths: Paths, timeout: float) -> int:
     say(f"lab up in {time.monotonic() - started:.1f} s")
     say(usage_text(probes))
     return EXIT_OK
+
+
+# --- crash and start one node ---------------------------------------------------------------
+
+
+def _container_pids(leader: int) -> list[int]:
+    """Host PIDs of every process in the PID namespace whose init is ``leader``."""
+    try:
+        ns = os.readlink(f"/proc/{leader}/ns/pid")
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                    pids.append(int(entry))
+    return pids
+
+
+def crash(name: str, paths: Paths | None = None) -> float:
+    """Kill a node the way a machine dies: freeze (SIGSTOP) its systemd-nspawn and every
+    process of the container, then SIGKILL them all. Nothing runs a stop or an exit path
+    (freezing first keeps a dying parent from telling anyone), so the agent releases
+    nothing and says goodbye to nobody.
+
+    What stays is what a hung machine leaves on the LAN: the node's network namespace, so
+    its kernel keeps eth0 and every address on it (a node IP included) and still answers
+    ARP; and its root (the disk), so ``start`` boots it again with its state. Returns the
+    monotonic time of the freeze.
+    """
+    node = member(name)
+    paths = paths or Paths.default()
+    with locked(paths.out / "lock"):
+        nspawn = nspawn_pid(node)
+        leader = container_pid(nspawn) if nspawn else None
+        if nspawn is None or leader is None:
+            raise LabError(f"{node.name} is not running", EXIT_NOT_UP)
+        victims = [nspawn, *(p for p in _container_pids(leader) if p != os.getpid())]
+        at = time.monotonic()
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(_alive(p) for p in victims):
+            if time.monotonic() > deadline:
+                raise LabError(f"{node.name}: processes survived SIGKILL: "
+                               f"{[p for p in victims if _alive(p)]}")
+            time.sleep(0.02)
+        state = _load_state(paths)
+        if node.name in state.get("nodes", {}):
+            state["nodes"][node.name].update(nspawn_pid=None, crashed=time.time())
+            _save_state(paths, state)
+    return at
+
+
+def start(name: str, paths: Paths | None = None, timeout: float = UP_TIMEOUT_S) -> NodeProbe:
+    """Boot a node of a running lab again (after ``crash``) on its own root: the upper
+    directory kept since ``up`` is its disk, so its configuration, pair key and failover
+    state survive, like a machine powered on again. Waits until its agent answers."""
+    node = member(name)
+    paths = paths or Paths.default()
+    with locked(paths.out / "lock"):
+        if nspawn_pid(node) is not None:
+            raise LabError(f"{node.name} is already running", EXIT_FAILED)
+        root = paths.nodes / node.name / "root"
+        if not labnet.exists(node.netns) or not is_mounted(root):
+            raise LabError(f"{node.name} has no network namespace or root: the lab is not "
+                           "up (`voxnode lab up` starts it)", EXIT_NOT_UP)
+        shutil.rmtree(f"/run/systemd/nspawn/propagate/{node.name}", ignore_errors=True)
+        pid = _boot(paths, node, root, append=True)
+        state = _load_state(paths)
+        state.setdefault("nodes", {}).setdefault(node.name, {}).update(
+            nspawn_pid=pid, crashed=None)
+        _save_state(paths, state)
+        return _wait_agents(paths, timeout, (node,))[0]
 
 
 # --- down -----------------------------------------------------------------------------------
@@ -471,6 +552,14 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sh = sub.add_parser("shell", help="a login shell inside a node")
     sh.add_argument("node")
+    cr = sub.add_parser("crash", help="freeze and kill every process of a node at once (a "
+                        "machine dying); its network namespace and disk stay")
+    cr.add_argument("node")
+    sr = sub.add_parser("start", help="boot a crashed node again on its own disk; waits for "
+                        "its agent")
+    sr.add_argument("node")
+    sr.add_argument("--timeout", type=float, default=UP_TIMEOUT_S,
+                    help=f"seconds to wait for the agent (default {UP_TIMEOUT_S:.0f})")
     ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
     ex.add_argument("node")
     ex.add_argument("cmd", nargs="*", metavar="-- CMD", help="the command and its arguments")
@@ -494,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             member(args.node)
         elif command is not None:
             raise LabError(f"`--` is only valid with exec, not {args.command}", EXIT_USAGE)
-        if args.command == "shell":
+        if args.command in ("shell", "crash", "start"):
             member(args.node)
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, mounts, nspawn): "
@@ -511,6 +600,15 @@ def main(argv: list[str] | None = None) -> int:
                 return down(paths)
         if args.command == "status":
             return status(args.json)
+        if args.command == "crash":
+            crash(args.node, paths)
+            say(f"{args.node} crashed (its network namespace and disk stay; "
+                f"`voxnode lab start {args.node}` boots it again)")
+            return EXIT_OK
+        if args.command == "start":
+            p = start(args.node, paths, args.timeout)
+            say(f"{p.name} is up again (revision {p.revision}, systemd {p.systemd})")
+            return EXIT_OK
         if args.command == "shell":
             shell = ["/bin/bash", "-l"]
             if sys.stdin.isatty():  # a pty of the node's own devpts, so `tty`, sudo, less work

@@ -39,6 +39,12 @@ LICENCE_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 30.0
 
 
+
+def boots_by_itself(entry: Entry) -> bool:
+    """Whether systemd may start the unit at boot: only if it runs in every pair role."""
+    return all(role in entry.roles for role in (Role.MASTER, Role.SLAVE, Role.STANDALONE))
+
+
 class RoleSource(Protocol):
     def current(self) -> Role: ...
 
@@ -229,8 +235,14 @@ class ServicesSubsystem:
             if await self.systemd.unmask(entry.unit):
                 changes.append(Change("unmask", entry.unit, entry.name))
             state = await self.systemd.unit_state(entry.unit)
-        if state.unit_file_state == "disabled" and await self.systemd.enable(entry.unit):
-            changes.append(Change("enable", entry.unit, entry.name))
+        if boots_by_itself(entry):
+            if state.unit_file_state == "disabled" and await self.systemd.enable(entry.unit):
+                changes.append(Change("enable", entry.unit, entry.name))
+        elif state.enabled and await self.systemd.disable(entry.unit):
+            # a role-bound unit must not start at boot before the pair has decided the
+            # node's role (a rebooted master would run the PBX as a slave): the agent
+            # starts it once the role is known
+            changes.append(Change("disable", entry.unit, f"{entry.name}: started by the agent"))
         if not state.running:
             if state.active_state == "failed":  # else a start rate limit hit would refuse it
                 await self.systemd.reset_failed(entry.unit)

@@ -85,7 +85,8 @@ async def test_upload_installs_and_starts(tmp_path: Path, pki: Pki) -> None:
     assert set(answer["written"]) == CERTS | {MCS_CLIENT_CONF}
     assert answer["written"][-1] == MCS_CLIENT_CONF  # the configuration last
     assert answer["unit"]["running"] is True
-    assert node.mcs_running() and node.systemd.units[MCS_UNIT].enabled
+    assert node.mcs_running()
+    assert not node.systemd.units[MCS_UNIT].enabled  # role-bound: started by the agent
     for path in (*CERTS, MCS_CLIENT_CONF):
         assert node.mode_of(path) == 0o600, path
     assert node.mode_of(MCS_CERT_DIR) == 0o700

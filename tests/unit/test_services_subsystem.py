@@ -144,12 +144,12 @@ async def test_apply_stops_in_reverse_order_then_starts_in_order(tmp_path: Path)
         ("stop", "coturn.service"), ("disable", "coturn.service"),
         ("stop", "mariadb.service"), ("disable", "mariadb.service"),
         ("enable", "nginx.service"), ("start", "nginx.service"),
-        ("enable", "kamailio.service"), ("start", "kamailio.service"),
+        ("start", "kamailio.service"),  # role-bound: started by the agent, not at boot
     ]
     assert changes[0] == Change("stop", "coturn.service", "turn: found active/running")
     assert changes[-1] == Change("start", "kamailio.service", "pbx-engine: found inactive/dead")
     assert node.running() == {"nginx.service", "kamailio.service"}
-    assert node.systemd.reloads == 4
+    assert node.systemd.reloads == 3
 
 
 async def test_reapplying_changes_nothing(tmp_path: Path) -> None:
@@ -178,7 +178,6 @@ async def test_mode_switch_starts_turn(tmp_path: Path) -> None:
         "start turn (coturn.service): licensed (PBX); the co-resident TURN/STUN server is on "
         "in Pure Cloud (NAT 1:1) mode; this node is standalone",)
     assert await node.services.apply(STANDARD, PURE_CLOUD) == [
-        Change("enable", "coturn.service", "turn"),
         Change("start", "coturn.service", "turn: found inactive/dead"),
     ]
     await node.services.check(STANDARD)
@@ -423,7 +422,7 @@ async def test_api(api: tuple[TestClient[Any, Any], Node]) -> None:
     assert listing["catalogue"] == "lab" and listing["licence"]["active"] is False
     engine = next(u for u in listing["units"] if u["name"] == "pbx-engine")
     assert (engine["state"], engine["enabled"], engine["drift"]) == (
-        "active (running)", "enabled", None)
+        "active (running)", "disabled", None)
     node.systemd.stop_by_hand("kamailio.service")
     out = await (await client.post("/v1/services/reconcile")).json()
     assert out == {"changes": [{"action": "start", "target": "kamailio.service",
@@ -433,3 +432,13 @@ async def test_api(api: tuple[TestClient[Any, Any], Node]) -> None:
     lines = [json.loads(line) for line in (await resp.text()).splitlines()]
     assert len(lines) == 7 and lines[-1]["done"]["failed"] == 0
     assert [line["step"]["status"] for line in lines[:2]] == ["running", "done"]
+
+
+async def test_role_bound_units_never_start_at_boot(tmp_path: Path) -> None:
+    """A rebooted master must not run the PBX before the pair has decided its role."""
+    node = Node(tmp_path)
+    node.systemd.install("kamailio.service", enabled=True)
+    changes = await node.services.apply(None, STANDARD)
+    assert Change("disable", "kamailio.service", "pbx-engine: started by the agent") in changes
+    assert "kamailio.service" in node.running()
+    assert ("enable", "nginx.service") in node.systemd.jobs  # runs in every role: boots
