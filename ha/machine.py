@@ -38,11 +38,11 @@ class Timing:
 
 
 TIMINGS = {
-    # a takeover needs 6 heartbeat periods with neither copy (UDP, Ethernet) arriving:
-    # with 5 % loss per packet that is ~(0.05**2)**6 per window
+    # a takeover needs 4 heartbeat periods with neither copy (UDP, Ethernet) arriving:
+    # with 5 % loss per packet that is ~(0.05**2)**4 per window
     # an isolated master lets go at ``guard``, well before the slave's ``dead``: the margin
     # absorbs a busy event loop (measured: release ~10 ms after the decision)
-    HAProfile.STANDARD: Timing(0.1, 0.6, 0.2, 0.05, 0.6, 1.8),
+    HAProfile.STANDARD: Timing(0.15, 0.6, 0.2, 0.05, 0.6, 1.8),
     HAProfile.FAST: Timing(0.03, 0.15, 0.06, 0.02, 0.15, 0.6),
 }
 

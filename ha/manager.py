@@ -138,8 +138,6 @@ class HAManager:
                 await self._transition(target, runtime.decision.reason,
                                        bump=runtime.decision.bump_epoch)
                 return
-        if self.role is Role.MASTER:
-            await self.ensure_node_ip()
 
     async def transition(self, target: Role, reason: str, *, bump: bool = False,
                          release: bool = False) -> None:

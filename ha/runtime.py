@@ -38,6 +38,10 @@ from ha.vip import NodeIP, keep_secondaries
 if TYPE_CHECKING:
     from ha.manager import HAManager
 
+KERNEL_CHECK_S = 2.0
+TICK_FACTOR = 0.7  # decisions per heartbeat period: below 1 so no heartbeat slot is missed
+RELAXED_WITNESS_FACTOR = 6  # witness probes while the peer is heard (< witness_within)
+
 
 @dataclass
 class Channels:
@@ -69,6 +73,7 @@ class Runtime:
         self.peer: PeerView | None = None
         self.peer_mac: str | None = None
         self.unverified_at: float | None = None
+        self.last_payload = b""
         self.witness_up_since: float | None = None
         self.channels = Channels()
         self.bad: dict[str, Any] = {"count": 0, "last": ""}
@@ -153,6 +158,13 @@ class Runtime:
     def _receive(self, payload: bytes, channel: str, mac: str | None, *,
                  from_peer: bool) -> None:
         now = self.m.clock()
+        if payload == self.last_payload:
+            # the same heartbeat through the other channel: proof that channel works,
+            # already authenticated and applied
+            setattr(self.channels, channel, now)
+            if mac is not None:
+                self.peer_mac = mac
+            return
         try:
             msg = decode(payload, self.key)
             if msg.node_id == self.node_id:
@@ -170,6 +182,7 @@ class Runtime:
             self.peer_mac = mac
         if not fresh:
             return
+        self.last_payload = payload
         released = now if msg.kind is Kind.RELEASE else None
         if released is None and self.peer is not None and msg.role is not Role.MASTER:
             released = self.peer.released_at
@@ -208,19 +221,36 @@ class Runtime:
         )
 
     async def _tick_loop(self) -> None:
-        ticks = 0
+        # reading the kernel's addresses is a netlink dump (~ms of Python): the node IP is
+        # checked once a second, decisions are taken every half heartbeat period
+        next_check = self.m.clock() + KERNEL_CHECK_S
         while True:
-            await asyncio.sleep(self.timing.interval / 2)
-            ticks += 1
+            await asyncio.sleep(self.timing.interval * TICK_FACTOR)
+            self._pace_witness()
             try:
                 await self.m.tick()
-                if self.m.role is not Role.MASTER and ticks % 10 == 0:
-                    await self.m.ensure_no_node_ip()
+                if self.m.clock() >= next_check:
+                    next_check = self.m.clock() + KERNEL_CHECK_S
+                    if self.m.role is Role.MASTER:
+                        await self.m.ensure_node_ip()
+                    else:
+                        await self.m.ensure_no_node_ip()
             except (VoxnodeError, OSError, RuntimeError) as exc:
                 # never let a failed step kill the runtime: it is retried next tick
                 text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
                 self.m.events.emit("ha.step-failed", text, level=logging.ERROR)
                 await asyncio.sleep(self.timing.dead)
+
+    def _pace_witness(self) -> None:
+        """Probe the witnesses fast only when they matter: while the peer is silent (a
+        takeover or a master's isolation check needs a fresh answer). With the peer
+        heard, a relaxed pace keeps the witness view current at a quarter of the cost."""
+        if self.witness is None:
+            return
+        peer = self.peer
+        silent = peer is None or self.m.clock() - peer.last_seen > 1.5 * self.timing.interval
+        self.witness.interval = (self.timing.witness_interval if silent
+                                 else RELAXED_WITNESS_FACTOR * self.timing.witness_interval)
 
     async def _probe_vip_loop(self) -> None:
         """While deciding at start: does another device answer for the node IP?"""
