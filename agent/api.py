@@ -21,7 +21,7 @@ from agent.engine import Engine
 from agent.errors import InvalidInput, NotFound, Problem, VoxnodeError
 from agent.events import EventLog
 from agent.modes import describe
-from agent.ports.licence import LicencePort
+from agent.ports.licence import LicencePort, LicenceView
 from agent.state.document import load_document, validate_document
 from agent.state.edit import edit_mode, edit_network
 from agent.state.model import DesiredState, WorkingMode
@@ -137,6 +137,19 @@ def _current(ctx: AgentContext) -> DesiredState:
 # --- handlers --------------------------------------------------------------------------------
 
 
+def _licence_summary(ctx: AgentContext, view: LicenceView) -> dict[str, Any]:
+    """``licence`` of ``/v1/status``: ``active`` and ``reason`` (what the other subsystems
+    see), and with the Security Update client its state, serial, expiry, checks, alarm."""
+    summary = getattr(ctx.licence, "summary", None)
+    if callable(summary):
+        data: dict[str, Any] = summary()
+        return {**data, "active": view.active, "reason": view.reason}
+    return {"state": "ACTIVE" if view.active else "OFF", "active": view.active,
+            "reason": view.reason, "serial": None, "valid_until": None, "grace_until": None,
+            "last_check": None, "last_successful_check": None, "alarm": None,
+            "clock_warning": None}
+
+
 async def status(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     store = ctx.engine.store
@@ -163,7 +176,7 @@ async def status(request: web.Request) -> web.Response:
                 else None
             ),
             "converge": ctx.engine.last_converge,
-            "licence": {"active": licence.active, "reason": licence.reason},
+            "licence": _licence_summary(ctx, licence),
             "subsystems": [s.name for s in ctx.engine.subsystems],
             "events": [e.to_dict() for e in ctx.events.recent(10)],
         }

@@ -147,6 +147,13 @@ ERRORS_BY_CODE: dict[str, type[VoxnodeError]] = {
 }
 
 
+def register_error(cls: type[VoxnodeError]) -> type[VoxnodeError]:
+    """Make an error class of another package known to ``error_from_dict`` by its code (the
+    CLI imports those packages' error modules, so it keeps their exit statuses)."""
+    ERRORS_BY_CODE[cls.code] = cls
+    return cls
+
+
 def error_from_dict(data: dict[str, Any]) -> VoxnodeError:
     """Rebuild an error received over the API (CLI side)."""
     cls = ERRORS_BY_CODE.get(str(data.get("code", "")), VoxnodeError)

@@ -11,8 +11,16 @@ complete (an interrupted build is never used):
 3. ``agent-<hash>``: the wheel of this repository installed into that venv, the
    ``/usr/bin`` symlinks, ``image/overlay/`` (the unit and tmpfiles the AlmaLinux image
    carries too) and the unit policy (agent enabled; PBX units disabled, left for the
-   agent's services subsystem). Key: venv key + pyproject.toml, README.md and every file
-   under agent/, ha/ and image/ (this build script and the overlay included).
+   agent's services subsystem), and the lab vendor public key as
+   ``/etc/voxnode/vendor.pub``. Key: venv key + pyproject.toml, README.md, every file
+   under agent/, ha/ and image/ (this build script and the overlay included) and that
+   public key.
+
+The lab vendor key pair (``lab_vendor_key``) is made once under the lab cache directory
+(``vendor/lab-vendor.key``, 0600, and ``.pub``) and kept across builds: lab nodes verify
+licences with its public half, and the lab's licence tests sign with its private half. It
+is a lab key only; the appliance image gets the vendor's real public key from the image
+build (``VENDOR_PUBKEY``), never from here.
 
 Editing the agent therefore rebuilds only the small top layer. Nodes mount the three
 layers read-only under their own writable upper directory. Only the newest layer of each
@@ -164,11 +172,38 @@ def _input_files() -> list[Path]:
     return sorted(files)
 
 
-def keys() -> dict[str, str]:
+def lab_vendor_key(paths: Paths) -> tuple[Path, Path]:
+    """The lab vendor key pair (private, public), made on first use (see the docstring)."""
+    from agent.licence.document import new_private_key, private_key_pem, public_key_pem
+
+    private = paths.cache / "vendor" / "lab-vendor.key"
+    public = private.with_name("lab-vendor.pub")
+    if private.is_file() and public.is_file():
+        return private, public
+    private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = new_private_key()
+    for path, data, mode in ((private, private_key_pem(key), 0o600),
+                             (public, public_key_pem(key.public_key()), 0o644)):
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    return private, public
+
+
+def _lab_vendor_pub(paths: Paths) -> bytes:
+    try:
+        return (paths.cache / "vendor" / "lab-vendor.pub").read_bytes()
+    except OSError:
+        return b""
+
+
+def keys(paths: Paths | None = None) -> dict[str, str]:
     """The cache keys of the three layers, computed from their inputs (cheap)."""
     base = _digest("base", *base_command(Path("TARGET")))
     venv = _digest("venv", base, VENV, *dependencies())
-    parts: list[str | bytes] = ["agent", venv]
+    parts: list[str | bytes] = ["agent", venv, _lab_vendor_pub(paths or Paths.default())]
     for path in _input_files():
         parts.append(str(path.relative_to(REPO)))
         parts.append(os.readlink(path) if path.is_symlink() else path.read_bytes())
@@ -306,7 +341,7 @@ def build_wheel(paths: Paths) -> Path:
     return dist
 
 
-def _build_agent(paths: Paths, key: str, lowers: list[Path]) -> Path:
+def _build_agent(paths: Paths, key: str, lowers: list[Path], vendor_pub: Path) -> Path:
     final = paths.layers / f"agent-{key}"
     tmp = paths.layers / f"agent-{key}.tmp"
     _fresh(tmp)
@@ -340,6 +375,8 @@ def _build_agent(paths: Paths, key: str, lowers: list[Path]) -> Path:
             (dropin / "lab.conf").write_text(
                 "[Service]\nEnvironment=VOXNODE_CATALOGUE=lab\n")
             (root / "etc/voxnode").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(vendor_pub, root / "etc/voxnode/vendor.pub")
+            os.chmod(root / "etc/voxnode/vendor.pub", 0o644)
             (root / "etc/voxnode/lab-rootfs.json").write_text(
                 json.dumps({"agent_layer": key, "packages": list(PACKAGES)}, indent=2) + "\n")
             build.finish(final)
@@ -386,7 +423,8 @@ def ensure(paths: Paths) -> Rootfs:
 
 
 def _ensure(paths: Paths) -> Rootfs:
-    k = keys()
+    _, vendor_pub = lab_vendor_key(paths)
+    k = keys(paths)
     base = paths.layers / f"base-{k['base']}"
     venv = paths.layers / f"venv-{k['venv']}"
     agent = paths.layers / f"agent-{k['agent']}"
@@ -401,7 +439,7 @@ def _ensure(paths: Paths) -> Rootfs:
             if not venv.is_dir():
                 _build_venv(paths, k["venv"], base)
             if not agent.is_dir():
-                _build_agent(paths, k["agent"], [base / "root", venv / "root"])
+                _build_agent(paths, k["agent"], [base / "root", venv / "root"], vendor_pub)
         except LabError as exc:
             if exc.code == 1:
                 exc.code = EXIT_BUILD

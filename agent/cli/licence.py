@@ -17,6 +17,7 @@ from typing import Any
 from agent.cli import output
 from agent.cli.client import Client
 from agent.errors import EXIT_APPLY_FAILED, EXIT_OK, EXIT_REFUSED
+from agent.licence import errors as _licence_errors  # noqa: F401  (exit statuses by code)
 
 Handler = Callable[[Client, argparse.Namespace], int]
 AddCommand = Callable[[Any, str, Handler, str], argparse.ArgumentParser]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+from rich.markup import escape
 
 from agent import __version__
 from agent.cli import ha as ha_cli
@@ -38,7 +39,8 @@ exit status:
   2  usage error (unknown command or option)
   3  invalid input: the problems are listed as `path: what is wrong`; nothing changed
   4  applying failed on the machine and the previous revision was re-applied
-  5  the agent is unreachable (the socket path tried is printed)
+  5  the agent is unreachable (the socket path tried is printed), or a server the
+     agent needs is (the licence server did not answer usably; nothing changed)
   6  refused: the change needs --yes, or does not fit the agent's state
      (for example a change is waiting for `config confirm`)
 
@@ -90,6 +92,31 @@ def _show(args: argparse.Namespace, data: Any, human: Callable[[Any], None]) -> 
 # --- status ----------------------------------------------------------------------------------
 
 
+LICENCE_COLOURS = {"ACTIVE": "green", "GRACE": "yellow", "CODE_SENT": "yellow"}
+
+
+def _licence_line(lic: dict[str, Any]) -> str:
+    """``OFF — why`` (red), ``ACTIVE VX-… until …, last check …`` (green), …"""
+    state = str(lic.get("state") or ("ACTIVE" if lic["active"] else "OFF"))
+    text = f"[bold {LICENCE_COLOURS.get(state, 'red')}]{state.replace('_', ' ')}[/]"
+    facts = []
+    if lic.get("serial"):
+        facts.append(escape(str(lic["serial"])))
+    if lic.get("grace_until"):
+        facts.append(f"grace until {output.when(lic['grace_until'])}")
+    elif lic.get("valid_until"):
+        facts.append(f"valid until {output.when(lic['valid_until'])}")
+    elif lic.get("serial") and state == "ACTIVE":
+        facts.append("perpetual")
+    if lic.get("last_check"):
+        facts.append(f"last check {output.when(lic['last_check'])}")
+    if facts:
+        text += " " + ", ".join(facts)
+    if state != "ACTIVE":
+        text += f" — {escape(str(lic['reason']))}"
+    return text
+
+
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
     def human(d: dict[str, Any]) -> None:
         rev = d["revision"]
@@ -107,11 +134,14 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
                 ("awaiting confirm", f"revision {pending['revision']}, rolls back to "
                  f"{pending['rolls_back_to']} in {pending['seconds_left']} s"
                  if pending else "no"),
-                ("licence", "active" if d["licence"]["active"]
-                 else f"OFF: {d['licence']['reason']}"),
+                ("licence", _licence_line(d["licence"])),
                 ("subsystems", d["subsystems"]),
             ]
         )
+        for key in ("alarm", "clock_warning"):
+            if d["licence"].get(key):
+                output.out.print(f"[bold red]licence {key.replace('_', ' ')}:[/] "
+                                 f"{escape(d['licence'][key])}")
         if d["events"]:
             output.table(
                 ["time", "event", "message"],

@@ -14,37 +14,19 @@ from typing import Any
 
 import aiohttp
 
-from agent.errors import Conflict, VoxnodeError
+from agent.licence.errors import (
+    BadResponse,
+    LicenceServerError,
+    ServerRefused,
+    ServerRejectedInput,
+    ServerUnreachable,
+    refusal,
+)
+
+__all__ = ["BadResponse", "LicenceServerClient", "LicenceServerError", "ServerRefused",
+           "ServerRejectedInput", "ServerUnreachable"]
 
 TIMEOUT_S = 15.0
-
-
-class LicenceServerError(VoxnodeError):
-    code = "licence_server_error"
-    exit_code = 5
-    http_status = 502
-
-
-class ServerUnreachable(LicenceServerError):
-    code = "licence_server_unreachable"
-    default_remedy = ("Check the node's route and DNS to the licence server and "
-                      "license.server_url; nothing was changed.")
-
-
-class BadResponse(LicenceServerError):
-    code = "licence_server_bad_response"
-    default_remedy = ("The licence server (or a proxy in between) answered something that is "
-                      "not its API; nothing was changed.")
-
-
-class ServerRefused(Conflict):
-    """The server answered with an error of its API (``reason`` is its stable code)."""
-
-    code = "licence_refused"
-
-    def __init__(self, message: str, reason: str, **kwargs: Any) -> None:
-        super().__init__(message, details={"reason": reason}, **kwargs)
-        self.reason = reason
 
 
 class LicenceServerClient:
@@ -78,8 +60,8 @@ class LicenceServerClient:
             error = data.get("error")
             if isinstance(error, dict) and isinstance(error.get("message"), str) and \
                     isinstance(error.get("code"), str) and error["message"]:
-                raise ServerRefused(f"the licence server refused: {error['message']}",
-                                    error["code"])
+                raise refusal(f"the licence server refused: {error['message']}",
+                              error["code"])
             raise BadResponse(f"the licence server at {self.base_url} answered HTTP {status} "
                               "without an error message")
         return data

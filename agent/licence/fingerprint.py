@@ -31,17 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import VoxnodeError
+from agent.licence.errors import FingerprintError
+
+__all__ = ["Fingerprint", "FingerprintError", "node_fingerprint"]
 
 IMDS_URL = "http://169.254.169.254"
 IMDS_TIMEOUT_S = 2.0
 
 InstanceIdentity = Callable[[], str]  # returns the EC2 instance id
-
-
-class FingerprintError(VoxnodeError):
-    code = "fingerprint_unavailable"
-    default_remedy = "Make sure /etc/machine-id exists (systemd-machine-id-setup creates it)."
 
 
 @dataclass(frozen=True)

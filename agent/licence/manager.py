@@ -63,6 +63,7 @@ class LicenceManager:
         self.clock = clock
         self._client_factory = client_factory
         self.applied_modules: frozenset[str] | None = None  # what the units last followed
+        self._reported_refusal = ""  # the last refusal of the installed file reported
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -107,11 +108,21 @@ class LicenceManager:
         if text is None:
             return None, ""
         try:
-            return self.parse(text), ""
+            licence = self.parse(text)
         except LicenceDocumentError as exc:
-            return None, f"the installed licence is refused: {exc}"
+            return None, self._refused(f"the installed licence is refused: {exc}")
         except Exception as exc:  # e.g. no fingerprint: never trust, never crash the port
-            return None, f"the installed licence cannot be checked: {exc}"
+            return None, self._refused(f"the installed licence cannot be checked: {exc}")
+        self._reported_refusal = ""
+        return licence, ""
+
+    def _refused(self, why: str) -> str:
+        """Report a refused installed licence once (an event and the log), not per read."""
+        if why != self._reported_refusal:
+            self._reported_refusal = why
+            self.events.emit("licence.refused", f"{why}; the file is kept, never trusted",
+                             level=logging.ERROR)
+        return why
 
     def status(self) -> tuple[Status, Record, Licence | None]:
         record = self.store.read_record()
@@ -154,6 +165,20 @@ class LicenceManager:
             "assignments": record.assignments,
             "server_url": settings.server_url, "public_key_file": settings.public_key_file,
             "fingerprint": self._fingerprint_or_none(),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The licence at a glance, for ``voxnode status``: state, serial, expiry, checks and
+        the alarm (``show()`` has everything)."""
+        status, record, licence = self.status()
+        return {
+            "state": status.state.value, "active": status.active, "reason": status.reason,
+            "serial": licence.serial if licence else (
+                record.pending.serial if record.pending else None),
+            "valid_until": licence.valid_until if licence else None,
+            "grace_until": status.grace_until,
+            "last_check": record.last_check, "last_successful_check": record.last_ok,
+            "alarm": status.alarm or None, "clock_warning": status.clock_warning or None,
         }
 
     def _fingerprint_or_none(self) -> dict[str, str] | None:

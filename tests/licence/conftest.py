@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from agent.licence.document import load_private_key, public_key_pem
 from tests.licence.mailsink import last_code, messages
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,42 +33,78 @@ def free_port() -> int:
         return port
 
 
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class LicenceServerLab:
     def __init__(self, base: Path, *, host: str = "127.0.0.1", prefix: tuple[str, ...] = (),
-                 code_ttl: int = 900) -> None:
+                 code_ttl: int = 900, signing_key: Path | None = None) -> None:
+        """A fresh signing key under ``base``, or ``signing_key`` (e.g. the lab vendor key,
+        whose public half the lab nodes carry)."""
         self.base, self.host, self.prefix, self.code_ttl = base, host, prefix, code_ttl
         self.port, self.smtp_port = free_port(), free_port()
-        self.key = base / "signing.key"
         self.mailbox = base / "mail.jsonl"
         self.db = f"sqlite:///{base / 'licences.db'}"
         self.procs: list[subprocess.Popen[bytes]] = []
-        done = subprocess.run([str(SERVER), "keygen", "--out", str(self.key)],
-                              capture_output=True, text=True, check=True, timeout=30)
-        self.public_key = Path(done.stdout.strip())
+        self.server: subprocess.Popen[bytes] | None = None
+        if signing_key is None:
+            self.key = base / "signing.key"
+            done = subprocess.run([str(SERVER), "keygen", "--out", str(self.key)],
+                                  capture_output=True, text=True, check=True, timeout=30)
+            self.public_key = Path(done.stdout.strip())
+        else:
+            base.mkdir(parents=True, exist_ok=True)
+            self.key = signing_key
+            self.public_key = base / "vendor.pub"
+            private = load_private_key(signing_key.read_bytes())
+            self.public_key.write_bytes(public_key_pem(private.public_key()))
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _spawn(self, name: str, *cmd: str) -> None:
+    def _spawn(self, name: str, *cmd: str) -> subprocess.Popen[bytes]:
         log = (self.base / f"{name}.log").open("ab")
-        self.procs.append(subprocess.Popen([*self.prefix, *cmd], stdout=log,
-                                           stderr=subprocess.STDOUT, cwd=REPO,
-                                           stdin=subprocess.DEVNULL))
+        proc = subprocess.Popen([*self.prefix, *cmd], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=REPO, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
 
-    def start(self) -> None:
-        self._spawn("mailsink", sys.executable, "-m", "tests.licence.mailsink", "127.0.0.1",
-                    str(self.smtp_port), str(self.mailbox))
-        self._spawn("server", str(SERVER), "serve", "--db", self.db, "--listen",
-                    f"{self.host}:{self.port}", "--signing-key", str(self.key), "--smtp",
-                    f"127.0.0.1:{self.smtp_port}", "--code-ttl", str(self.code_ttl))
+    def _wait(self, proc: subprocess.Popen[bytes], name: str, marker: str, seen: int) -> None:
         deadline = time.monotonic() + 15
-        while "listening on" not in self.log("server") or "mailsink on" not in self.log(
-                "mailsink"):
-            for proc in self.procs:
-                assert proc.poll() is None, f"a licence lab process exited:\n{self.logs()}"
+        while self.log(name).count(marker) <= seen:
+            assert proc.poll() is None, f"the licence lab's {name} exited:\n{self.logs()}"
             assert time.monotonic() < deadline, f"licence lab did not start:\n{self.logs()}"
             time.sleep(0.05)
+
+    def start(self) -> None:
+        seen = self.log("mailsink").count("mailsink on")
+        sink = self._spawn("mailsink", sys.executable, "-m", "tests.licence.mailsink",
+                           "127.0.0.1", str(self.smtp_port), str(self.mailbox))
+        self._wait(sink, "mailsink", "mailsink on", seen)
+        self.start_server()
+
+    def start_server(self) -> None:
+        """(Re)start the server process alone (the mail sink keeps running)."""
+        assert self.server is None or self.server.poll() is not None, "the server runs"
+        seen = self.log("server").count("listening on")
+        self.server = self._spawn(
+            "server", str(SERVER), "serve", "--db", self.db, "--listen",
+            f"{self.host}:{self.port}", "--signing-key", str(self.key), "--smtp",
+            f"127.0.0.1:{self.smtp_port}", "--code-ttl", str(self.code_ttl))
+        self._wait(self.server, "server", "listening on", seen)
+
+    def stop_server(self) -> None:
+        """Stop the server process alone (a node's checks then find nobody listening)."""
+        assert self.server is not None
+        _terminate(self.server)
 
     def log(self, name: str) -> str:
         try:
@@ -80,13 +117,7 @@ class LicenceServerLab:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            _terminate(proc)
 
     def vendor(self, *args: str) -> str:
         done = subprocess.run([str(SERVER), *args[:2], "--db", self.db, *args[2:]]

@@ -47,9 +47,11 @@ def test_seed_is_revision_1(node: str) -> None:
 
 def test_agent_unit_is_active_and_decides_the_pbx_units() -> None:
     assert lab_exec("node1", "systemctl", "is-active", "voxnode-agent").stdout.strip() == "active"
-    # the image leaves them disabled; the agent enables what the catalogue wants unlicensed
+    # the image leaves them disabled; the agent enables units that run in every role
+    # (nginx) and starts role-bound ones itself (the PBX engine: never at boot)
     enabled = lab_exec("node1", "systemctl", "is-enabled", "kamailio", "nginx", "mariadb")
-    assert enabled.stdout.split() == ["enabled", "enabled", "disabled"]
+    assert enabled.stdout.split() == ["disabled", "enabled", "disabled"]
+    assert lab_exec("node1", "systemctl", "is-active", "kamailio").stdout.strip() == "active"
 
 
 def test_node1_reaches_node2() -> None:
