@@ -30,7 +30,9 @@ class Timing:
     guard: float  # peer and every witness silent this long: a master lets go (< dead, so an
     #               isolated master has released the node IP before the slave takes it)
     witness_interval: float  # witness probe period
-    witness_within: float  # a witness counts as reachable if it answered this recently
+    witness_within: float  # a witness counts as reachable if it answered this recently:
+    #                        a few probe periods, far below ``dead`` (a node whose link just
+    #                        went down must not count an answer from before as reachable)
     init_wait: float  # listen this long at start before deciding
 
     def to_dict(self) -> dict[str, float]:
@@ -38,12 +40,13 @@ class Timing:
 
 
 TIMINGS = {
-    # a takeover needs 4 heartbeat periods with neither copy (UDP, Ethernet) arriving:
-    # with 5 % loss per packet that is ~(0.05**2)**4 per window
+    # a takeover needs 6 heartbeat periods with neither copy (UDP, Ethernet) arriving:
+    # with 5 % loss per packet that is ~(0.05**2)**6 per window. ``guard`` stays above two
+    # heartbeat periods plus a witness probe, so a link blip of ~150 ms releases nothing
     # an isolated master lets go at ``guard``, well before the slave's ``dead``: the margin
     # absorbs a busy event loop (measured: release ~10 ms after the decision)
-    HAProfile.STANDARD: Timing(0.15, 0.6, 0.2, 0.05, 0.6, 1.8),
-    HAProfile.FAST: Timing(0.03, 0.15, 0.06, 0.02, 0.15, 0.6),
+    HAProfile.STANDARD: Timing(0.1, 0.6, 0.3, 0.05, 0.15, 1.8),
+    HAProfile.FAST: Timing(0.03, 0.15, 0.075, 0.02, 0.06, 0.6),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
     from ha.manager import HAManager
 
 KERNEL_CHECK_S = 2.0
+RECENT_PAYLOADS = 32  # heartbeats remembered to recognise their copy on the other channel
 TICK_FACTOR = 0.7  # decisions per heartbeat period: below 1 so no heartbeat slot is missed
-RELAXED_WITNESS_FACTOR = 6  # witness probes while the peer is heard (< witness_within)
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Runtime:
         self.peer: PeerView | None = None
         self.peer_mac: str | None = None
         self.unverified_at: float | None = None
-        self.last_payload = b""
+        self.recent_payloads: deque[bytes] = deque(maxlen=RECENT_PAYLOADS)
         self.witness_up_since: float | None = None
         self.channels = Channels()
         self.bad: dict[str, Any] = {"count": 0, "last": ""}
@@ -158,9 +159,9 @@ class Runtime:
     def _receive(self, payload: bytes, channel: str, mac: str | None, *,
                  from_peer: bool) -> None:
         now = self.m.clock()
-        if payload == self.last_payload:
-            # the same heartbeat through the other channel: proof that channel works,
-            # already authenticated and applied
+        if payload in self.recent_payloads:
+            # a heartbeat already taken from the other channel (maybe overtaken there by a
+            # newer one, with jitter): proof this channel works, authenticated and applied
             setattr(self.channels, channel, now)
             if mac is not None:
                 self.peer_mac = mac
@@ -182,7 +183,7 @@ class Runtime:
             self.peer_mac = mac
         if not fresh:
             return
-        self.last_payload = payload
+        self.recent_payloads.append(payload)
         released = now if msg.kind is Kind.RELEASE else None
         if released is None and self.peer is not None and msg.role is not Role.MASTER:
             released = self.peer.released_at
@@ -226,7 +227,6 @@ class Runtime:
         next_check = self.m.clock() + KERNEL_CHECK_S
         while True:
             await asyncio.sleep(self.timing.interval * TICK_FACTOR)
-            self._pace_witness()
             try:
                 await self.m.tick()
                 if self.m.clock() >= next_check:
@@ -240,17 +240,6 @@ class Runtime:
                 text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
                 self.m.events.emit("ha.step-failed", text, level=logging.ERROR)
                 await asyncio.sleep(self.timing.dead)
-
-    def _pace_witness(self) -> None:
-        """Probe the witnesses fast only when they matter: while the peer is silent (a
-        takeover or a master's isolation check needs a fresh answer). With the peer
-        heard, a relaxed pace keeps the witness view current at a quarter of the cost."""
-        if self.witness is None:
-            return
-        peer = self.peer
-        silent = peer is None or self.m.clock() - peer.last_seen > 1.5 * self.timing.interval
-        self.witness.interval = (self.timing.witness_interval if silent
-                                 else RELAXED_WITNESS_FACTOR * self.timing.witness_interval)
 
     async def _probe_vip_loop(self) -> None:
         """While deciding at start: does another device answer for the node IP?"""

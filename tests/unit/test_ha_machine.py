@@ -82,7 +82,7 @@ CASES = [
     ("master alone with a witness keeps serving",
      inputs(Role.MASTER, peer(Role.SLAVE, age=10)), None, "serving"),
     ("isolated master lets go",
-     inputs(Role.MASTER, peer(Role.SLAVE, age=0.25), witness_age=0.25), Role.SLAVE,
+     inputs(Role.MASTER, peer(Role.SLAVE, age=0.35), witness_age=0.35), Role.SLAVE,
      "isolated"),
     ("master that only lost the witness stays",
      inputs(Role.MASTER, peer(Role.SLAVE), witness_age=math.inf), None, "serving"),
@@ -138,3 +138,11 @@ def test_a_witness_that_just_came_back_does_not_allow_a_takeover() -> None:
     assert "waiting a dead interval" in decision.reason
     later = replace(given, witness_streak=0.7)
     assert decide(later).target is Role.MASTER
+
+
+def test_an_answer_from_before_a_link_loss_does_not_count() -> None:
+    """A node whose link just went down still remembers the witness's last answer; it
+    must be recent (a few probe periods), not merely younger than the dead interval."""
+    stale = inputs(Role.SLAVE, peer(Role.MASTER, age=0.65), witness_age=0.3)
+    assert decide(stale).target is None
+    assert T.witness_within <= 3 * T.witness_interval < T.dead
