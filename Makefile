@@ -41,7 +41,7 @@ lint: setup ## ruff and mypy (strict on agent/ and ha/)
 fmt: setup
 	$(VENV)/bin/ruff check --fix .
 
-test: setup lab-apt lint ## the whole suite: lint, unit, namespace (root) and lab node tests
+test: setup lab-apt image-apt lint ## the whole suite: lint, unit, namespace (root), lab node and image tests
 	$(PY) -m pytest -q tests
 
 test-unit: setup
@@ -75,3 +75,43 @@ lab-status: ## what runs in the lab (containers, addresses, agents)
 
 test-node: setup lab-apt ## node tests: starts the lab once, removes it at the end (root)
 	$(PY) -m pytest -q tests/node
+
+# --- images: agent RPM, kickstarts, installer ISO, raw/qcow2 disk, AMI (image/*.py) ----------
+# Host tools for the image pipeline and its tests (QEMU boots, RPM build, ISO remaster).
+APT_IMAGE  := xorriso isolinux syslinux-common syslinux-utils grub-efi-amd64-bin grub-pc-bin \
+	grub-common mtools dosfstools isomd5sum rpm createrepo-c qemu-system-x86 qemu-utils ovmf \
+	busybox-static cpio packer patchelf binutils openssh-client
+IMAGE_OUT  ?= out
+BASE_ISO   ?=
+BASE_URL   ?=
+VENDOR_PUBKEY ?=
+ACCEL      ?= kvm
+AWS_REGION ?= eu-south-1
+AWS_S3_BUCKET ?=
+
+.PHONY: image-apt rpm kickstart iso raw ami packer-validate test-image
+
+image-apt:
+	@$(call apt_install,$(APT_IMAGE))
+
+rpm: setup image-apt ## agent RPM (PyInstaller + staticx binary) and the appliance repository
+	VENDOR_PUBKEY="$(VENDOR_PUBKEY)" $(PY) -m image.rpm --out $(IMAGE_OUT)
+
+kickstart: setup ## render the kickstart variants (iso, disk, aws) into $(IMAGE_OUT)/kickstart
+	$(PY) -m image.kickstart --out $(IMAGE_OUT)/kickstart
+
+iso: rpm ## installer ISO from an AlmaLinux 8 ISO: make iso BASE_ISO=AlmaLinux-8.10-x86_64-dvd.iso
+	BASE_ISO="$(BASE_ISO)" BASE_URL="$(BASE_URL)" $(PY) -m image.iso --out $(IMAGE_OUT) --repo $(IMAGE_OUT)/repo
+
+packer-validate: setup image-apt ## packer validate the templates (offline)
+	$(PY) -m image.packer validate
+
+raw: setup image-apt ## raw + qcow2 disk images from the ISO (Packer qemu; ACCEL=kvm|tcg)
+	$(PY) -m image.packer raw --out $(IMAGE_OUT) --accelerator $(ACCEL)
+
+ami: setup image-apt ## AMI: install ks-aws.cfg to raw, import + register (AWS_S3_BUCKET=…)
+	AWS_REGION=$(AWS_REGION) PKR_VAR_aws_region=$(AWS_REGION) PKR_VAR_aws_s3_bucket=$(AWS_S3_BUCKET) \
+		$(PY) -m image.packer ami --out $(IMAGE_OUT) --accelerator $(ACCEL)
+
+test-image: setup image-apt ## image tests: kickstarts, RPM, ISO remaster booted in QEMU, packer
+	$(PY) -m pytest -q tests/image
