@@ -23,10 +23,17 @@ from ipaddress import IPv4Address
 from typing import Any, Protocol
 
 from ha.net import (
+    BPF_JEQ_K,
+    BPF_JEQ_X,
+    BPF_LD_H_ABS,
+    BPF_LD_W_ABS,
+    BPF_TAX,
     ETH_HEADER,
     HaNetError,
+    bpf_program,
     format_mac,
     interface_index,
+    not_outgoing,
     open_packet_socket,
     send_frame,
 )
@@ -44,6 +51,19 @@ ZERO_MAC = b"\x00" * 6
 ANY_IP = IPv4Address(0)
 
 ClaimHandler = Callable[[IPv4Address, str], None]
+
+_OP, _SPA, _TPA = ETH_HEADER.size + 6, ETH_HEADER.size + 14, ETH_HEADER.size + 24
+# What the endpoint reads: replies (to probes, or a claim in reply form) and gratuitous
+# requests (sender address = target address). Everybody's ordinary requests, the bulk of
+# ARP on a LAN, and our own frames are dropped in the kernel.
+ARP_FILTER = bpf_program(not_outgoing([
+    (BPF_LD_H_ABS, 0, 0, _OP),
+    (BPF_JEQ_K, "accept", 0, ARP_REPLY),
+    (BPF_LD_W_ABS, 0, 0, _TPA),
+    (BPF_TAX, 0, 0, 0),
+    (BPF_LD_W_ABS, 0, 0, _SPA),
+    (BPF_JEQ_X, "accept", "drop", 0),
+]))
 
 
 def arp_frame(op: int, src_mac: bytes, sender_ip: IPv4Address, target_mac: bytes,
@@ -76,7 +96,7 @@ class ArpEndpoint:
 
     @classmethod
     async def open(cls, ifname: str) -> ArpEndpoint:
-        sock = open_packet_socket(ifname, ETH_P_ARP)
+        sock = open_packet_socket(ifname, ETH_P_ARP, ARP_FILTER)
         try:
             return cls(ifname, sock)
         except BaseException:
@@ -106,8 +126,7 @@ class ArpEndpoint:
         waiting = self._waiters.setdefault(target, [])
         waiting.append(future)
         try:
-            send_frame(self._sock, arp_frame(ARP_REQUEST, self._mac_raw, sender_ip or ANY_IP,
-                                             ZERO_MAC, target), f"ARP probe for {target}")
+            self.send_probe(target, sender_ip=sender_ip)
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
@@ -116,6 +135,13 @@ class ArpEndpoint:
             waiting.remove(future)
             if not waiting and self._waiters.get(target) is waiting:
                 del self._waiters[target]
+
+    def send_probe(self, target: IPv4Address, *, sender_ip: IPv4Address | None) -> bool:
+        """Send one ARP request for ``target`` without waiting for the reply (``observe``
+        sees it); False if the kernel dropped it (link down)."""
+        return send_frame(self._sock, arp_frame(ARP_REQUEST, self._mac_raw,
+                                                sender_ip or ANY_IP, ZERO_MAC, target),
+                          f"ARP probe for {target}")
 
     def announce(self, ip: IPv4Address, count: int = 1) -> None:
         """Gratuitous ARP for ``ip`` from our MAC, request form then reply form.
@@ -132,10 +158,12 @@ class ArpEndpoint:
 
     def observe(self, callback: ClaimHandler,
                 ips: Collection[IPv4Address] | None = None) -> Callable[[], None]:
-        """Call ``callback(sender_ip, sender_mac)`` for every ARP frame another host sends
-        claiming one of ``ips`` (all when None); returns the function that stops it.
+        """Call ``callback(sender_ip, sender_mac)`` for every ARP reply or gratuitous
+        announcement another host sends for one of ``ips`` (all when None); returns the
+        function that stops it.
 
-        A frame claiming our node IP from a foreign MAC means another node holds it.
+        A frame claiming our node IP from a foreign MAC means another node holds it; a
+        reply from a witness means the segment still carries our frames.
         """
         observer = _Observer(callback, frozenset(ips) if ips is not None else None)
         self._observers.append(observer)
@@ -185,8 +213,11 @@ class ArpEndpoint:
 class Prober(Protocol):
     """What the witness monitor needs: ``ArpEndpoint`` in production, a fake in tests."""
 
-    async def probe(self, target: IPv4Address, *, sender_ip: IPv4Address | None,
-                    timeout: float) -> str | None:  # noqa: ASYNC109
+    def send_probe(self, target: IPv4Address, *, sender_ip: IPv4Address | None) -> bool:
+        ...
+
+    def observe(self, callback: ClaimHandler,
+                ips: Collection[IPv4Address] | None = None) -> Callable[[], None]:
         ...
 
 
@@ -197,11 +228,15 @@ class _Sighting:
 
 
 class WitnessMonitor:
-    """Probes every witness each ``interval`` seconds; remembers when each last answered."""
+    """Probes every witness each ``interval`` seconds; remembers when each last answered.
+
+    A round only sends the requests: answers are taken as they come (``observe``), so a
+    round costs one timer and one frame per witness, and no task waits for a reply.
+    """
 
     def __init__(self, endpoint: Prober, witnesses: Sequence[IPv4Address], *,
-                 interval: float = 0.2, timeout: float | None = None,
-                 sender_ip: IPv4Address | None = None, stale_after: float | None = None,
+                 interval: float = 0.2, sender_ip: IPv4Address | None = None,
+                 stale_after: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not witnesses:
             raise ValueError("a witness monitor needs at least one witness address")
@@ -210,18 +245,27 @@ class WitnessMonitor:
         self.endpoint = endpoint
         self.witnesses = list(witnesses)
         self.interval = interval
-        # A probe answered after the next one was sent says nothing new: cap at interval.
-        self.timeout = min(timeout, interval) if timeout is not None else interval
         self.sender_ip = sender_ip
         self.stale_after = stale_after if stale_after is not None else 3 * interval
         self._clock = clock
         self._seen = {w: _Sighting() for w in self.witnesses}
+        self._newest: float | None = None
         self._stopping = asyncio.Event()
+        self._stop_observing = endpoint.observe(self._answered, self.witnesses)
+
+    def _answered(self, address: IPv4Address, mac: str) -> None:
+        now = self._clock()
+        sighting = self._seen[address]
+        sighting.last_seen, sighting.mac = now, mac
+        self._newest = now
+
+    def last_answer_age(self, now: float) -> float:
+        """Seconds since any witness last answered (inf: none ever did)."""
+        return float("inf") if self._newest is None else now - self._newest
 
     def reachable(self, now: float, within: float) -> bool:
         """Whether any witness answered in the last ``within`` seconds."""
-        return any(s.last_seen is not None and now - s.last_seen <= within
-                   for s in self._seen.values())
+        return self.last_answer_age(now) <= within
 
     def details(self, now: float) -> list[dict[str, Any]]:
         """Per witness: address, reachable (within ``stale_after``), age of the last answer
@@ -237,32 +281,35 @@ class WitnessMonitor:
             })
         return out
 
-    async def probe_once(self) -> None:
-        """One round: every witness probed at the same time."""
-        async with asyncio.TaskGroup() as group:
-            for address in self.witnesses:
-                group.create_task(self._probe(address))
-
-    async def _probe(self, address: IPv4Address) -> None:
-        try:
-            mac = await self.endpoint.probe(address, sender_ip=self.sender_ip,
-                                            timeout=self.timeout)
-        except HaNetError as exc:
-            log.warning("witness %s not probed: %s", address, exc.message)
-            return
-        if mac is not None:
-            self._seen[address] = _Sighting(self._clock(), mac)
+    def probe_once(self) -> None:
+        """One round: a request to every witness."""
+        for address in self.witnesses:
+            try:
+                self.endpoint.send_probe(address, sender_ip=self.sender_ip)
+            except HaNetError as exc:
+                log.warning("witness %s not probed: %s", address, exc.message)
 
     async def run(self) -> None:
-        """Probe rounds every ``interval`` seconds until ``stop()``."""
+        """Probe rounds every ``interval`` seconds, on a fixed period, until ``stop()``."""
         loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            started = loop.time()
-            await self.probe_once()
-            # Rounds start on a fixed period, whatever the probes took.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, started + self.interval - loop.time())):
-                    await self._stopping.wait()
+        next_at = loop.time()
+        handle: asyncio.TimerHandle | None = None
+
+        def round_() -> None:
+            nonlocal next_at, handle
+            self.probe_once()
+            next_at += self.interval
+            if next_at <= loop.time():  # the loop was held up: skip the missed rounds
+                next_at = loop.time() + self.interval
+            handle = loop.call_at(next_at, round_)
+
+        handle = loop.call_at(next_at, round_)
+        try:
+            await self._stopping.wait()
+        finally:
+            handle.cancel()
 
     def stop(self) -> None:
+        """End ``run`` and stop taking answers."""
         self._stopping.set()
+        self._stop_observing()

@@ -17,7 +17,15 @@ import socket
 import struct
 from collections.abc import Callable
 
-from ha.net import ETH_HEADER, format_mac, open_packet_socket, parse_mac, send_frame
+from ha.net import (
+    ETH_HEADER,
+    bpf_program,
+    format_mac,
+    not_outgoing,
+    open_packet_socket,
+    parse_mac,
+    send_frame,
+)
 
 log = logging.getLogger("voxnode.ha.l2")
 
@@ -27,6 +35,8 @@ LENGTH = struct.Struct("!H")
 MAX_PAYLOAD = 1500 - LENGTH.size  # one untagged frame at the standard MTU
 
 FrameHandler = Callable[[bytes, str], None]
+
+L2_FILTER = bpf_program(not_outgoing([]))  # our own frames stay out of the socket
 
 
 def pack_frame(dst_mac: bytes, src_mac: bytes, payload: bytes) -> bytes:
@@ -61,7 +71,7 @@ class L2Channel:
     @classmethod
     async def open(cls, ifname: str, on_frame: FrameHandler) -> L2Channel:
         """Listen on ``ifname``; ``on_frame(payload, source_mac)`` for each peer frame."""
-        sock = open_packet_socket(ifname, ETHERTYPE_LOCAL_EXPERIMENTAL)
+        sock = open_packet_socket(ifname, ETHERTYPE_LOCAL_EXPERIMENTAL, L2_FILTER)
         try:
             return cls(ifname, sock, on_frame)
         except BaseException:

@@ -14,6 +14,7 @@ The daemon runs inside the node's network namespace, so sockets are opened where
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import fcntl
 import logging
@@ -110,14 +111,77 @@ def interface_mac(ifname: str) -> str:
     return format_mac(answer[18:18 + ETH_ALEN])  # ifr_name[16], sa_family (2), sa_data
 
 
-def open_packet_socket(ifname: str, ethertype: int) -> socket.socket:
-    """A non-blocking AF_PACKET socket bound to ``ifname`` for one EtherType."""
+# --- classic BPF socket filters (linux/filter.h) ---------------------------------------------
+#
+# A raw socket wakes the daemon for every frame of its EtherType on the segment, its own
+# outgoing ones included. A filter attached to the socket lets the kernel drop the frames
+# the daemon would ignore anyway, so a busy LAN (every host's ARP requests) costs no CPU.
+
+SO_ATTACH_FILTER = 26
+BPF_LD_W_ABS, BPF_LD_H_ABS = 0x20, 0x28  # A = word / half-word at offset k
+BPF_TAX = 0x07  # X = A
+BPF_JEQ_K, BPF_JEQ_X = 0x15, 0x1D  # A == k / A == X
+BPF_RET_K = 0x06
+SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # ancillary load: the frame's PACKET_* type
+ACCEPT = 0x40000  # bytes of the frame to keep: all of it
+_INSN = struct.Struct("=HBBI")
+
+Insn = tuple[int, str | int, str | int, int]  # (code, jump if true, jump if false, k)
+
+
+def bpf_program(program: list[Insn | str]) -> bytes:
+    """Assemble a classic BPF program: instructions ``(code, jt, jf, k)`` whose jump targets
+    may be label names, and label strings marking the next instruction."""
+    labels: dict[str, int] = {}
+    insns: list[Insn] = []
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = len(insns)
+        else:
+            insns.append(item)
+    out = bytearray()
+    for index, (code, jt, jf, k) in enumerate(insns):
+        offsets = [labels[j] - index - 1 if isinstance(j, str) else j for j in (jt, jf)]
+        if not all(0 <= o <= 255 for o in offsets):
+            raise ValueError(f"BPF instruction {index}: jump out of range {offsets}")
+        out += _INSN.pack(code, offsets[0], offsets[1], k)
+    return bytes(out)
+
+
+def not_outgoing(accept: list[Insn | str]) -> list[Insn | str]:
+    """A filter that drops the frames this host sends (the tap sees them as
+    PACKET_OUTGOING) and applies ``accept`` to the others; ``accept`` may jump to the
+    labels ``"accept"`` and ``"drop"``."""
+    return [
+        (BPF_LD_W_ABS, 0, 0, SKF_AD_PKTTYPE),
+        (BPF_JEQ_K, "drop", 0, socket.PACKET_OUTGOING),
+        *accept,
+        "accept", (BPF_RET_K, 0, 0, ACCEPT),
+        "drop", (BPF_RET_K, 0, 0, 0),
+    ]
+
+
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """Attach a classic BPF program (``bpf_program``) to ``sock``."""
+    count = len(program) // _INSN.size
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HL", count, ctypes.addressof(buffer))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def open_packet_socket(ifname: str, ethertype: int,
+                       program: bytes | None = None) -> socket.socket:
+    """A non-blocking AF_PACKET socket bound to ``ifname`` for one EtherType, with the BPF
+    ``program`` attached before any frame can be queued."""
     try:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+        # protocol 0: nothing is received until the bind below names the EtherType
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     except OSError as exc:
         raise net_error(f"open raw socket on {ifname}", exc) from exc
     try:
         sock.setblocking(False)
+        if program is not None:
+            attach_filter(sock, program)
         sock.bind((ifname, ethertype))
     except OSError as exc:
         sock.close()

@@ -17,7 +17,7 @@ import hmac
 import json
 import secrets
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -63,9 +63,14 @@ class Message:
     health: tuple[str, ...] = field(default=())
 
     def to_body(self) -> dict[str, Any]:
-        body = asdict(self)
-        body["health"] = list(self.health)
-        return body
+        # spelled out rather than dataclasses.asdict: this runs for every heartbeat, and
+        # asdict deep-copies field by field
+        return {
+            "kind": self.kind.value, "node_id": self.node_id, "boot_id": self.boot_id,
+            "seq": self.seq, "role": self.role.value, "epoch": self.epoch,
+            "holds_vip": self.holds_vip, "witness_ok": self.witness_ok,
+            "sent_at": self.sent_at, "health": list(self.health),
+        }
 
 
 def new_boot_id() -> str:

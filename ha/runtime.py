@@ -203,9 +203,7 @@ class Runtime:
     def witness_age(self) -> float:
         if self.witness is None:
             return float("inf")
-        ages = [d["last_seen_age_ms"] for d in self.witness.details(self.m.clock())]
-        known = [a / 1000 for a in ages if a is not None]
-        return min(known, default=float("inf"))
+        return self.witness.last_answer_age(self.m.clock())
 
     # --- decisions -------------------------------------------------------------------------
 

@@ -277,8 +277,8 @@ class ProbeLog:
     def steady_from(self, node: str, since: float, *, for_s: float, now: float) -> bool:
         """Replies from ``node`` alone, none more than 100 ms apart, over the last
         ``for_s`` seconds before ``now`` (and after ``since``)."""
-        start = max(since, now - for_s)
-        if now - start < for_s:
+        start = now - for_s
+        if since > start:  # not (now - start < for_s): rounding makes that true at times
             return False
         window = [r for r in self.replies() if r.received >= start - 0.1]
         inside = [r for r in window if r.received >= start]
@@ -286,6 +286,21 @@ class ProbeLog:
             return False
         times = [start, *(r.received for r in inside if r.received <= now), now]
         return all(b - a <= 0.1 for a, b in itertools.pairwise(times))
+
+    def describe(self, start: float, end: float) -> str:
+        """What the client got between ``start`` and ``end``: replies per node, the
+        longest gap and the last reply (for a failure message)."""
+        replies = [r for r in self.replies() if start <= r.received <= end]
+        if not replies:
+            return f"no reply in the last {end - start:.1f} s"
+        counts: dict[str, int] = {}
+        for reply in replies:
+            counts[reply.node] = counts.get(reply.node, 0) + 1
+        times = [start, *(r.received for r in replies), end]
+        longest = max(b - a for a, b in itertools.pairwise(times))
+        per_node = ", ".join(f"{n}: {c}" for n, c in sorted(counts.items()))
+        return (f"in the last {end - start:.1f} s: replies {per_node}; longest gap "
+                f"{longest * 1000:.0f} ms; last reply {replies[-1]}")
 
     def report(self, fault_at: float, until: float, *, settle_s: float = 0.5) -> GapReport:
         replies = [r for r in self.replies() if fault_at - 1.0 <= r.received <= until]
@@ -532,9 +547,8 @@ class PairLab:
             if self.probe.steady_from(node, since, for_s=for_s, now=now):
                 return now
             if now > deadline:
-                last = self.probe.last_reply()
                 raise LabError(f"the client did not get steady replies from node {node} "
-                               f"within {timeout:g} s (last reply: {last})")
+                               f"within {timeout:g} s ({self.probe.describe(now - 2.0, now)})")
             time.sleep(0.05)
 
     # --- faults --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
@@ -69,7 +69,8 @@ async def announce(ifname, ip, count):
 async def observe(ifname, ips, seconds):
     arp = await ArpEndpoint.open(ifname)
     seen = []
-    arp.observe(lambda ip, mac: seen.append([str(ip), mac]), [IPv4Address(i) for i in ips])
+    arp.observe(lambda ip, mac: seen.append([str(ip), mac]),
+                None if ips is None else [IPv4Address(i) for i in ips])
     out("ready")
     await asyncio.sleep(seconds)
     arp.close()
@@ -388,6 +389,18 @@ def test_observe_reports_who_else_claims_the_node_ip(lan: Lan) -> None:
     assert watcher.line() == [[NODE_IP, lan.mac("b")]] * 4  # request + reply form, twice
 
 
+def test_the_kernel_hands_the_endpoint_only_replies_and_announcements(lan: Lan) -> None:
+    watcher = lan.spawn("a", "observe", ifname="eth0", ips=None, seconds=1.5)
+    assert watcher.line() == "ready"
+    # ordinary requests (B for A, B for W), and A's kernel answering B: none reaches A's
+    # endpoint; its own probe for W does not either, W's reply does
+    lan.drive("b", "probe", ifname="eth0", targets=[A_IP, W_IP], sender=B_IP, timeout=0.3)
+    lan.drive("a", "probe", ifname="eth0", targets=[W_IP], sender=A_IP, timeout=0.3)
+    lan.drive("b", "announce", ifname="eth0", ip=NODE_IP, count=1)
+    assert watcher.line() == [[W_IP, lan.mac("w")], [NODE_IP, lan.mac("b")],
+                              [NODE_IP, lan.mac("b")]]
+
+
 # --- heartbeat channels ------------------------------------------------------------------------
 
 
@@ -519,39 +532,68 @@ def test_missing_cap_net_raw_is_named(lan: Lan) -> None:
 
 
 class FakeProber:
-    """Answers for the addresses in ``macs`` at once; the others time out at once."""
+    """Answers at once for the addresses in ``macs``; the others never answer."""
 
     def __init__(self, macs: dict[str, str]) -> None:
         self.macs = macs
-        self.probed: list[tuple[str, str | None, float]] = []
+        self.probed: list[tuple[str, str | None]] = []
+        self.observers: list[tuple[Callable[[IPv4Address, str], None], set[IPv4Address]]] = []
 
-    async def probe(self, target: IPv4Address, *, sender_ip: IPv4Address | None,
-                    timeout: float) -> str | None:  # noqa: ASYNC109
-        self.probed.append((str(target), sender_ip and str(sender_ip), timeout))
-        return self.macs.get(str(target))
+    def send_probe(self, target: IPv4Address, *, sender_ip: IPv4Address | None) -> bool:
+        self.probed.append((str(target), sender_ip and str(sender_ip)))
+        mac = self.macs.get(str(target))
+        if mac is not None:
+            for callback, ips in list(self.observers):
+                if target in ips:
+                    callback(target, mac)
+        return True
+
+    def observe(self, callback: Callable[[IPv4Address, str], None],
+                ips: Collection[IPv4Address] | None = None) -> Callable[[], None]:
+        entry = (callback, set(ips or ()))
+        self.observers.append(entry)
+        return lambda: self.observers.remove(entry)
 
 
 async def test_witness_bookkeeping_with_a_fake_clock() -> None:
     now = [100.0]
     prober = FakeProber({"10.91.0.254": "02:00:00:00:00:fe"})
     monitor = WitnessMonitor(prober, [IPv4Address("10.91.0.254"), IPv4Address("10.91.0.253")],
-                             interval=0.2, timeout=5, sender_ip=IPv4Address(A_IP),
+                             interval=0.2, sender_ip=IPv4Address(A_IP),
                              clock=lambda: now[0])
     assert not monitor.reachable(now[0], 1.0)
-    await monitor.probe_once()
-    assert prober.probed == [("10.91.0.254", A_IP, 0.2), ("10.91.0.253", A_IP, 0.2)]
+    assert monitor.last_answer_age(now[0]) == float("inf")
+    monitor.probe_once()
+    assert prober.probed == [("10.91.0.254", A_IP), ("10.91.0.253", A_IP)]
     now[0] = 100.5
     assert monitor.reachable(now[0], 0.5) and not monitor.reachable(now[0], 0.4)
+    assert monitor.last_answer_age(now[0]) == pytest.approx(0.5)
     assert monitor.details(now[0]) == [
         {"address": "10.91.0.254", "reachable": True, "last_seen_age_ms": 500,
          "mac": "02:00:00:00:00:fe"},
         {"address": "10.91.0.253", "reachable": False, "last_seen_age_ms": None, "mac": None},
     ]
     prober.macs.clear()  # the witness is gone: its last sighting ages out
-    await monitor.probe_once()
+    monitor.probe_once()
     now[0] = 100.7
     assert monitor.details(now[0])[0]["reachable"] is False  # older than 3 x interval
     assert monitor.details(now[0])[0]["mac"] == "02:00:00:00:00:fe"
+    monitor.stop()  # answers after stop are not taken
+    assert prober.observers == []
+
+
+async def test_witness_rounds_repeat_until_stopped() -> None:
+    prober = FakeProber({W_IP: "02:00:00:00:00:fe"})
+    monitor = WitnessMonitor(prober, [IPv4Address(W_IP)], interval=0.05)
+    task = asyncio.create_task(monitor.run())
+    await asyncio.sleep(0.3)  # six periods: at least two rounds even on a loaded machine
+    monitor.stop()
+    await asyncio.wait_for(task, 1)
+    count = len(prober.probed)
+    assert count >= 2, prober.probed
+    await asyncio.sleep(0.15)
+    assert len(prober.probed) == count, "probing went on after stop"
+    assert monitor.reachable(time.monotonic(), 1.0)
 
 
 async def test_witness_run_stops_promptly() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
@@ -30,6 +30,14 @@ def msg(seq: int = 1, boot: str = "b1", sent_at: float = NOW) -> Message:
 
 def test_round_trip() -> None:
     assert decode(encode(msg(), KEY), KEY) == msg()
+
+
+def test_the_body_carries_every_field_in_json_types() -> None:
+    body = msg().to_body()
+    assert list(body) == [f.name for f in fields(Message)]
+    assert body["kind"] == "heartbeat" and type(body["kind"]) is str
+    assert body["role"] == "master" and type(body["role"]) is str
+    assert body["health"] == ["ok"]
 
 
 def test_a_different_key_is_refused() -> None:
