@@ -37,6 +37,7 @@ from ha.net import (
     open_packet_socket,
     send_frame,
 )
+from ha.timer import Periodic
 
 log = logging.getLogger("voxnode.ha.arp")
 
@@ -92,7 +93,9 @@ class ArpEndpoint:
         self._waiters: dict[IPv4Address, list[asyncio.Future[str]]] = {}
         self._observers: list[_Observer] = []
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._readable)
+        self._passive = False
+        self._reading = False
+        self._listen(True)
 
     @classmethod
     async def open(cls, ifname: str) -> ArpEndpoint:
@@ -105,7 +108,7 @@ class ArpEndpoint:
 
     def close(self) -> None:
         if self._sock.fileno() >= 0:
-            self._loop.remove_reader(self._sock.fileno())
+            self._listen(False)
             self._sock.close()
         for futures in self._waiters.values():
             for future in futures:
@@ -125,6 +128,7 @@ class ArpEndpoint:
         future: asyncio.Future[str] = self._loop.create_future()
         waiting = self._waiters.setdefault(target, [])
         waiting.append(future)
+        self._listen(True)
         try:
             self.send_probe(target, sender_ip=sender_ip)
             async with asyncio.timeout(timeout):
@@ -135,6 +139,27 @@ class ArpEndpoint:
             waiting.remove(future)
             if not waiting and self._waiters.get(target) is waiting:
                 del self._waiters[target]
+            if self._passive and not self._waiters:
+                self._listen(False)
+
+    def _listen(self, on: bool) -> None:
+        if on and not self._reading and self._sock.fileno() >= 0:
+            self._loop.add_reader(self._sock.fileno(), self._readable)
+            self._reading = True
+        elif not on and self._reading:
+            self._loop.remove_reader(self._sock.fileno())
+            self._reading = False
+
+    def set_passive(self, passive: bool) -> None:
+        """Passive: frames wait in the socket until ``drain()`` reads them (or a probe is
+        pending), instead of waking the daemon one by one. For an owner that polls anyway,
+        on a timer of its own."""
+        self._passive = passive
+        self._listen(not passive or bool(self._waiters))
+
+    def drain(self) -> None:
+        """Read every frame waiting in the socket now (observers are called from here)."""
+        self._readable()
 
     def send_probe(self, target: IPv4Address, *, sender_ip: IPv4Address | None) -> bool:
         """Send one ARP request for ``target`` without waiting for the reply (``observe``
@@ -216,6 +241,9 @@ class Prober(Protocol):
     def send_probe(self, target: IPv4Address, *, sender_ip: IPv4Address | None) -> bool:
         ...
 
+    def drain(self) -> None:
+        ...
+
     def observe(self, callback: ClaimHandler,
                 ips: Collection[IPv4Address] | None = None) -> Callable[[], None]:
         ...
@@ -231,13 +259,17 @@ class WitnessMonitor:
     """Probes every witness each ``interval`` seconds; remembers when each last answered.
 
     A round only sends the requests: answers are taken as they come (``observe``), so a
-    round costs one timer and one frame per witness, and no task waits for a reply.
+    round costs one timer and one frame per witness, and no task waits for a reply. With a
+    passive endpoint the answers are read by ``refresh()`` (the owner calls it before it
+    uses what the monitor knows, and each round does) and dated by the round they answer:
+    on a LAN the answer follows the request within a millisecond.
     """
 
     def __init__(self, endpoint: Prober, witnesses: Sequence[IPv4Address], *,
                  interval: float = 0.2, sender_ip: IPv4Address | None = None,
                  stale_after: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_back: Callable[[], None] | None = None) -> None:
         if not witnesses:
             raise ValueError("a witness monitor needs at least one witness address")
         if interval <= 0:
@@ -250,18 +282,34 @@ class WitnessMonitor:
         self._clock = clock
         self._seen = {w: _Sighting() for w in self.witnesses}
         self._newest: float | None = None
+        self._up_since: float | None = None  # start of the current run of fresh answers
+        self._round_at: float | None = None  # when the last round was sent
+        self._dating: float | None = None  # the time given to answers read by refresh()
+        self._on_back = on_back  # called when an answer ends a silence (or is the first)
         self._stopping = asyncio.Event()
         self._stop_observing = endpoint.observe(self._answered, self.witnesses)
 
     def _answered(self, address: IPv4Address, mac: str) -> None:
-        now = self._clock()
+        now = self._dating if self._dating is not None else self._clock()
+        back = self._newest is None or now - self._newest > self.stale_after
         sighting = self._seen[address]
         sighting.last_seen, sighting.mac = now, mac
         self._newest = now
+        if back:
+            self._up_since = now
+            if self._on_back is not None:
+                self._on_back()
 
     def last_answer_age(self, now: float) -> float:
         """Seconds since any witness last answered (inf: none ever did)."""
         return float("inf") if self._newest is None else now - self._newest
+
+    def streak(self, now: float) -> float:
+        """Seconds the witnesses have answered without a silence over ``stale_after``
+        (0 when the last answer is older than that)."""
+        if self._up_since is None or self.last_answer_age(now) > self.stale_after:
+            return 0.0
+        return now - self._up_since
 
     def reachable(self, now: float, within: float) -> bool:
         """Whether any witness answered in the last ``within`` seconds."""
@@ -281,8 +329,18 @@ class WitnessMonitor:
             })
         return out
 
+    def refresh(self) -> None:
+        """Take the answers waiting in a passive endpoint, dated by the last round."""
+        self._dating = self._round_at
+        try:
+            self.endpoint.drain()
+        finally:
+            self._dating = None
+
     def probe_once(self) -> None:
-        """One round: a request to every witness."""
+        """One round: the answers to the last one, then a request to every witness."""
+        self.refresh()
+        self._round_at = self._clock()
         for address in self.witnesses:
             try:
                 self.endpoint.send_probe(address, sender_ip=self.sender_ip)
@@ -290,24 +348,14 @@ class WitnessMonitor:
                 log.warning("witness %s not probed: %s", address, exc.message)
 
     async def run(self) -> None:
-        """Probe rounds every ``interval`` seconds, on a fixed period, until ``stop()``."""
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        handle: asyncio.TimerHandle | None = None
-
-        def round_() -> None:
-            nonlocal next_at, handle
-            self.probe_once()
-            next_at += self.interval
-            if next_at <= loop.time():  # the loop was held up: skip the missed rounds
-                next_at = loop.time() + self.interval
-            handle = loop.call_at(next_at, round_)
-
-        handle = loop.call_at(next_at, round_)
+        """Probe rounds every ``interval`` seconds, on a fixed period, until ``stop()``.
+        (An owner that already has a timer of the same period calls ``probe_once`` from it
+        instead.)"""
+        rounds = Periodic(self.interval, self.probe_once)
         try:
             await self._stopping.wait()
         finally:
-            handle.cancel()
+            rounds.cancel()
 
     def stop(self) -> None:
         """End ``run`` and stop taking answers."""

@@ -86,6 +86,10 @@ class L2Channel:
         frame = pack_frame(parse_mac(dst_mac), self._mac_raw, payload)
         return send_frame(self._sock, frame, f"L2 heartbeat on {self.ifname}")
 
+    def drain(self) -> None:
+        """Read the frames waiting now without waiting for the loop to say so."""
+        self._readable()
+
     def _readable(self) -> None:
         while True:
             try:

@@ -3,7 +3,9 @@
 No I/O and no clock of its own: ``decide`` takes a snapshot of what the node knows (its role
 and epoch, the peer's last authentic heartbeat and when it came, whether a witness answers)
 and returns the role to move to with an operator sentence, plus the reasons a failover
-would be impossible right now. The runtime (``ha.manager``) calls it on every tick.
+would be impossible right now. ``next_change`` says when that answer could change if
+nothing new arrives, so the runtime (``ha.runtime``) decides exactly then, and at once
+whenever an input changes, instead of polling.
 
 Safety rules (architecture: split brain is the failure that matters most):
 - a slave promotes itself only when the master has been silent on every heartbeat channel
@@ -17,7 +19,7 @@ Safety rules (architecture: split brain is the failure that matters most):
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.state.model import HAProfile
 from ha.protocol import Role
@@ -40,12 +42,16 @@ class Timing:
 
 
 TIMINGS = {
-    # a takeover needs 6 heartbeat periods with neither copy (UDP, Ethernet) arriving:
-    # with 5 % loss per packet that is ~(0.05**2)**6 per window. ``guard`` stays above two
-    # heartbeat periods plus a witness probe, so a link blip of ~150 ms releases nothing
-    # an isolated master lets go at ``guard``, well before the slave's ``dead``: the margin
-    # absorbs a busy event loop (measured: release ~10 ms after the decision)
-    HAProfile.STANDARD: Timing(0.1, 0.6, 0.3, 0.05, 0.15, 1.8),
+    # standard: a takeover needs 4 heartbeat periods with neither copy (UDP, Ethernet)
+    # arriving: with 5 % loss per packet that is ~(0.05**2)**4 = 4e-11 per window. An
+    # isolated master lets go at ``guard``: at the latest 350 ms after its link went,
+    # while the slave, whose last heartbeat is at most one period older, takes over 450 ms
+    # after at the earliest. A link blip shorter than guard - interval (200 ms) releases
+    # nothing. A witness counts as reachable for two probe periods and a bit (one lost
+    # answer changes nothing), less than ``guard``. 150 ms heartbeats keep an idle agent
+    # under 1 % of a core (bench/README.md).
+    HAProfile.STANDARD: Timing(0.15, 0.6, 0.35, 0.15, 0.32, 1.8),
+    # fast: the same rules on a 30 ms heartbeat, for LANs that carry it
     HAProfile.FAST: Timing(0.03, 0.15, 0.075, 0.02, 0.06, 0.6),
 }
 
@@ -237,3 +243,45 @@ def _decide_master(i: Inputs, stuck: tuple[str, ...]) -> Decision:
         return Decision(Role.SLAVE, "isolated: neither the peer nor any witness answers; "
                         "releasing the node IP", stuck)
     return Decision(None, "serving", stuck)
+
+
+def later(i: Inputs, dt: float) -> Inputs:
+    """``i`` as it will be ``dt`` seconds later if nothing new arrives: every age grows,
+    and the witness streak grows while the witness still counts, else it is 0."""
+    witness_age = i.witness_age + dt
+    streak = i.witness_streak + dt if witness_age < i.timing.witness_within else 0.0
+    return replace(i, now=i.now + dt, witness_age=witness_age, witness_streak=streak,
+                   unverified_age=i.unverified_age + dt)
+
+
+def _outcome(i: Inputs) -> tuple[Role | None, bool, tuple[str, ...]]:
+    decision = decide(i)
+    return decision.target, decision.bump_epoch, decision.blockers
+
+
+# just past a threshold: at exactly the threshold, ``now - t < limit`` may round either way
+PAST = 1e-6
+
+
+def next_change(i: Inputs) -> float:
+    """The earliest time after ``i.now`` at which ``decide`` answers differently (target,
+    epoch bump or blockers) if nothing new arrives; ``inf`` if it never does.
+
+    Every rule compares an age with one of the timing thresholds, so the answer is constant
+    between the moments those comparisons flip: each one is checked in turn."""
+    t = i.timing
+    candidates = [i.started + t.init_wait]
+    if i.peer is not None:
+        candidates += [i.peer.last_seen + t.guard, i.peer.last_seen + t.dead]
+    if i.witness_age != float("inf"):
+        answered = i.now - i.witness_age
+        candidates += [answered + t.witness_within, answered + t.guard]
+        if witness_ok(i):
+            candidates.append(i.now - i.witness_streak + t.dead)
+    if i.unverified_age != float("inf"):
+        candidates.append(i.now - i.unverified_age + t.dead)
+    now_outcome = _outcome(i)
+    for candidate in sorted(c for c in candidates if c > i.now):
+        if _outcome(later(i, candidate - i.now + PAST)) != now_outcome:
+            return candidate
+    return float("inf")

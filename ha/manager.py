@@ -24,7 +24,7 @@ from agent.errors import Conflict, VoxnodeError
 from agent.events import EventLog
 from agent.ports.netlink import NetlinkPort
 from agent.state.model import DesiredState, HAConfig
-from ha.machine import PeerView, decide
+from ha.machine import PeerView, decide, next_change
 from ha.protocol import Kind, Role
 from ha.runtime import Runtime
 from ha.store import HAStore, Persisted
@@ -132,7 +132,11 @@ class HAManager:
             runtime = self.runtime
             if runtime is None:
                 return
-            runtime.decision = decide(runtime.inputs())
+            inputs = runtime.inputs()
+            runtime.decision = decide(inputs)
+            runtime.next_change = min(
+                next_change(inputs),
+                self.hold_off_until if self.hold_off_until > inputs.now else float("inf"))
             target = runtime.decision.target
             if target is not None:
                 await self._transition(target, runtime.decision.reason,
@@ -295,6 +299,8 @@ class HAManager:
         }
         self.store.append_event(self.last_transition)
         self.events.emit("ha.transition", f"{old.value} → {new.value}: {reason}")
+        if self.runtime is not None:
+            self.runtime.wake()  # the new role has rules of its own: decide again
 
     # --- operator control ------------------------------------------------------------------
 

@@ -247,6 +247,10 @@ class UdpChannel:
             raise net_error(f"send a heartbeat to {peer_ip}", exc) from exc
         return True
 
+    def drain(self) -> None:
+        """Read the datagrams waiting now without waiting for the loop to say so."""
+        self._readable()
+
     def _readable(self) -> None:
         while True:
             try:

@@ -34,6 +34,7 @@ from ha.protocol import (
     encode,
     new_boot_id,
 )
+from ha.timer import Periodic
 from ha.vip import NodeIP, keep_secondaries
 
 if TYPE_CHECKING:
@@ -41,7 +42,10 @@ if TYPE_CHECKING:
 
 KERNEL_CHECK_S = 2.0
 RECENT_PAYLOADS = 32  # heartbeats remembered to recognise their copy on the other channel
-TICK_FACTOR = 0.7  # decisions per heartbeat period: below 1 so no heartbeat slot is missed
+# Decisions are taken when an input changes and when ``next_change`` says the answer could
+# change; in between, at the latest after this many heartbeat periods (a safety net).
+IDLE_DECISIONS = 5
+WAKE_LATE_S = 0.001  # past a threshold, not on it: equality may round either way
 
 
 @dataclass
@@ -75,7 +79,7 @@ class Runtime:
         self.peer_mac: str | None = None
         self.unverified_at: float | None = None
         self.recent_payloads: deque[bytes] = deque(maxlen=RECENT_PAYLOADS)
-        self.witness_up_since: float | None = None
+        self._draining = False
         self.channels = Channels()
         self.bad: dict[str, Any] = {"count": 0, "last": ""}
         self.started = manager.clock()
@@ -85,7 +89,10 @@ class Runtime:
         self.witness: WitnessMonitor | None = None
         self.node_ip: NodeIP | None = None
         self.decision: Decision | None = None
+        self.next_change = float("inf")  # when the decision could change with no new input
+        self._wake = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self.pulse: Periodic | None = None  # heartbeats (and witness rounds), see start()
 
     async def open(self) -> None:
         interfaces = {s.interface for s in self.cfg.shared_ips} | {self.mgmt_if}
@@ -99,19 +106,30 @@ class Runtime:
             self.witness = WitnessMonitor(
                 self.arp[self.mgmt_if], witnesses, interval=self.timing.witness_interval,
                 sender_ip=sender, stale_after=self.timing.witness_within,
-                clock=self.m.clock,
+                clock=self.m.clock, on_back=self.wake,
             )
         self.node_ip = NodeIP(self.m.netlink, self.cfg.shared_ips, self.arp)
         keep_secondaries(sorted({s.interface for s in self.cfg.shared_ips}), self.m.proc_conf)
 
     def start(self) -> None:
-        self.tasks = [asyncio.create_task(self._send_loop(), name="ha-send"),
-                      asyncio.create_task(self._tick_loop(), name="ha-tick"),
+        self._wake.set()  # first decision at once
+        # the witness round rides on the heartbeat timer when their periods are the same
+        witness_paced = (self.witness is not None
+                         and self.timing.witness_interval == self.timing.interval)
+        self.pulse = Periodic(self.timing.interval,
+                              self._beat_and_probe if witness_paced else self.send)
+        self.tasks = [asyncio.create_task(self._tick_loop(), name="ha-tick"),
                       asyncio.create_task(self._probe_vip_loop(), name="ha-probe-vip")]
-        if self.witness is not None:
+        if self.witness is not None and not witness_paced:
             self.tasks.append(asyncio.create_task(self.witness.run(), name="ha-witness"))
+        elif self.witness is not None:
+            # the answers are read each heartbeat and before each decision, not one wake-up
+            # each (probes for the node IP still wake the endpoint while they wait)
+            self.arp[self.mgmt_if].set_passive(True)
 
     async def close(self) -> None:
+        if self.pulse is not None:
+            self.pulse.cancel()
         if self.witness is not None:
             self.witness.stop()
         for task in self.tasks:
@@ -145,16 +163,30 @@ class Runtime:
         if self.l2 is not None:
             self.l2.send(payload, self.peer_mac or "ff:ff:ff:ff:ff:ff")
 
-    async def _send_loop(self) -> None:
-        while True:
-            self.send()
-            await asyncio.sleep(self.timing.interval)
+    def _beat_and_probe(self) -> None:
+        assert self.witness is not None
+        self.witness.refresh()  # the heartbeat tells the peer whether a witness answers
+        self.send()
+        self.witness.probe_once()
 
     def _on_udp(self, payload: bytes, source: object) -> None:
         self._receive(payload, "udp", None, from_peer=str(source) == str(self.peer_ip))
+        if self.l2 is not None and not self._draining:
+            self._drain_other(self.l2)
 
     def _on_l2(self, payload: bytes, source_mac: str) -> None:
         self._receive(payload, "l2", source_mac, from_peer=source_mac == self.peer_mac)
+        if self.udp is not None and not self._draining:
+            self._drain_other(self.udp)
+
+    def _drain_other(self, channel: UdpChannel | L2Channel) -> None:
+        # the peer sends its two copies back to back: the second one is usually here by
+        # now, and reading it in this wake-up saves the daemon one
+        self._draining = True
+        try:
+            channel.drain()
+        finally:
+            self._draining = False
 
     def _receive(self, payload: bytes, channel: str, mac: str | None, *,
                  from_peer: bool) -> None:
@@ -176,6 +208,8 @@ class Runtime:
         except BadMessage as exc:
             self.bad = {"count": int(self.bad["count"]) + 1, "last": str(exc)}
             if isinstance(exc, BadSignature) and from_peer:
+                if self.unverified_at is None or now - self.unverified_at >= self.timing.dead:
+                    self.wake()
                 self.unverified_at = now
             return
         setattr(self.channels, channel, now)
@@ -189,16 +223,16 @@ class Runtime:
             released = self.peer.released_at
         self.peer = PeerView(msg.node_id, msg.role, msg.epoch, msg.holds_vip, msg.witness_ok,
                              now, released)
+        # decide in this same wake-up: news acted on at once, and a plain "still here"
+        # moves the next deadline on (otherwise the old one would wake the daemon for
+        # nothing)
+        self.wake()
 
     def witness_streak(self) -> float:
         """Seconds the witnesses have been reachable without a break (0 when not now)."""
-        now = self.m.clock()
-        if self.witness_age() >= self.timing.witness_within:
-            self.witness_up_since = None
+        if self.witness is None or self.witness_age() >= self.timing.witness_within:
             return 0.0
-        if self.witness_up_since is None:
-            self.witness_up_since = now
-        return now - self.witness_up_since
+        return self.witness.streak(self.m.clock())
 
     def witness_age(self) -> float:
         if self.witness is None:
@@ -208,6 +242,8 @@ class Runtime:
     # --- decisions -------------------------------------------------------------------------
 
     def inputs(self) -> Inputs:
+        if self.witness is not None:
+            self.witness.refresh()
         m = self.m
         return Inputs(
             now=m.clock(), started=self.started, role=m.role, epoch=m.persisted.epoch,
@@ -219,16 +255,28 @@ class Runtime:
                             if self.unverified_at is not None else float("inf")),
         )
 
+    def wake(self) -> None:
+        """Decide now: an input changed."""
+        self._wake.set()
+
     async def _tick_loop(self) -> None:
         # reading the kernel's addresses is a netlink dump (~ms of Python): the node IP is
-        # checked once a second, decisions are taken every half heartbeat period
-        next_check = self.m.clock() + KERNEL_CHECK_S
+        # checked every KERNEL_CHECK_S; decisions are taken when something changes
+        clock = self.m.clock
+        next_check = clock() + KERNEL_CHECK_S
         while True:
-            await asyncio.sleep(self.timing.interval * TICK_FACTOR)
+            now = clock()
+            wake_at = min(self.next_change, next_check,
+                          now + IDLE_DECISIONS * self.timing.interval)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wake_at - now) + WAKE_LATE_S):
+                        await self._wake.wait()
+            self._wake.clear()
             try:
                 await self.m.tick()
-                if self.m.clock() >= next_check:
-                    next_check = self.m.clock() + KERNEL_CHECK_S
+                if clock() >= next_check:
+                    next_check = clock() + KERNEL_CHECK_S
                     if self.m.role is Role.MASTER:
                         await self.m.ensure_node_ip()
                     else:
@@ -237,6 +285,7 @@ class Runtime:
                 # never let a failed step kill the runtime: it is retried next tick
                 text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
                 self.m.events.emit("ha.step-failed", text, level=logging.ERROR)
+                self.next_change = clock()  # retry at the next wake-up below
                 await asyncio.sleep(self.timing.dead)
 
     async def _probe_vip_loop(self) -> None:
@@ -249,4 +298,5 @@ class Runtime:
                                                    timeout=self.timing.interval)
                 if mac is not None and mac != self.arp[ifname].mac:
                     self.m.vip_foreign = True
+                    self.wake()
             await asyncio.sleep(self.timing.interval)

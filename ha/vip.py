@@ -36,11 +36,11 @@ class NodeIP:
 
     async def held(self) -> list[bool]:
         """For each shared address: does this node's kernel have it?"""
-        present = {
-            (link.name, str(a.interface)) for link in await self.netlink.links()
-            for a in link.addresses
-        }
-        return [(s.interface, str(s.address)) in present for s in self.shared]
+        held = []
+        for shared in self.shared:
+            addresses = await self.netlink.addresses(shared.interface)
+            held.append(any(a.interface == shared.address for a in addresses))
+        return held
 
     async def take(self) -> list[str]:
         done = []

@@ -71,6 +71,10 @@ class NetlinkPort(Protocol):
 
     async def links(self) -> list[Link]: ...
 
+    async def addresses(self, ifname: str) -> tuple[Address, ...]:
+        """The addresses on ``ifname``; () if there is no such interface."""
+        ...
+
     async def set_link_up(self, ifname: str) -> None: ...
 
     async def set_mtu(self, ifname: str, mtu: int) -> None: ...
@@ -252,8 +256,15 @@ class PyRoute2Netlink:
             for msg in links
         ]
 
-    async def _addresses(self, ifname: str) -> tuple[Address, ...]:
-        return next((link.addresses for link in await self.links() if link.name == ifname), ())
+    async def addresses(self, ifname: str) -> tuple[Address, ...]:
+        # one address dump, no link dump: the failover daemon asks this every few seconds
+        try:
+            index = socket.if_nametoindex(ifname)
+        except OSError:
+            return ()
+        found = await self._call(f"list the addresses of {ifname}",
+                                 lambda ipr: ipr.addr("dump"))
+        return tuple(_as_address(msg) for msg in found if int(msg["index"]) == index)
 
     async def set_link_up(self, ifname: str) -> None:
         index = await self._index(ifname)
@@ -283,7 +294,7 @@ class PyRoute2Netlink:
             raise
 
         async def shown() -> bool:
-            return any(a.interface == address for a in await self._addresses(ifname))
+            return any(a.interface == address for a in await self.addresses(ifname))
 
         await self._until(shown, f"address {address} on {ifname}")
 
@@ -301,7 +312,7 @@ class PyRoute2Netlink:
             raise
 
         async def gone() -> bool:
-            return all(a.interface != address for a in await self._addresses(ifname))
+            return all(a.interface != address for a in await self.addresses(ifname))
 
         await self._until(gone, f"removal of {address} from {ifname}")
 

@@ -86,6 +86,10 @@ class MemoryNetlink:
             for link in sorted(self._links.values(), key=lambda link: link.index)
         ]
 
+    async def addresses(self, ifname: str) -> tuple[Address, ...]:
+        link = self._links.get(ifname)
+        return tuple(link.addresses) if link is not None else ()
+
     async def set_link_up(self, ifname: str) -> None:
         link = self._link(ifname)
         link.up = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import select
 import shutil
@@ -532,10 +533,13 @@ def test_missing_cap_net_raw_is_named(lan: Lan) -> None:
 
 
 class FakeProber:
-    """Answers at once for the addresses in ``macs``; the others never answer."""
+    """Answers for the addresses in ``macs`` (the others never answer): at once, or, when
+    ``passive``, held until ``drain()`` as a passive endpoint's socket holds them."""
 
-    def __init__(self, macs: dict[str, str]) -> None:
+    def __init__(self, macs: dict[str, str], *, passive: bool = False) -> None:
         self.macs = macs
+        self.passive = passive
+        self.queued: list[tuple[IPv4Address, str]] = []
         self.probed: list[tuple[str, str | None]] = []
         self.observers: list[tuple[Callable[[IPv4Address, str], None], set[IPv4Address]]] = []
 
@@ -543,10 +547,17 @@ class FakeProber:
         self.probed.append((str(target), sender_ip and str(sender_ip)))
         mac = self.macs.get(str(target))
         if mac is not None:
+            self.queued.append((target, mac))
+        if not self.passive:
+            self.drain()
+        return True
+
+    def drain(self) -> None:
+        answers, self.queued = self.queued, []
+        for target, mac in answers:
             for callback, ips in list(self.observers):
                 if target in ips:
                     callback(target, mac)
-        return True
 
     def observe(self, callback: Callable[[IPv4Address, str], None],
                 ips: Collection[IPv4Address] | None = None) -> Callable[[], None]:
@@ -580,6 +591,36 @@ async def test_witness_bookkeeping_with_a_fake_clock() -> None:
     assert monitor.details(now[0])[0]["mac"] == "02:00:00:00:00:fe"
     monitor.stop()  # answers after stop are not taken
     assert prober.observers == []
+
+
+async def test_answers_read_later_are_dated_by_the_round_they_answer() -> None:
+    now = [100.0]
+    back: list[float] = []
+    prober = FakeProber({W_IP: "02:00:00:00:00:fe"}, passive=True)
+    monitor = WitnessMonitor(prober, [IPv4Address(W_IP)], interval=0.1, stale_after=0.25,
+                             clock=lambda: now[0], on_back=lambda: back.append(now[0]))
+    monitor.probe_once()
+    now[0] = 100.08
+    assert monitor.last_answer_age(now[0]) == math.inf  # not read yet
+    monitor.refresh()
+    assert monitor.last_answer_age(now[0]) == pytest.approx(0.08)  # sent at 100.0
+    assert back == [100.08] and monitor.streak(now[0]) == pytest.approx(0.08)
+    now[0] = 100.1
+    monitor.probe_once()  # reads nothing new, sends the next round
+    prober.macs.clear()  # gone: the rounds at 100.2 and 100.3 get no answer
+    for t in (100.2, 100.3):
+        now[0] = t
+        monitor.probe_once()
+    now[0] = 100.36
+    monitor.refresh()
+    assert monitor.last_answer_age(now[0]) == pytest.approx(0.26)  # the answer to 100.1
+    assert monitor.streak(now[0]) == 0.0  # older than stale_after: not reachable
+    prober.macs[W_IP] = "02:00:00:00:00:fe"
+    monitor.probe_once()
+    now[0] = 100.45
+    monitor.refresh()
+    assert monitor.last_answer_age(now[0]) == pytest.approx(0.09)
+    assert back == [100.08, 100.45]  # told when the witness came back
 
 
 async def test_witness_rounds_repeat_until_stopped() -> None:

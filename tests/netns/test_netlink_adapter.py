@@ -154,6 +154,18 @@ def test_links_report_labels_scopes_and_dynamic_addresses(ns: Netns) -> None:
     assert {a["interface"]: a["scope"] for a in links["lo"]["addresses"]}["127.0.0.1/8"] == "host"
 
 
+def test_addresses_of_one_interface(ns: Netns) -> None:
+    ns.ip("addr", "add", "10.77.0.4/24", "dev", "vx0")
+    ns.ip("addr", "add", "10.77.0.100/24", "dev", "vx0", "label", "vx0:vip")
+    ns.ip("addr", "add", "10.77.0.5/24", "dev", "vx0p")
+    results = drive(ns, ["addresses", "vx0"], ["addresses", "vx0p"], ["addresses", "eth9"])
+    assert [a["interface"] for a in results[0]["ok"]] == ["10.77.0.4/24", "10.77.0.100/24"]
+    assert results[0]["ok"][1]["label"] == "vx0:vip"
+    assert [a["interface"] for a in results[1]["ok"] if a["scope"] == "global"] == [
+        "10.77.0.5/24"]
+    assert results[2] == {"ok": []}
+
+
 def test_default_route_replace_and_delete(ns: Netns) -> None:
     ns.ip("link", "set", "vx0", "up")
     ns.ip("addr", "add", "10.77.0.2/24", "dev", "vx0")
