@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from agent.state.model import HAProfile  # noqa: E402
+from ha.machine import TIMINGS  # noqa: E402
 from tests.halab import (  # noqa: E402
     NODES,
     KeepalivedPair,
@@ -137,7 +139,7 @@ class VoxnodeImpl:
     def __init__(self, profile: str) -> None:
         self.profile = profile
         self.name = f"voxnode-{profile}"
-        self.heartbeat_interval_s = 0.03 if profile == "fast" else 0.1
+        self.heartbeat_interval_s = TIMINGS[HAProfile(profile)].interval
         self.recovery_timeout_s = 10.0
         self._pairs: dict[str, VoxnodePair] = {}
 
@@ -204,15 +206,21 @@ def _lab(impl: PairImpl) -> PairLab:
     return PairLab(assign_node_addresses=not impl.configures_addresses)
 
 
+def _start_steady(impl: PairImpl, lab: PairLab) -> Node:
+    """Start the pair; its master once the client gets steady replies from it."""
+    impl.start(lab)
+    master = impl.master(lab)
+    if master is None:
+        raise LabError("no master after start")
+    lab.wait_steady(master, for_s=0.5, timeout=10)
+    return master
+
+
 def run_trial(impl: PairImpl, case: str, index: int) -> Trial:
     trial = Trial(case=case, impl=impl.name, index=index)
     with _lab(impl) as lab:
         try:
-            impl.start(lab)
-            master = impl.master(lab)
-            if master is None:
-                raise LabError("no master after start")
-            lab.wait_steady(master, for_s=0.5, timeout=10)
+            master = _start_steady(impl, lab)
             time.sleep(random.uniform(0.0, impl.heartbeat_interval_s))
             if case == "crash":
                 at = lab.crash(master)
@@ -240,11 +248,7 @@ def run_soak(impl: PairImpl, seconds: float, cpu_seconds: float) -> Soak:
     soak = Soak(impl=impl.name, seconds=seconds)
     with _lab(impl) as lab:
         try:
-            impl.start(lab)
-            master = impl.master(lab)
-            if master is None:
-                raise LabError("no master after start")
-            lab.wait_steady(master, for_s=0.5, timeout=10)
+            master = _start_steady(impl, lab)
             if cpu_seconds > 0:
                 pids = lab.implementation_pids()
                 soak.idle_cpu_pids = len(pids)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import struct
 import time
@@ -36,6 +35,7 @@ from ha.net import (
     not_outgoing,
     open_packet_socket,
     send_frame,
+    waiting_frames,
 )
 from ha.timer import Periodic
 
@@ -199,18 +199,7 @@ class ArpEndpoint:
         return stop
 
     def _readable(self) -> None:
-        while True:
-            try:
-                frame, address = self._sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # ENETDOWN is queued once when the link goes down; the socket recovers
-                # by itself when it comes back up.
-                log.debug("ARP socket on %s: %s", self.ifname, os.strerror(exc.errno or 0))
-                return
-            if address[2] == socket.PACKET_OUTGOING:
-                continue  # our own frames, looped back to the tap
+        for frame in waiting_frames(self._sock, f"ARP socket on {self.ifname}"):
             self._handle(frame)
 
     def _handle(self, frame: bytes) -> None:

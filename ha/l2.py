@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import struct
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from ha.net import (
     open_packet_socket,
     parse_mac,
     send_frame,
+    waiting_frames,
 )
 
 log = logging.getLogger("voxnode.ha.l2")
@@ -91,19 +91,10 @@ class L2Channel:
         self._readable()
 
     def _readable(self) -> None:
-        while True:
-            try:
-                frame, address = self._sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.debug("L2 socket on %s: %s", self.ifname, os.strerror(exc.errno or 0))
-                return
+        for frame in waiting_frames(self._sock, f"L2 socket on {self.ifname}"):
             source = frame[6:12]
-            # Our own frames come back to the tap as outgoing; a frame from our MAC that
-            # arrives from the wire is a loop (or a cloned MAC), not the peer.
-            if address[2] == socket.PACKET_OUTGOING or source == self._mac_raw:
-                continue
+            if source == self._mac_raw:
+                continue  # from the wire with our MAC: a loop (or a cloned MAC), not the peer
             payload = unpack_payload(frame)
             if payload is None:
                 log.debug("short L2 frame on %s from %s", self.ifname, format_mac(source))

@@ -3,8 +3,9 @@
 ``HAManager.configure`` (called by the ``ha`` subsystem on every committed revision)
 starts, restarts or stops the runtime. The runtime sends heartbeats on two channels (UDP
 between the management addresses, and raw Ethernet frames that IP filtering does not stop),
-probes the witnesses with ARP, and every half heartbeat period asks ``ha.machine.decide``
-what this node should be. Transitions are serialized under one lock and run in named steps:
+probes the witnesses with ARP, and asks ``ha.machine.decide`` what this node should be
+whenever an input changes or a threshold passes (``ha.machine.next_change``). Transitions
+are serialized under one lock and run in named steps:
 
 - promote: take the node IP, verify it, announce it, bump the epoch, then start the units;
 - demote: stop the units, release the node IP, then tell the peer (fail closed).

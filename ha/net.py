@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from agent.errors import SubsystemError
@@ -187,6 +187,23 @@ def open_packet_socket(ifname: str, ethertype: int,
         sock.close()
         raise net_error(f"open raw socket on {ifname}", exc) from exc
     return sock
+
+
+def waiting_frames(sock: socket.socket, what: str) -> Iterator[bytes]:
+    """The frames queued on a raw socket now, without blocking, except the ones this host
+    sent (the BPF filter drops those already; this covers a kernel without the filter)."""
+    while True:
+        try:
+            frame, address = sock.recvfrom(2048)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # ENETDOWN is queued once when the link goes down; the socket recovers by
+            # itself when it comes back up.
+            log.debug("%s: %s", what, os.strerror(exc.errno or 0))
+            return
+        if address[2] != socket.PACKET_OUTGOING:
+            yield frame
 
 
 def send_frame(sock: socket.socket, frame: bytes, what: str) -> bool:

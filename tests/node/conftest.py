@@ -31,6 +31,39 @@ def lab_exec(node: str, *cmd: str) -> subprocess.CompletedProcess[str]:
     return lab("exec", node, "--", *cmd)
 
 
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=30)
+
+
+def node_write(node: str, path: str, data: str) -> None:
+    """Write ``data`` to ``path`` inside a lab node (parent directories created)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "image.lab", "exec", node, "--", "sh", "-c",
+         f"mkdir -p $(dirname {path}) && cat > {path}"],
+        input=data, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+LAB_BRIDGE_NS = "vxlab-br"
+
+
+def attach_host(netns: str, port: str, address: str) -> None:
+    """A host of its own on the lab LAN: namespace ``netns`` whose eth0 (``address``/24) is
+    plugged into the lab bridge through ``port``. ``detach_host`` removes it."""
+    sh("ip", "netns", "add", netns)
+    sh("ip", "-n", netns, "link", "set", "lo", "up")
+    sh("ip", "link", "add", port, "netns", LAB_BRIDGE_NS, "type", "veth", "peer", "name",
+       "eth0", "netns", netns)
+    sh("ip", "-n", LAB_BRIDGE_NS, "link", "set", port, "master", "br0", "up")
+    sh("ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+    sh("ip", "-n", netns, "link", "set", "eth0", "up")
+
+
+def detach_host(netns: str, port: str) -> None:
+    sh("ip", "-n", LAB_BRIDGE_NS, "link", "del", port, check=False)
+    sh("ip", "netns", "del", netns, check=False)
+
+
 @pytest.fixture(scope="session")
 def lab_up() -> Iterator[None]:
     if os.geteuid() != 0:

@@ -24,8 +24,7 @@ import yaml
 from image.labutil import Paths
 from image.rootfs import lab_vendor_key
 from tests.licence.conftest import LicenceServerLab
-from tests.node.conftest import REPO, lab_exec
-from tests.node.test_mcs import node_write, sh
+from tests.node.conftest import REPO, attach_host, detach_host, lab_exec, node_write
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("lab_up")]
 
@@ -90,13 +89,7 @@ def licence_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Licence
                               signing_key=private)
     original = voxnode_json("config", "show")["document"]
     try:
-        sh("ip", "netns", "add", NETNS)
-        sh("ip", "-n", NETNS, "link", "set", "lo", "up")
-        sh("ip", "link", "add", PORT, "netns", "vxlab-br", "type", "veth", "peer", "name",
-           "eth0", "netns", NETNS)
-        sh("ip", "-n", "vxlab-br", "link", "set", PORT, "master", "br0", "up")
-        sh("ip", "-n", NETNS, "addr", "add", f"{ADDRESS}/24", "dev", "eth0")
-        sh("ip", "-n", NETNS, "link", "set", "eth0", "up")
+        attach_host(NETNS, PORT, ADDRESS)
         server.start()
         catalogue = yaml.safe_load((REPO / "agent/data/catalogue-lab.yaml").read_text())
         for unit in catalogue["units"]:
@@ -115,8 +108,7 @@ def licence_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Licence
             lab_exec("node1", "rm", "-rf", DROPIN, "/run/voxnode-licence-test", LICENCE_STATE)
             restart_agent()
             server.stop()
-            sh("ip", "-n", "vxlab-br", "link", "del", PORT, check=False)
-            sh("ip", "netns", "del", NETNS, check=False)
+            detach_host(NETNS, PORT)
 
 
 def test_unlicensed_runs_base_units_and_activation_starts_the_pbx_engine(

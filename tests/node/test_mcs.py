@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.node.conftest import REPO, lab_exec
+from tests.node.conftest import REPO, attach_host, detach_host, lab_exec, node_write
 from tests.unit.test_mcs_bundle import Pki
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("lab_up")]
@@ -30,18 +29,6 @@ PORT = "vx-mcs"
 ADDRESS = "10.77.0.200"
 DROPIN = "/run/systemd/system/voxnode-agent.service.d/zz-mcs-test.conf"
 CATALOGUE = "/run/voxnode-mcs-test/catalogue.yaml"
-
-
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=30)
-
-
-def node_write(node: str, path: str, data: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "image.lab", "exec", node, "--", "sh", "-c",
-         f"mkdir -p $(dirname {path}) && cat > {path}"],
-        input=data, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
-    assert proc.returncode == 0, proc.stderr
 
 
 def voxnode(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,13 +69,7 @@ def mcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
     server: subprocess.Popen[bytes] | None = None
     log = (work / "server.log").open("w")
     try:
-        sh("ip", "netns", "add", NETNS)
-        sh("ip", "-n", NETNS, "link", "set", "lo", "up")
-        sh("ip", "link", "add", PORT, "netns", "vxlab-br", "type", "veth", "peer", "name",
-           "eth0", "netns", NETNS)
-        sh("ip", "-n", "vxlab-br", "link", "set", PORT, "master", "br0", "up")
-        sh("ip", "-n", NETNS, "addr", "add", f"{ADDRESS}/24", "dev", "eth0")
-        sh("ip", "-n", NETNS, "link", "set", "eth0", "up")
+        attach_host(NETNS, PORT, ADDRESS)
         server = subprocess.Popen(
             ["ip", "netns", "exec", NETNS, "openvpn", "--cd", str(work), "--config",
              "server.conf"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -115,8 +96,7 @@ def mcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
                 server.kill()
                 server.wait()
         log.close()
-        sh("ip", "-n", "vxlab-br", "link", "del", PORT, check=False)
-        sh("ip", "netns", "del", NETNS, check=False)
+        detach_host(NETNS, PORT)
 
 
 def test_bad_bundle_is_refused_and_nothing_installed(mcs_server: Pki) -> None:
