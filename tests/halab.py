@@ -11,7 +11,9 @@ Owned here (importable by ``tests/netns`` and ``bench/failover``; needs root):
 - A UDP echo service (port 7) in each node namespace that answers with its node name, and
   a prober in the client namespace that sends to the node IP every 10 ms and records who
   answered when (``ProbeLog``, ``GapReport``).
-- A VIP sampler that reads ``ip -n NS -j addr`` on both nodes every ~20 ms
+- A VIP sampler that reads ``ip -n NS -j addr`` on the nodes in turn, a read every ~10 ms;
+  a node counts as holding the node IP at a sample only if the reads just before and just
+  after say so (``bracket``), so a handover between two reads is not a false "both held"
   (``both_held_samples()``).
 - Faults: ``crash`` (freeze, then kill every process of the node; the namespace, its
   addresses and its kernel stay, like a hung machine whose NIC still answers ARP),
@@ -43,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,6 +341,27 @@ class VipSample:
     held: dict[str, bool]  # node -> holds the node IP (a node whose read failed is absent)
 
 
+@dataclass(frozen=True)
+class VipRead:
+    node: str
+    held: bool
+    at: float
+
+
+def bracket(reads: Sequence[VipRead]) -> VipSample | None:
+    """The sample at the middle of three reads taken in turn (x, y, x): y as read, x held
+    only if held at both of its reads. Reads of two nodes are never simultaneous: with
+    plain pairs, a handover between the two reads (x released, then y took) would look like
+    both holding; bracketed, it cannot, while a real overlap longer than two reads shows."""
+    if len(reads) != 3:
+        return None
+    first, middle, last = reads
+    if first.node != last.node or first.node == middle.node:
+        return None
+    return VipSample(middle.at, {middle.node: middle.held,
+                                 first.node: first.held and last.held})
+
+
 # --- the lab ---------------------------------------------------------------------------------
 
 
@@ -488,17 +512,23 @@ class PairLab:
                    for link in links for info in link.get("addr_info", []))
 
     def _sample_loop(self) -> None:
+        reads: deque[VipRead] = deque(maxlen=3)
+        turn = itertools.cycle(NODES)
         next_at = time.monotonic()
         while not self._sampler_stop.is_set():
-            held: dict[str, bool] = {}
-            for node in NODES:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    value = self.holds_vip(node)
-                    if value is not None:
-                        held[node] = value
-            with self._samples_lock:
-                self._samples.append(VipSample(time.monotonic(), held))
-            next_at = max(next_at + SAMPLE_INTERVAL_S, time.monotonic())
+            node = next(turn)
+            value: bool | None = None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                value = self.holds_vip(node)
+            if value is None:
+                reads.clear()  # a gap: start a new bracket
+            else:
+                reads.append(VipRead(node, value, time.monotonic()))
+                sample = bracket(reads)
+                if sample is not None:
+                    with self._samples_lock:
+                        self._samples.append(sample)
+            next_at = max(next_at + SAMPLE_INTERVAL_S / 2, time.monotonic())
             self._sampler_stop.wait(max(0.0, next_at - time.monotonic()))
 
     def vip_samples(self, since: float = 0.0) -> list[VipSample]:

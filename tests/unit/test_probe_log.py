@@ -1,5 +1,6 @@
-"""The failover lab's reply log (tests/halab.py): the steadiness rule the namespace tests
-wait on, checked on written logs at clock values a long-running machine has."""
+"""The failover lab's bookkeeping (tests/halab.py): the steadiness rule the namespace tests
+wait on, checked on written logs at clock values a long-running machine has, and the
+bracketing of node-IP reads that tells a real overlap from a handover between two reads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.halab import ProbeLog
+from tests.halab import ProbeLog, VipRead, bracket
 
 
 def write_log(path: Path, rows: list[tuple[float, str]]) -> ProbeLog:
@@ -53,3 +54,26 @@ def test_the_reply_after_now_is_ignored_and_a_trailing_gap_counts(tmp_path: Path
     log = write_log(tmp_path / "probe.log", [(base + i * 0.01, "a") for i in range(50)])
     assert not log.steady_from("a", 0.0, for_s=0.3, now=base + 0.8)  # silent for 310 ms
     assert "longest gap 310 ms" in log.describe(base + 0.3, base + 0.8)
+
+
+def test_a_handover_between_two_reads_is_not_both_holding() -> None:
+    # a read at 0.00 (holds), a releases, b takes, b read at 0.01 (holds), a read at 0.02
+    reads = [VipRead("a", True, 0.0), VipRead("b", True, 0.01), VipRead("a", False, 0.02)]
+    sample = bracket(reads)
+    assert sample is not None
+    assert sample.at == 0.01 and sample.held == {"a": False, "b": True}
+
+
+def test_a_real_overlap_is_both_holding() -> None:
+    reads = [VipRead("b", True, 0.0), VipRead("a", True, 0.01), VipRead("b", True, 0.02)]
+    sample = bracket(reads)
+    assert sample is not None and sample.held == {"a": True, "b": True}
+
+
+@pytest.mark.parametrize("reads", [
+    [VipRead("a", True, 0.0), VipRead("b", True, 0.01)],
+    [VipRead("a", True, 0.0), VipRead("a", True, 0.01), VipRead("a", True, 0.02)],
+    [VipRead("a", True, 0.0), VipRead("b", True, 0.01), VipRead("b", True, 0.02)],
+])
+def test_no_sample_without_a_bracket(reads: list[VipRead]) -> None:
+    assert bracket(reads) is None
