@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ class HAManager:
                 text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
                 steps += [f"PROMOTING failed: {text}", *await self._release_ip()]
                 self.role = old if old is not Role.MASTER else Role.SLAVE
-                self._save()
+                await self._save()
                 self._record(old, self.role, f"promotion failed: {text}", steps,
                              self.clock() - started)
                 return
@@ -173,7 +174,7 @@ class HAManager:
                 steps += await self._demote_units(old, target)
                 steps += await self._release_ip()
             self.role = target
-            self._save()
+            await self._save()
             if release and self.runtime is not None:
                 for _ in range(3):
                     self.runtime.send(Kind.RELEASE)
@@ -203,7 +204,7 @@ class HAManager:
             seen = runtime.peer.epoch if runtime.peer is not None else 0
             self.persisted.epoch = max(self.persisted.epoch, seen) + 1
         self.role = Role.MASTER
-        self._save()
+        await self._save()
         runtime.send()
         runtime.tasks.append(asyncio.create_task(self._repeat_announce(runtime)))
         if runtime.peer is not None:
@@ -246,7 +247,7 @@ class HAManager:
         steps += await self._release_ip()
         if self.runtime is not None:
             self.runtime.send(Kind.RELEASE)
-        self._save()
+        await self._save()
         self._record(old, Role.SLAVE, reason, steps, 0.0)
 
     async def ensure_node_ip(self) -> None:
@@ -289,9 +290,11 @@ class HAManager:
                 self.events.emit("ha.units-failed", text, level=logging.ERROR)
         return steps
 
-    def _save(self) -> None:
+    async def _save(self) -> None:
+        # fsync in a worker thread: on a busy disk it can take longer than the dead
+        # interval, and the heartbeats (this loop) must go on meanwhile
         self.persisted.role = self.role
-        self.store.save(self.persisted)
+        await asyncio.to_thread(self.store.save, replace(self.persisted))
 
     def _record(self, old: Role, new: Role, reason: str, steps: list[str], took: float) -> None:
         self.last_transition = {

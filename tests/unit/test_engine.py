@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,35 @@ async def test_marker_for_a_commit_that_never_happened_is_dropped(
     store.set_pending(Pending(2, 1, 9e9))  # killed between marker and commit
     await make_engine(store, machine).start()
     assert store.pending() is None and store.head() == 1
+
+
+async def test_a_slow_disk_does_not_stall_the_loop(store: Store, machine: Machine,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commit writes (fsync) run off the event loop: the failover daemon's heartbeats share
+    it, and a busy disk must not silence them for longer than the dead interval."""
+    commit = store.commit
+    writing: list[float] = []
+
+    def slow_commit(*args: object, **kwargs: object) -> object:
+        writing.append(time.monotonic())
+        time.sleep(0.3)  # a disk busy with something else
+        writing.append(time.monotonic())
+        return commit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "commit", slow_commit)
+    engine = make_engine(store, machine)
+    beats: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            beats.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(heartbeat())
+    try:
+        outcome = await engine.apply(state("pbx1"))
+    finally:
+        task.cancel()
+    assert outcome.revision is not None and outcome.revision.revision == 1
+    start, end = writing
+    assert len([b for b in beats if start < b < end]) >= 3, "the loop stood still meanwhile"
