@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.state.store import Pending, Store
 from agent.subsystems.base import Change, SubsystemPlan
+from tests.unit.loopwatch import SlowCall, loop_beats, ran_during
 
 
 def state(hostname: str, mode: str = "standard") -> DesiredState:
@@ -245,29 +245,11 @@ async def test_a_slow_disk_does_not_stall_the_loop(store: Store, machine: Machin
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Commit writes (fsync) run off the event loop: the failover daemon's heartbeats share
     it, and a busy disk must not silence them for longer than the dead interval."""
-    commit = store.commit
-    writing: list[float] = []
-
-    def slow_commit(*args: object, **kwargs: object) -> object:
-        writing.append(time.monotonic())
-        time.sleep(0.3)  # a disk busy with something else
-        writing.append(time.monotonic())
-        return commit(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store, "commit", slow_commit)
+    slow = SlowCall(store.commit)
+    monkeypatch.setattr(store, "commit", slow)
     engine = make_engine(store, machine)
-    beats: list[float] = []
-
-    async def heartbeat() -> None:
-        while True:
-            beats.append(time.monotonic())
-            await asyncio.sleep(0.01)
-
-    task = asyncio.create_task(heartbeat())
-    try:
+    async with loop_beats() as beats:
         outcome = await engine.apply(state("pbx1"))
-    finally:
-        task.cancel()
     assert outcome.revision is not None and outcome.revision.revision == 1
-    start, end = writing
-    assert len([b for b in beats if start < b < end]) >= 3, "the loop stood still meanwhile"
+    [span] = slow.spans
+    assert ran_during(beats, span) >= 3, "the loop stood still meanwhile"

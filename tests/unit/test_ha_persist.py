@@ -3,10 +3,7 @@ heartbeats share that loop, and a busy disk must not silence them past the dead 
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,6 +14,7 @@ from ha.machine import TIMINGS
 from ha.manager import HAManager
 from ha.protocol import Kind, Role
 from ha.store import HAStore
+from tests.unit.loopwatch import SlowCall, loop_beats, ran_during
 
 
 class QuietRuntime:
@@ -37,33 +35,15 @@ class QuietRuntime:
 
 async def test_the_role_is_written_off_the_loop(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    writing: list[float] = []
-    save = HAStore.save
-
-    def slow_save(self: HAStore, persisted: Any) -> None:
-        writing.append(time.monotonic())
-        time.sleep(0.3)  # a disk busy with something else
-        save(self, persisted)
-        writing.append(time.monotonic())
-
-    monkeypatch.setattr(HAStore, "save", slow_save)
     manager = HAManager(tmp_path / "ha", MemoryNetlink(), EventLog())
+    slow = SlowCall(manager.store.save)
+    monkeypatch.setattr(manager.store, "save", slow)
     runtime = QuietRuntime(HAStore(tmp_path / "ha"))
     manager.runtime = runtime  # type: ignore[assignment]
     manager.role = Role.SLAVE
-    beats: list[float] = []
-
-    async def heartbeat() -> None:
-        while True:
-            beats.append(time.monotonic())
-            await asyncio.sleep(0.01)
-
-    task = asyncio.create_task(heartbeat())
-    try:
+    async with loop_beats() as beats:
         await manager.transition(Role.OFF, "set to off by the operator")
-    finally:
-        task.cancel()
-    start, end = writing
-    assert len([b for b in beats if start < b < end]) >= 3, "the loop stood still meanwhile"
+    [span] = slow.spans
+    assert ran_during(beats, span) >= 3, "the loop stood still meanwhile"
     assert runtime.told == [(Kind.HEARTBEAT, Role.OFF)]  # the peer is told once it is on disk
     assert manager.role is Role.OFF
