@@ -171,9 +171,10 @@ class Runtime:
 
     def _beat_and_probe(self) -> None:
         assert self.witness is not None
-        self.witness.refresh()  # the heartbeat tells the peer whether a witness answers
-        self.send()
+        # the round first: it takes the answers to the last one, so the heartbeat tells
+        # the peer what is known now about the witnesses
         self.witness.probe_once()
+        self.send()
 
     def _on_udp(self, payload: bytes, source: object) -> None:
         self._receive(payload, "udp", None, from_peer=str(source) == str(self.peer_ip))
@@ -234,30 +235,29 @@ class Runtime:
         # nothing)
         self.wake()
 
-    def witness_streak(self) -> float:
-        """Seconds the witnesses have been reachable without a break (0 when not now)."""
-        if self.witness is None or self.witness_age() >= self.timing.witness_within:
-            return 0.0
-        return self.witness.streak(self.m.clock())
-
-    def witness_age(self) -> float:
+    def witness_age(self, now: float | None = None) -> float:
         if self.witness is None:
             return float("inf")
-        return self.witness.last_answer_age(self.m.clock())
+        return self.witness.last_answer_age(self.m.clock() if now is None else now)
 
     # --- decisions -------------------------------------------------------------------------
 
     def inputs(self) -> Inputs:
+        """What the node knows, as of one reading of the clock."""
         if self.witness is not None:
             self.witness.refresh()
         m = self.m
+        now = m.clock()
+        witness_age = self.witness_age(now)
+        # how long the witnesses have answered without a break (0 when they do not now)
+        streak = (self.witness.streak(now) if self.witness is not None
+                  and witness_age < self.timing.witness_within else 0.0)
         return Inputs(
-            now=m.clock(), started=self.started, role=m.role, epoch=m.persisted.epoch,
-            node_id=self.node_id, peer=self.peer, witness_age=self.witness_age(),
+            now=now, started=self.started, role=m.role, epoch=m.persisted.epoch,
+            node_id=self.node_id, peer=self.peer, witness_age=witness_age,
             vip_foreign_holder=m.vip_foreign, cloud=self.cfg.cloud, timing=self.timing,
-            hold_off=m.hold_off_until > m.clock(),
-            witness_streak=self.witness_streak(),
-            unverified_age=(m.clock() - self.unverified_at
+            hold_off=m.hold_off_until > now, witness_streak=streak,
+            unverified_age=(now - self.unverified_at
                             if self.unverified_at is not None else float("inf")),
         )
 

@@ -36,11 +36,9 @@ class NodeIP:
 
     async def held(self) -> list[bool]:
         """For each shared address: does this node's kernel have it?"""
-        held = []
-        for shared in self.shared:
-            addresses = await self.netlink.addresses(shared.interface)
-            held.append(any(a.interface == shared.address for a in addresses))
-        return held
+        on = {ifname: await self.netlink.addresses(ifname)
+              for ifname in dict.fromkeys(s.interface for s in self.shared)}
+        return [any(a.interface == s.address for a in on[s.interface]) for s in self.shared]
 
     async def take(self) -> list[str]:
         done = []

@@ -133,6 +133,15 @@ def _ks_arg(label: str, ks_name: str = "ks.cfg") -> str:
     return f"inst.ks=hd:LABEL={label}:/{ks_name}"
 
 
+def _with_ks(line: str, kernel_line: str) -> str:
+    """``line`` with inst.ks after its inst.stage2, if it is a kernel line (``kernel_line``,
+    a regular expression) of the installer that has none yet."""
+    m = re.search(r"inst\.stage2=hd:LABEL=(\S+)", line)
+    if re.match(kernel_line, line) and m and "inst.ks=" not in line:
+        return line.replace(m.group(0), f"{m.group(0)} {_ks_arg(m.group(1))}", 1)
+    return line
+
+
 def edit_isolinux(text: str, volid: str) -> str:
     """inst.ks on every installer ``append``; the install entry default, short timeout."""
     out: list[str] = []
@@ -145,9 +154,7 @@ def edit_isolinux(text: str, volid: str) -> str:
             continue
         if re.match(r"^\s*timeout\s+\d+", line):
             line = f"timeout {TIMEOUT_S * 10}"
-        m = re.search(r"inst\.stage2=hd:LABEL=(\S+)", line)
-        if re.match(r"^\s*append\s", line) and m and "inst.ks=" not in line:
-            line = line.replace(m.group(0), f"{m.group(0)} {_ks_arg(m.group(1))}", 1)
+        line = _with_ks(line, r"^\s*append\s")
         out.append(line)
         if stripped == "label linux":
             out.append("  menu default")
@@ -165,9 +172,7 @@ def edit_grub(text: str, volid: str) -> str:
             line = 'set default="0"'
         elif re.match(r"^\s*set timeout=", line):
             line = f"set timeout={TIMEOUT_S}"
-        m = re.search(r"inst\.stage2=hd:LABEL=(\S+)", line)
-        if re.match(r"^\s*linux(efi)?\s", line) and m and "inst.ks=" not in line:
-            line = line.replace(m.group(0), f"{m.group(0)} {_ks_arg(m.group(1))}", 1)
+        line = _with_ks(line, r"^\s*linux(efi)?\s")
         out.append(line)
     if "inst.ks=" not in "\n".join(out):
         raise BuildError("grub.cfg has no installer entry (linux … inst.stage2=…)",
