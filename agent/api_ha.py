@@ -17,7 +17,7 @@ async def ha_status(request: web.Request) -> web.Response:
 
 
 async def ha_events(request: web.Request) -> web.Response:
-    return _json({"events": request.app[HA].recent_events(200)})
+    return _json({"events": await request.app[HA].recent_events(200)})
 
 
 async def ha_set_state(request: web.Request) -> web.Response:
@@ -42,11 +42,13 @@ async def ha_pair_key(request: web.Request) -> web.Response:
     data = await _body(request, {"generate", "key"})
     manager = request.app[HA]
     if data.get("generate") is True and "key" not in data:
-        key = manager.store.generate_key()
-        return _json({"key": key, "runtime": await manager.reload()})
+        return _json(await manager.install_key(None))
     if isinstance(data.get("key"), str) and "generate" not in data:
-        manager.store.set_key(data["key"])
-        return _json({"installed": True, "runtime": await manager.reload()})
+        if len(data["key"]) > 200:
+            raise InvalidInput("the pair key is not valid", problems=[
+                Problem("key", "a pair key is 64 hexadecimal digits")])
+        result = await manager.install_key(data["key"])
+        return _json({"installed": True, "runtime": result["runtime"]})
     raise InvalidInput("say what to do with the pair key", problems=[
         Problem("body", "either {\"generate\": true} or {\"key\": \"<64 hex digits>\"}")])
 

@@ -28,6 +28,7 @@ from ha.net import (
     BPF_LD_W_ABS,
     BPF_TAX,
     ETH_HEADER,
+    READ_BUDGET,
     HaNetError,
     bpf_program,
     format_mac,
@@ -199,7 +200,10 @@ class ArpEndpoint:
         return stop
 
     def _readable(self) -> None:
-        for frame in waiting_frames(self._sock, f"ARP socket on {self.ifname}"):
+        # a passive endpoint is drained once a heartbeat period: a larger budget, so the
+        # witness's answer is not left behind a burst of other replies
+        budget = 4 * READ_BUDGET if self._passive else READ_BUDGET
+        for frame in waiting_frames(self._sock, f"ARP socket on {self.ifname}", budget):
             self._handle(frame)
 
     def _handle(self, frame: bytes) -> None:
@@ -241,7 +245,10 @@ class Prober(Protocol):
 @dataclass
 class _Sighting:
     last_seen: float | None = None
-    mac: str | None = None
+    mac: str | None = None  # pinned: the first MAC that answered
+    impostor_mac: str | None = None  # the last other MAC that answered for the address
+    impostor_count: int = 0
+    impostor_at: float | None = None
 
 
 class WitnessMonitor:
@@ -258,7 +265,8 @@ class WitnessMonitor:
                  interval: float = 0.2, sender_ip: IPv4Address | None = None,
                  stale_after: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_back: Callable[[], None] | None = None) -> None:
+                 on_back: Callable[[], None] | None = None,
+                 on_impostor: Callable[[IPv4Address, str], None] | None = None) -> None:
         if not witnesses:
             raise ValueError("a witness monitor needs at least one witness address")
         if interval <= 0:
@@ -275,14 +283,26 @@ class WitnessMonitor:
         self._round_at: float | None = None  # when the last round was sent
         self._dating: float | None = None  # the time given to answers read by refresh()
         self._on_back = on_back  # called when an answer ends a silence (or is the first)
+        self._on_impostor = on_impostor  # called the first time another MAC answers
         self._stopping = asyncio.Event()
         self._stop_observing = endpoint.observe(self._answered, self.witnesses)
 
     def _answered(self, address: IPv4Address, mac: str) -> None:
         now = self._dating if self._dating is not None else self._clock()
-        back = self._newest is None or now - self._newest > self.stale_after
         sighting = self._seen[address]
-        sighting.last_seen, sighting.mac = now, mac
+        if sighting.mac is None:
+            sighting.mac = mac  # pinned for the life of the monitor
+        elif mac != sighting.mac:
+            # a reply naming the witness from another MAC: a forgery (it would keep an
+            # isolated master serving) or a replaced device; ignored and reported
+            first = sighting.impostor_count == 0
+            sighting.impostor_mac, sighting.impostor_at = mac, now
+            sighting.impostor_count += 1
+            if first and self._on_impostor is not None:
+                self._on_impostor(address, mac)
+            return
+        back = self._newest is None or now - self._newest > self.stale_after
+        sighting.last_seen = now
         self._newest = now
         if back:
             self._up_since = now
@@ -306,7 +326,7 @@ class WitnessMonitor:
 
     def details(self, now: float) -> list[dict[str, Any]]:
         """Per witness: address, reachable (within ``stale_after``), age of the last answer
-        in ms (None if never), its MAC."""
+        in ms (None if never), its pinned MAC, and answers from other MACs (ignored)."""
         out: list[dict[str, Any]] = []
         for address, seen in self._seen.items():
             age = None if seen.last_seen is None else now - seen.last_seen
@@ -315,8 +335,16 @@ class WitnessMonitor:
                 "reachable": age is not None and age <= self.stale_after,
                 "last_seen_age_ms": None if age is None else round(age * 1000),
                 "mac": seen.mac,
+                "other_macs": None if seen.impostor_count == 0 else {
+                    "mac": seen.impostor_mac, "count": seen.impostor_count,
+                    "last_seen_age_ms": round((now - (seen.impostor_at or now)) * 1000)},
             })
         return out
+
+    def impostors(self) -> list[tuple[IPv4Address, str, int]]:
+        """(witness, other MAC, answers) for each witness another MAC answered for."""
+        return [(a, s.impostor_mac, s.impostor_count) for a, s in self._seen.items()
+                if s.impostor_count and s.impostor_mac is not None]
 
     def refresh(self) -> None:
         """Take the answers waiting in a passive endpoint, dated by the last round."""

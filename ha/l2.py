@@ -17,13 +17,14 @@ import struct
 from collections.abc import Callable
 
 from ha.net import (
+    BPF_JEQ_K,
+    BPF_LD_W_ABS,
     ETH_HEADER,
     bpf_program,
     format_mac,
     not_outgoing,
     open_packet_socket,
     parse_mac,
-    send_frame,
     waiting_frames,
 )
 
@@ -36,7 +37,12 @@ MAX_PAYLOAD = 1500 - LENGTH.size  # one untagged frame at the standard MTU
 
 FrameHandler = Callable[[bytes, str], None]
 
-L2_FILTER = bpf_program(not_outgoing([]))  # our own frames stay out of the socket
+# our own frames stay out of the socket, and so does anything that is not a voxnode message
+# (the payload starts after the header and the 2-byte length)
+L2_FILTER = bpf_program(not_outgoing([
+    (BPF_LD_W_ABS, 0, 0, ETH_HEADER.size + LENGTH.size),
+    (BPF_JEQ_K, "accept", "drop", int.from_bytes(b"VXHA", "big")),
+]))
 
 
 def pack_frame(dst_mac: bytes, src_mac: bytes, payload: bytes) -> bytes:
@@ -78,13 +84,18 @@ class L2Channel:
             sock.close()
             raise
 
-    def send(self, payload: bytes, dst_mac: str = "ff:ff:ff:ff:ff:ff") -> bool:
-        """Send one frame; False if the kernel dropped it (link down, queue full)."""
+    def send(self, payload: bytes, dst_mac: str = "ff:ff:ff:ff:ff:ff") -> OSError | None:
+        """Send one frame without waiting; the error if the kernel refused it (link down,
+        queue full): the caller keeps the channel's state."""
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"an L2 heartbeat carries at most {MAX_PAYLOAD} bytes, "
                              f"not {len(payload)}")
         frame = pack_frame(parse_mac(dst_mac), self._mac_raw, payload)
-        return send_frame(self._sock, frame, f"L2 heartbeat on {self.ifname}")
+        try:
+            self._sock.send(frame)
+        except OSError as exc:
+            return exc
+        return None
 
     def drain(self) -> None:
         """Read the frames waiting now without waiting for the loop to say so."""

@@ -13,7 +13,21 @@ Safety rules (architecture: split brain is the failure that matters most):
 - a master that hears neither the peer nor any witness releases the node IP (fail closed);
 - two masters that meet keep the one with the higher epoch, then the lower node id;
 - a node that starts and hears a master, or sees the node IP held, becomes slave (no
-  preemption); two nodes starting together elect one deterministically.
+  preemption); two nodes starting together elect one deterministically;
+- with an arbiter (``ha.arbiter``), a node that cannot hear its peer takes over only while
+  it holds the arbiter's lease, and a master that hears neither the peer nor the arbiter
+  lets go ``lease_margin`` before its lease ends. The lease a node holds is counted from
+  the moment it *sent* the request that got it, and the arbiter counts the same lease from
+  the moment it *received* it, so the node's view ends first; the arbiter grants the
+  other node a lease only after its own view ended, so the node IP has been released at
+  least ``lease_margin`` before the other node can hold a lease, whatever the delays.
+  This is what arbitrates a cut between just the two nodes, where both still reach the
+  gateway witness;
+- a failed promotion (the state file cannot be written, the kernel refuses the node IP)
+  ends released and holds off for a while (``promote_after``): no take/release loop.
+
+Blockers (why a failover is impossible now) are ``Reason`` values: a stable code and an
+operator sentence.
 """
 
 from __future__ import annotations
@@ -36,6 +50,9 @@ class Timing:
     #                        a few probe periods, far below ``dead`` (a node whose link just
     #                        went down must not count an answer from before as reachable)
     init_wait: float  # listen this long at start before deciding
+    lease: float  # how long the arbiter's lease lasts from the request that got it
+    lease_margin: float  # a master without the peer lets go this long before its lease
+    #                      ends (the arbiter grants the next lease only after the end)
 
     def to_dict(self) -> dict[str, float]:
         return {k: round(v * 1000) for k, v in self.__dict__.items()}
@@ -50,11 +67,25 @@ TIMINGS = {
     # nothing. A witness counts as reachable for two probe periods and a bit (one lost
     # answer changes nothing), less than ``guard``. 150 ms heartbeats keep an idle agent
     # under 1 % of a core (bench/README.md).
-    HAProfile.STANDARD: Timing(0.15, 0.6, 0.35, 0.15, 0.32, 1.8),
+    # With an arbiter, leases are renewed every heartbeat and last 450 ms from the request:
+    # one lost answer leaves 150 ms, over the 100 ms margin, so it releases nothing.
+    HAProfile.STANDARD: Timing(0.15, 0.6, 0.35, 0.15, 0.32, 1.8, 0.45, 0.1),
     # fast: the same rules on a 30 ms heartbeat, for LANs that carry it (isolated master
     # gone at 75 ms, slave at 120 ms at the earliest)
-    HAProfile.FAST: Timing(0.03, 0.15, 0.075, 0.03, 0.065, 0.6),
+    HAProfile.FAST: Timing(0.03, 0.15, 0.075, 0.03, 0.065, 0.6, 0.12, 0.035),
 }
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why failover is impossible now, or what is wrong with the pair: a stable code for
+    programs (tests, the web console) and a sentence for operators."""
+
+    code: str
+    text: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "text": self.text}
 
 
 @dataclass(frozen=True)
@@ -82,15 +113,20 @@ class Inputs:
     timing: Timing
     hold_off: bool = False  # just handed the node IP over: no election win for a while
     witness_streak: float = float("inf")  # how long a witness has answered without a break
-    unverified_age: float = float("inf")  # since the peer's address last sent a heartbeat
-    #                                       we could not authenticate (another pair key)
+    # after a promotion failed (a state write, the kernel refusing the node IP): no new
+    # attempt before this time, and why
+    promote_after: float = float("-inf")
+    promote_held: Reason | None = None
+    arbiter: bool = False  # an arbiter is configured: a takeover needs its lease
+    arbiter_age: float = float("inf")  # since the arbiter last answered
+    lease_until: float = float("-inf")  # when this node's lease ends (local monotonic)
 
 
 @dataclass(frozen=True)
 class Decision:
     target: Role | None  # None: stay where we are
     reason: str
-    blockers: tuple[str, ...] = ()
+    blockers: tuple[Reason, ...] = ()
     bump_epoch: bool = False
 
 
@@ -98,14 +134,23 @@ def witness_ok(i: Inputs) -> bool:
     return i.witness_age < i.timing.witness_within
 
 
-PEER_LOST = "Peer unreachable on the heartbeat link"
-WITNESS_LOST = "Witness unreachable"
-CLOUD_MANUAL = "Pure Cloud pair: failover is manual (System Monitor STATE)"
-PEER_OFF = "The peer is off (services off)"
-PEER_NO_WITNESS = "The peer cannot reach a witness"
-SELF_OFF = "This node is off (services off)"
-PEER_UNVERIFIED = ("The peer sends heartbeats this node cannot authenticate (different pair "
-                   "keys?)")
+def arbiter_ok(i: Inputs) -> bool:
+    return i.arbiter_age < i.timing.witness_within
+
+
+def holds_lease(i: Inputs) -> bool:
+    """A lease that still runs for more than the margin (the master's release point)."""
+    return i.lease_until - i.now > i.timing.lease_margin
+
+
+PEER_LOST = Reason("peer-unreachable", "Peer unreachable on the heartbeat link")
+WITNESS_LOST = Reason("witness-unreachable", "Witness unreachable")
+ARBITER_LOST = Reason("arbiter-unreachable", "Arbiter unreachable")
+CLOUD_MANUAL = Reason("cloud-manual",
+                      "Pure Cloud pair: failover is manual (System Monitor STATE)")
+PEER_OFF = Reason("peer-off", "The peer is off (services off)")
+PEER_NO_WITNESS = Reason("peer-no-witness", "The peer cannot reach a witness")
+SELF_OFF = Reason("self-off", "This node is off (services off)")
 
 
 def wins_election(epoch: int, node_id: str, other_epoch: int, other_id: str) -> bool:
@@ -126,9 +171,9 @@ def peer_alive(i: Inputs) -> bool:
     return i.peer is not None and i.now - i.peer.last_seen < i.timing.dead
 
 
-def blockers(i: Inputs) -> tuple[str, ...]:
-    """Why a failover could not happen now, as operator sentences (status shows them)."""
-    found: list[str] = []
+def blockers(i: Inputs) -> tuple[Reason, ...]:
+    """Why a failover could not happen now (status shows them)."""
+    found: list[Reason] = []
     if i.cloud:
         found.append(CLOUD_MANUAL)
     if i.role is Role.OFF:
@@ -144,8 +189,10 @@ def blockers(i: Inputs) -> tuple[str, ...]:
         found.append(WITNESS_LOST)
     if i.role is not Role.MASTER and not peer_alive(i) and i.role is not Role.OFF:
         found.append(PEER_LOST)
-    if i.unverified_age < i.timing.dead:
-        found.append(PEER_UNVERIFIED)
+    if i.arbiter and not arbiter_ok(i):
+        found.append(ARBITER_LOST)
+    if i.promote_held is not None and i.now < i.promote_after and i.role is not Role.MASTER:
+        found.append(i.promote_held)
     return tuple(dict.fromkeys(found))
 
 
@@ -153,14 +200,16 @@ def decide(i: Inputs) -> Decision:
     stuck = blockers(i)
     if i.role is Role.OFF:
         return Decision(None, "off by the operator", stuck)
-    if i.role is Role.INIT:
-        return _decide_init(i, stuck)
-    if i.role is Role.SLAVE:
-        return _decide_slave(i, stuck)
-    return _decide_master(i, stuck)
+    if i.role is Role.MASTER:
+        return _decide_master(i, stuck)
+    decision = _decide_init(i, stuck) if i.role is Role.INIT else _decide_slave(i, stuck)
+    if decision.target is Role.MASTER and i.now < i.promote_after:
+        held = i.promote_held.text if i.promote_held is not None else "holding off"
+        return Decision(None, f"{decision.reason}, but not promoting yet: {held}", stuck)
+    return decision
 
 
-def _decide_init(i: Inputs, stuck: tuple[str, ...]) -> Decision:
+def _decide_init(i: Inputs, stuck: tuple[Reason, ...]) -> Decision:
     peer = i.peer if peer_alive(i) else None
     if peer is not None and peer.role is Role.MASTER:
         return Decision(Role.SLAVE, f"the peer {peer.node_id} is master (no preemption)", stuck)
@@ -180,6 +229,9 @@ def _decide_init(i: Inputs, stuck: tuple[str, ...]) -> Decision:
     if i.cloud:
         return Decision(Role.SLAVE, "no peer heard; a Pure Cloud node waits for the operator",
                         stuck)
+    if witness_ok(i) and i.arbiter and not holds_lease(i):
+        return Decision(Role.SLAVE, "no peer heard, but the arbiter's lease is not ours: not "
+                        "taking the node IP", stuck)
     if witness_ok(i):
         return Decision(Role.MASTER, "no peer heard and a witness answers: first node of the "
                         "pair", stuck, bump_epoch=True)
@@ -187,7 +239,7 @@ def _decide_init(i: Inputs, stuck: tuple[str, ...]) -> Decision:
                     "IP", stuck)
 
 
-def _decide_slave(i: Inputs, stuck: tuple[str, ...]) -> Decision:
+def _decide_slave(i: Inputs, stuck: tuple[Reason, ...]) -> Decision:
     peer = i.peer
     if peer is not None and peer.released_at is not None and not i.cloud:
         return Decision(Role.MASTER, f"{peer.node_id} handed the node IP over (switchover)",
@@ -212,23 +264,23 @@ def _decide_slave(i: Inputs, stuck: tuple[str, ...]) -> Decision:
     if i.cloud:
         return Decision(None, "the peer is unreachable; Pure Cloud failover is manual", stuck)
     silent = "never heard" if peer is None else f"silent for {i.now - peer.last_seen:.1f} s"
-    if i.unverified_age < i.timing.dead:
-        # something at the peer's address is alive: taking over could make two masters
-        return Decision(None, f"master unreachable ({silent}) but its address sends "
-                        "heartbeats signed with another key: not taking over", stuck)
     if witness_ok(i) and i.witness_streak < i.timing.dead:
         # the witness just came back (this node was the isolated one?): the master's
         # heartbeats get the same chance as the witness before anything is decided
         return Decision(None, f"master unreachable ({silent}); the witness answers again "
                         "since a moment: waiting a dead interval", stuck)
+    if witness_ok(i) and i.arbiter and not holds_lease(i):
+        return Decision(None, f"master unreachable ({silent}) but this node does not hold "
+                        "the arbiter's lease: not taking over", stuck)
     if witness_ok(i):
-        return Decision(Role.MASTER, f"master unreachable ({silent}) and a witness answers",
-                        stuck, bump_epoch=True)
+        lease = " and the arbiter's lease is ours" if i.arbiter else ""
+        return Decision(Role.MASTER, f"master unreachable ({silent}) and a witness answers"
+                        f"{lease}", stuck, bump_epoch=True)
     return Decision(None, f"master unreachable ({silent}) but no witness answers: not taking "
                     "over (this node may be the isolated one)", stuck)
 
 
-def _decide_master(i: Inputs, stuck: tuple[str, ...]) -> Decision:
+def _decide_master(i: Inputs, stuck: tuple[Reason, ...]) -> Decision:
     peer = i.peer if peer_alive(i) else None
     if peer is not None and peer.role is Role.MASTER and not wins_election(
         i.epoch, i.node_id, peer.epoch, peer.node_id
@@ -243,6 +295,10 @@ def _decide_master(i: Inputs, stuck: tuple[str, ...]) -> Decision:
     if peer_age >= i.timing.guard and i.witness_age >= i.timing.guard and not i.cloud:
         return Decision(Role.SLAVE, "isolated: neither the peer nor any witness answers; "
                         "releasing the node IP", stuck)
+    if i.arbiter and peer_age >= i.timing.guard and not holds_lease(i) and not i.cloud:
+        return Decision(Role.SLAVE, "the peer is unreachable and the arbiter's lease is "
+                        "running out: releasing the node IP before it can pass to the peer",
+                        stuck)
     return Decision(None, "serving", stuck)
 
 
@@ -252,10 +308,10 @@ def later(i: Inputs, dt: float) -> Inputs:
     witness_age = i.witness_age + dt
     streak = i.witness_streak + dt if witness_age < i.timing.witness_within else 0.0
     return replace(i, now=i.now + dt, witness_age=witness_age, witness_streak=streak,
-                   unverified_age=i.unverified_age + dt)
+                   arbiter_age=i.arbiter_age + dt)
 
 
-def _outcome(i: Inputs) -> tuple[Role | None, bool, tuple[str, ...]]:
+def _outcome(i: Inputs) -> tuple[Role | None, bool, tuple[Reason, ...]]:
     decision = decide(i)
     return decision.target, decision.bump_epoch, decision.blockers
 
@@ -279,8 +335,12 @@ def next_change(i: Inputs) -> float:
         candidates += [answered + t.witness_within, answered + t.guard]
         if witness_ok(i):
             candidates.append(i.now - i.witness_streak + t.dead)
-    if i.unverified_age != float("inf"):
-        candidates.append(i.now - i.unverified_age + t.dead)
+    if i.promote_after != float("-inf"):
+        candidates.append(i.promote_after)
+    if i.arbiter_age != float("inf"):
+        candidates.append(i.now - i.arbiter_age + t.witness_within)
+    if i.lease_until != float("-inf"):
+        candidates.append(i.lease_until - t.lease_margin)
     now_outcome = _outcome(i)
     for candidate in sorted(c for c in candidates if c > i.now):
         if _outcome(later(i, candidate - i.now + PAST)) != now_outcome:

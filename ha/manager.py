@@ -1,14 +1,20 @@
-"""The failover daemon inside the agent: heartbeats, witnesses, transitions, the node IP.
+"""The failover daemon inside the agent: the pair's role, its transitions and the node IP.
 
-``HAManager.configure`` (called by the ``ha`` subsystem on every committed revision)
-starts, restarts or stops the runtime. The runtime sends heartbeats on two channels (UDP
-between the management addresses, and raw Ethernet frames that IP filtering does not stop),
-probes the witnesses with ARP, and asks ``ha.machine.decide`` what this node should be
-whenever an input changes or a threshold passes (``ha.machine.next_change``). Transitions
-are serialized under one lock and run in named steps:
+``HAManager`` owns the pair's state: the role, the epoch, whether this node holds the node
+IP, the hold-offs, the last decision. ``configure`` (called by the ``ha`` subsystem on
+every committed revision) starts the runtime (``ha.runtime``: the sockets and what they
+tell), reconfigures it in place when the pair's own settings change (``PairConfig``: a DNS
+or NTP edit changes nothing here), or stops it. The manager asks ``ha.machine.decide``
+what this node should be whenever the runtime reports an input or a threshold passes
+(``ha.machine.next_change``), and carries out the transitions, serialized under one lock,
+in named steps:
 
-- promote: take the node IP, verify it, announce it, bump the epoch, then start the units;
+- promote: save the new epoch and role (a disk that refuses it stops the promotion before
+  anything is taken), take the node IP, verify it, announce it, then start the units;
 - demote: stop the units, release the node IP, then tell the peer (fail closed).
+
+A promotion that fails ends released and holds off (``PROMOTE_HOLD_S``) with the reason
+among the blockers: never a take/release loop.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -26,9 +33,11 @@ from agent.errors import Conflict, VoxnodeError
 from agent.events import EventLog
 from agent.ports.netlink import NetlinkPort
 from agent.state.model import DesiredState, HAConfig
-from ha.machine import PeerView, decide, next_change
-from ha.protocol import Kind, Role
-from ha.runtime import Runtime
+from ha.config import PairConfig
+from ha.keys import REKEY_WINDOW_S, Keyring
+from ha.machine import Decision, Inputs, Reason, decide, next_change
+from ha.protocol import Kind, Role, parse_key
+from ha.runtime import Local, Runtime
 from ha.store import HAStore, Persisted
 
 log = logging.getLogger("voxnode.ha")
@@ -36,6 +45,20 @@ log = logging.getLogger("voxnode.ha")
 RoleHook = Callable[[Role, Role], Awaitable[object]]
 GARP_REPEATS = (0.0, 0.5, 1.0, 2.0)  # seconds after taking the node IP, like keepalived
 HOOK_TIMEOUT_S = 60.0
+KERNEL_CHECK_S = 2.0
+# Decisions are taken when an input changes and when ``next_change`` says the answer could
+# change; in between, at the latest after this many heartbeat periods (a safety net).
+IDLE_DECISIONS = 5
+WAKE_LATE_S = 0.001  # past a threshold, not on it: equality may round either way
+PROMOTE_HOLD_S = 10.0  # after a failed promotion, no new attempt for this long
+
+
+class PromotionFailed(Exception):
+    """A promotion could not be carried out; ``reason`` is what status shows."""
+
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.text)
+        self.reason = reason
 
 
 class HAManager:
@@ -58,48 +81,53 @@ class HAManager:
         self.persisted: Persisted = self.store.load()
         self.role = Role.INIT
         self.holds_vip = False
-        self.vip_foreign = False
-        self.hold_off_until = 0.0
+        self.hold_off_until = 0.0  # just handed the node IP over: no election win
+        self.promote_after = float("-inf")
+        self.promote_held: Reason | None = None
         self.lock = asyncio.Lock()
         self.runtime: Runtime | None = None
         self.hooks: list[RoleHook] = []
         self.last_transition: dict[str, Any] | None = None
         self.config: HAConfig = HAConfig()
         self.problem: str | None = None
+        self.decision: Decision | None = None
+        self._next_change = float("inf")
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
         self.last_state: DesiredState | None = None
-
-    async def reload(self) -> list[str]:
-        """Run the last configuration again (a pair key was just installed)."""
-        if self.last_state is None:
-            return []
-        await self.stop(reason="the pair key changed")
-        return await self.configure(self.last_state)
+        self._background: set[asyncio.Future[None]] = set()
+        self.key_installed = self.store.key() is not None
 
     # --- configuration ---------------------------------------------------------------------
 
     async def configure(self, state: DesiredState) -> list[str]:
-        """Start, restart or stop the runtime for ``state``; returns what it did."""
+        """Start, reconfigure in place, or stop the runtime for ``state``; what it did."""
         self.last_state = state
-        if self.runtime is not None and self.runtime.state.ha == state.ha and (
-            self.runtime.state.network == state.network
-        ):
-            return []
-        done = []
-        if self.runtime is not None:
-            await self.stop(reason="the pair's settings changed")
-            done.append("stopped the failover runtime")
         self.config = state.ha
+        cfg = PairConfig.from_state(state) if state.ha.enabled else None
+        runtime = self.runtime
+        if runtime is not None and cfg is not None:
+            if cfg == runtime.cfg:
+                return []
+            return await self._reconfigure(runtime, cfg)
+        done = []
+        if runtime is not None:
+            await self.stop(reason="fault tolerance switched off")
+            done.append("stopped the failover runtime")
         self.problem = None
-        if not state.ha.enabled:
+        if cfg is None:
             self.role = Role.INIT
             return done
-        key = self.store.key()
-        if key is None:
+        keys = await asyncio.to_thread(self._load_keys)
+        if keys is None:
             self.problem = ("no pair key: run `voxnode ha pair-key generate` on one node and "
                             "`voxnode ha pair-key set KEY` on the other")
             self.events.emit("ha.no-pair-key", self.problem, level=logging.WARNING)
             return done
-        runtime = Runtime(self, state, key)
+        runtime = Runtime(cfg, keys, netlink=self.netlink, events=self.events,
+                          clock=self.clock, wall=self.wall, local=self.local,
+                          on_input=self.wake, proc_conf=self.proc_conf)
         try:
             await runtime.open()
         except VoxnodeError:
@@ -109,10 +137,74 @@ class HAManager:
         self.role = Role.OFF if self.persisted.role is Role.OFF else Role.INIT
         await self.ensure_no_node_ip()  # a node IP left by a crash must go before deciding
         runtime.start()
-        done.append(f"started the failover runtime ({state.ha.profile.value} profile) as "
+        self._wake.set()  # first decision at once
+        self._loop_task = asyncio.create_task(self._decide_loop(runtime), name="ha-decide")
+        done.append(f"started the failover runtime ({cfg.profile.value} profile) as "
                     f"{self.role.value}")
         self.events.emit("ha.started", done[-1])
         return done
+
+    async def _reconfigure(self, runtime: Runtime, cfg: PairConfig) -> list[str]:
+        """The pair's settings changed: keep the role and the node IP, move what moved."""
+        async with self.lock:
+            old = runtime.cfg
+            steps = []
+            if self.role is Role.MASTER:
+                gone = [s for s in old.shared_ips if s not in cfg.shared_ips]
+                if gone:
+                    steps += await runtime.node_ip.release_some(gone)
+            steps += await runtime.reconfigure(cfg)
+            if self.role is Role.MASTER and cfg.shared_ips:
+                steps += await runtime.node_ip.take()
+                runtime.node_ip.announce()
+                self.holds_vip = True
+            elif self.role is Role.MASTER:
+                self.holds_vip = False
+        text = "reconfigured the failover runtime in place, role kept (" + (
+            "; ".join(steps) or "timing only") + ")"
+        self.events.emit("ha.reconfigured", text)
+        return [text]
+
+    def _load_keys(self) -> Keyring | None:
+        key = self.store.key()
+        if key is None:
+            return None
+        previous, until = self.store.previous_key()
+        return Keyring(key, previous, until, wall=self.wall, on_change=self._keys_changed)
+
+    def _keys_changed(self, keys: Keyring) -> None:
+        # persisted off the loop; a failure only shortens the window at a restart
+        async def save() -> None:
+            try:
+                await asyncio.to_thread(self.store.save_previous_key, keys.previous,
+                                        keys.previous_until)
+            except OSError as exc:
+                self.events.emit("ha.pair-key", f"cannot save the previous pair key: "
+                                 f"{exc.strerror}", level=logging.ERROR)
+        self._spawn(save())
+
+    async def install_key(self, text: str | None) -> dict[str, Any]:
+        """A new pair key (``None``: generate one). A running pair goes on with the old and
+        the new key for a window, so neither node loses the other while the operator sets
+        the key on the peer; nothing restarts."""
+        if text is None:
+            text = self.store.new_key_text()
+        else:
+            self.store.check_key(text)
+        new = parse_key(text)
+        await asyncio.to_thread(self.store.write_key, text)
+        self.key_installed = True
+        runtime = self.runtime
+        if runtime is not None:
+            runtime.keys.rekey(new)
+            note = (f"the pair goes on: both keys are accepted until the peer uses the new "
+                    f"one (at most {REKEY_WINDOW_S / 60:.0f} min); set it on the peer now")
+        elif self.last_state is not None:
+            note = "; ".join(await self.configure(self.last_state)) or "nothing to run"
+        else:
+            note = "installed"
+        self.events.emit("ha.pair-key", "a new pair key was installed")
+        return {"key": text.strip().lower(), "runtime": note}
 
     async def stop(self, reason: str = "agent stopping") -> None:
         runtime = self.runtime
@@ -122,9 +214,70 @@ class HAManager:
             if self.role is Role.MASTER:
                 await self._release(reason)
             self.runtime = None
+        for task in (self._loop_task, self._announcer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._loop_task = self._announcer = None
         await runtime.close()
 
-    # --- transitions -----------------------------------------------------------------------
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)  # a reference until it is done
+        task.add_done_callback(self._background.discard)
+
+    # --- the decision loop -----------------------------------------------------------------
+
+    def local(self) -> Local:
+        return Local(self.role, self.persisted.epoch, self.holds_vip)
+
+    def wake(self) -> None:
+        """Decide now: an input changed."""
+        self._wake.set()
+
+    def inputs(self, runtime: Runtime) -> Inputs:
+        seen = runtime.observe()
+        cfg = runtime.cfg
+        return Inputs(
+            now=seen.now, started=runtime.started, role=self.role,
+            epoch=self.persisted.epoch, node_id=cfg.node_id, peer=seen.peer,
+            witness_age=seen.witness_age, vip_foreign_holder=seen.vip_foreign,
+            cloud=cfg.cloud, timing=cfg.timing, hold_off=self.hold_off_until > seen.now,
+            witness_streak=seen.witness_streak, promote_after=self.promote_after,
+            promote_held=self.promote_held, arbiter=cfg.arbiter is not None,
+            arbiter_age=seen.arbiter_age, lease_until=seen.lease_until,
+        )
+
+    async def _decide_loop(self, runtime: Runtime) -> None:
+        # reading the kernel's addresses is a netlink dump (~ms of Python): the node IP is
+        # checked every KERNEL_CHECK_S; decisions are taken when something changes
+        clock = self.clock
+        next_check = clock() + KERNEL_CHECK_S
+        while self.runtime is runtime:
+            now = clock()
+            wake_at = min(self._next_change, next_check,
+                          now + IDLE_DECISIONS * runtime.cfg.timing.interval)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wake_at - now) + WAKE_LATE_S):
+                        await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.tick()
+                if clock() >= next_check:
+                    next_check = clock() + KERNEL_CHECK_S
+                    await runtime.maintain()
+                    if self.role is Role.MASTER:
+                        await self.ensure_node_ip()
+                    else:
+                        await self.ensure_no_node_ip()
+            except (VoxnodeError, OSError, RuntimeError) as exc:
+                # never let a failed step kill the loop: it is retried after a pause
+                text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
+                self.events.emit("ha.step-failed", text, level=logging.ERROR)
+                self._next_change = clock()
+                await asyncio.sleep(runtime.cfg.timing.dead)
 
     async def tick(self) -> None:
         """Decide and act in one step under the transition lock, so a decision is never
@@ -134,16 +287,17 @@ class HAManager:
             runtime = self.runtime
             if runtime is None:
                 return
-            inputs = runtime.inputs()
-            runtime.decision = decide(inputs)
-            runtime.next_change = min(
+            inputs = self.inputs(runtime)
+            self.decision = decide(inputs)
+            self._next_change = min(
                 next_change(inputs),
                 self.hold_off_until if self.hold_off_until > inputs.now else float("inf"))
-            target = runtime.decision.target
+            target = self.decision.target
             if target is not None:
-                await self._transition(target, runtime.decision.reason,
-                                       bump=runtime.decision.bump_epoch)
-                return
+                await self._transition(target, self.decision.reason,
+                                       bump=self.decision.bump_epoch)
+
+    # --- transitions -----------------------------------------------------------------------
 
     async def transition(self, target: Role, reason: str, *, bump: bool = False,
                          release: bool = False) -> None:
@@ -152,66 +306,90 @@ class HAManager:
 
     async def _transition(self, target: Role, reason: str, *, bump: bool = False,
                           release: bool = False) -> None:
-        if self.runtime is None or target is self.role:
+        runtime = self.runtime
+        if runtime is None or target is self.role:
             return
         old = self.role
         steps: list[str] = []
         started = self.clock()
         if target is Role.MASTER:
             try:
-                steps += await self._promote(bump)
-            except (VoxnodeError, OSError, RuntimeError) as exc:
-                # fail closed: a half-taken node IP is released again
-                text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
-                steps += [f"PROMOTING failed: {text}", *await self._release_ip()]
+                steps += await self._promote(runtime, bump)
+            except PromotionFailed as exc:
+                steps += [f"PROMOTING failed: {exc.reason.text}", *await self._release_ip()]
                 self.role = old if old is not Role.MASTER else Role.SLAVE
-                await self._save()
-                self._record(old, self.role, f"promotion failed: {text}", steps,
-                             self.clock() - started)
+                await self._save_quietly()
+                self._hold_promotions(exc.reason)
+                await self._record(old, self.role, f"promotion failed: {exc.reason.text}",
+                                   steps, self.clock() - started)
                 return
+            self.promote_held, self.promote_after = None, float("-inf")
         else:
             if old is Role.MASTER:
                 steps += await self._demote_units(old, target)
                 steps += await self._release_ip()
             self.role = target
-            await self._save()
-            if release and self.runtime is not None:
+            await self._save_quietly()
+            if release:
                 for _ in range(3):
-                    self.runtime.send(Kind.RELEASE)
+                    runtime.send(Kind.RELEASE)
                 steps.append("told the peer to take over")
-            elif self.runtime is not None:
-                self.runtime.send()
+            else:
+                runtime.announce_now()
                 steps.append("told the peer")
             if old is not Role.MASTER:
                 steps += await self._run_hooks(old, target)
-        self._record(old, target, reason, steps, self.clock() - started)
+        await self._record(old, target, reason, steps, self.clock() - started)
 
-    async def _promote(self, bump: bool) -> list[str]:
-        runtime = self.runtime
-        assert runtime is not None and runtime.node_ip is not None
+    def _hold_promotions(self, reason: Reason) -> None:
+        """No new attempt for a while; the reason is a blocker meanwhile, and an event the
+        first time it happens (the next attempts only try again, quietly)."""
+        if self.promote_held != reason:
+            self.events.emit("ha.promotion-failed",
+                             f"{reason.text}; next attempt in {PROMOTE_HOLD_S:.0f} s",
+                             level=logging.ERROR)
+        self.promote_held = reason
+        self.promote_after = self.clock() + PROMOTE_HOLD_S
+
+    async def _promote(self, runtime: Runtime, bump: bool) -> list[str]:
         old = self.role
-        steps = ["PROMOTING: taking the node IP", *await runtime.node_ip.take()]
-        held = await runtime.node_ip.held()
-        if not all(held):
-            missing = [str(s.address)
-                       for s, h in zip(runtime.cfg.shared_ips, held, strict=True) if not h]
-            raise RuntimeError(f"the kernel does not show {', '.join(missing)} after adding it")
-        self.holds_vip = bool(runtime.cfg.shared_ips)
-        runtime.node_ip.announce()
-        steps.append("PROMOTING: announced the node IP")
+        # the epoch and role are saved before anything is taken: a disk that refuses them
+        # must not leave a master that forgets its epoch, nor a node IP taken and dropped
+        epoch = self.persisted.epoch
         if bump:
             # above every epoch seen in the pair, so a later two-masters meeting keeps us
-            seen = runtime.peer.epoch if runtime.peer is not None else 0
-            self.persisted.epoch = max(self.persisted.epoch, seen) + 1
+            view = runtime.peer.view
+            epoch = max(epoch, view.epoch if view is not None else 0) + 1
+        try:
+            await self._save(Persisted(epoch, Role.MASTER))
+        except OSError as exc:
+            raise PromotionFailed(Reason(
+                "state-unsaved", f"the pair's state cannot be saved "
+                f"({os.strerror(exc.errno or 0)}): not taking the node IP")) from exc
+        self.persisted = Persisted(epoch, Role.MASTER)
+        steps = [f"PROMOTING: epoch {epoch} saved", "PROMOTING: taking the node IP"]
+        try:
+            steps += await runtime.node_ip.take()
+            held = await runtime.node_ip.held()
+        except (VoxnodeError, OSError) as exc:
+            text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
+            raise PromotionFailed(Reason("node-ip-refused", f"the node IP cannot be added: "
+                                         f"{text}")) from exc
+        if not all(held):
+            missing = [str(s.address) for s, h in zip(runtime.cfg.shared_ips, held, strict=True)
+                       if not h]
+            raise PromotionFailed(Reason("node-ip-refused", f"the kernel does not show "
+                                         f"{', '.join(missing)} after adding it"))
+        self.holds_vip = bool(runtime.cfg.shared_ips)
         self.role = Role.MASTER
-        await self._save()
-        runtime.send()
-        runtime.tasks.append(asyncio.create_task(self._repeat_announce(runtime)))
-        if runtime.peer is not None:
-            runtime.peer = PeerView(runtime.peer.node_id, runtime.peer.role, runtime.peer.epoch,
-                                    runtime.peer.holds_vip, runtime.peer.witness_ok,
-                                    runtime.peer.last_seen, None)
-        steps.append(f"PROMOTING: master with epoch {self.persisted.epoch}")
+        runtime.node_ip.announce()
+        steps.append("PROMOTING: announced the node IP")
+        runtime.announce_now()
+        if self._announcer is not None:
+            self._announcer.cancel()
+        self._announcer = asyncio.create_task(self._repeat_announce(runtime))
+        runtime.take_release()
+        steps.append(f"PROMOTING: master with epoch {epoch}")
         steps += await self._run_hooks(old, Role.MASTER)
         return steps
 
@@ -222,23 +400,23 @@ class HAManager:
             if self.runtime is not runtime or self.role is not Role.MASTER:
                 return
             with contextlib.suppress(VoxnodeError, OSError):
-                runtime.node_ip.announce() if runtime.node_ip else None
+                runtime.node_ip.announce()
 
     async def _demote_units(self, old: Role, new: Role) -> list[str]:
         # units first: the PBX must stop answering before the address can move; no
         # election win while they stop (the peer is about to take over)
         if self.runtime is not None:
-            self.hold_off_until = self.clock() + 2 * self.runtime.timing.dead
+            self.hold_off_until = self.clock() + 2 * self.runtime.cfg.timing.dead
         self.role = new
         return await self._run_hooks(old, new, prefix="DEMOTING")
 
     async def _release_ip(self) -> list[str]:
         runtime = self.runtime
-        if runtime is None or runtime.node_ip is None:
+        if runtime is None:
             return []
         steps = ["DEMOTING: releasing the node IP", *await runtime.node_ip.release()]
         self.holds_vip = False
-        self.hold_off_until = self.clock() + 2 * runtime.timing.dead
+        self.hold_off_until = self.clock() + 2 * runtime.cfg.timing.dead
         return steps
 
     async def _release(self, reason: str) -> None:
@@ -247,14 +425,14 @@ class HAManager:
         steps += await self._release_ip()
         if self.runtime is not None:
             self.runtime.send(Kind.RELEASE)
-        await self._save()
-        self._record(old, Role.SLAVE, reason, steps, 0.0)
+        await self._save_quietly()
+        await self._record(old, Role.SLAVE, reason, steps, 0.0)
 
     async def ensure_node_ip(self) -> None:
         """While master, put back a node IP that something removed (and say so)."""
         async with self.lock:
             runtime = self.runtime
-            if runtime is None or runtime.node_ip is None or self.role is not Role.MASTER:
+            if runtime is None or self.role is not Role.MASTER:
                 return
             if all(await runtime.node_ip.held()):
                 return
@@ -267,7 +445,7 @@ class HAManager:
         by hand): release it, fail closed."""
         async with self.lock:
             runtime = self.runtime
-            if runtime is None or runtime.node_ip is None or self.role is Role.MASTER:
+            if runtime is None or self.role is Role.MASTER:
                 return
             if not any(await runtime.node_ip.held()):
                 return
@@ -290,28 +468,40 @@ class HAManager:
                 self.events.emit("ha.units-failed", text, level=logging.ERROR)
         return steps
 
-    async def _save(self) -> None:
+    async def _save(self, persisted: Persisted) -> None:
         # fsync in a worker thread: on a busy disk it can take longer than the dead
         # interval, and the heartbeats (this loop) must go on meanwhile
-        self.persisted.role = self.role
-        await asyncio.to_thread(self.store.save, replace(self.persisted))
+        await asyncio.to_thread(self.store.save, replace(persisted))
 
-    def _record(self, old: Role, new: Role, reason: str, steps: list[str], took: float) -> None:
+    async def _save_quietly(self) -> None:
+        """Save the role after a demotion: it is done whatever the disk says (an event
+        tells when the disk refused)."""
+        self.persisted = Persisted(self.persisted.epoch, self.role)
+        try:
+            await self._save(self.persisted)
+        except OSError as exc:
+            self.events.emit("ha.state-unsaved", f"the pair's state cannot be saved: "
+                             f"{os.strerror(exc.errno or 0)}", level=logging.ERROR)
+
+    async def _record(self, old: Role, new: Role, reason: str, steps: list[str],
+                      took: float) -> None:
         self.last_transition = {
             "from": old.value, "to": new.value, "reason": reason, "time": self.wall(),
             "epoch": self.persisted.epoch, "steps": steps, "took_ms": round(took * 1000),
         }
-        self.store.append_event(self.last_transition)
         self.events.emit("ha.transition", f"{old.value} → {new.value}: {reason}")
-        if self.runtime is not None:
-            self.runtime.wake()  # the new role has rules of its own: decide again
+        self.wake()  # the new role has rules of its own: decide again
+        try:
+            await asyncio.to_thread(self.store.append_event, self.last_transition)
+        except OSError as exc:
+            log.error("cannot append to the pair's event log: %s", exc.strerror)
 
     # --- operator control ------------------------------------------------------------------
 
     async def set_state(self, target: Role) -> None:
         runtime = self._running()
-        peer = runtime.peer
-        alive = peer is not None and self.clock() - peer.last_seen < runtime.timing.dead
+        peer = runtime.peer.view
+        alive = runtime.peer_alive(self.clock())
         if target is Role.MASTER and alive and peer is not None and peer.role is Role.MASTER:
             raise Conflict(f"the peer {peer.node_id} is master",
                            remedy="Run `voxnode ha switchover` on it, or set it off first.")
@@ -326,8 +516,8 @@ class HAManager:
         if self.role is not Role.MASTER:
             raise Conflict(f"this node is {self.role.value}, not master",
                            remedy="Run the switchover on the master.")
-        peer = runtime.peer
-        if peer is None or self.clock() - peer.last_seen >= runtime.timing.dead:
+        peer = runtime.peer.view
+        if peer is None or not runtime.peer_alive(self.clock()):
             raise Conflict("the peer is unreachable: nobody would take over",
                            remedy="Check `voxnode ha status` on both nodes.")
         if peer.role is Role.OFF:
@@ -359,34 +549,23 @@ class HAManager:
             "epoch": self.persisted.epoch,
             "cloud": self.config.cloud,
             "profile": self.config.profile.value,
-            "pair_key": self.store.key() is not None,
+            "pair_key": self.key_installed,
             "last_transition": self.last_transition,
         }
         if runtime is None:
-            out["failover_blockers"] = [self.problem] if self.problem else []
+            out["failover_blockers"] = ([Reason("not-running", self.problem).to_dict()]
+                                        if self.problem else [])
+            out["health"] = []
             return out
-        now = self.clock()
-        decision = decide(runtime.inputs())
-        peer = runtime.peer
-        alive = peer is not None and now - peer.last_seen < runtime.timing.dead
-
-        def age(t: float | None) -> int | None:
-            return None if t is None else round((now - t) * 1000)
-
+        inputs = self.inputs(runtime)
+        now = inputs.now
+        decision = decide(inputs)
+        peer = runtime.peer.view
+        alive = runtime.peer_alive(now)
         out.update({
-            "node_id": runtime.node_id,
-            "timing_ms": runtime.timing.to_dict(),
-            "peer": {
-                "address": str(runtime.peer_ip),
-                "reachable": alive,
-                "role": peer.role.value if peer else None,
-                "epoch": peer.epoch if peer else None,
-                "holds_node_ip": peer.holds_vip if peer else None,
-                "last_seen_ms": age(peer.last_seen if peer else None),
-                "channels_ms": {"udp": age(runtime.channels.udp),
-                                "ethernet": age(runtime.channels.l2)},
-                "rejected_messages": runtime.bad,
-            },
+            "node_id": runtime.cfg.node_id,
+            "timing_ms": runtime.cfg.timing.to_dict(),
+            "peer": runtime.status(now),
             "node_ip": [
                 {"address": str(s.address), "interface": s.interface, "primary": s.primary}
                 for s in runtime.cfg.shared_ips
@@ -397,15 +576,17 @@ class HAManager:
                 else "nobody" if alive or not runtime.cfg.shared_ips else "unknown"
             ),
             "witnesses": runtime.witness.details(now) if runtime.witness else [],
+            "arbiter": runtime.arbiter.status(now) if runtime.arbiter else None,
             "decision": decision.reason,
-            "failover_blockers": list(decision.blockers),
+            "failover_blockers": [r.to_dict() for r in decision.blockers],
+            "health": [r.to_dict() for r in runtime.health(now)],
             "next_step": cloud_next_step(self.role, peer.role if alive and peer else None)
             if runtime.cfg.cloud else None,
         })
         return out
 
-    def recent_events(self, limit: int = 100) -> list[dict[str, Any]]:
-        return self.store.events(limit)
+    async def recent_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.events, limit)
 
 
 def cloud_next_step(role: Role, peer: Role | None) -> str | None:

@@ -22,7 +22,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 
 from agent.errors import SubsystemError
 
@@ -123,6 +123,7 @@ BPF_TAX = 0x07  # X = A
 BPF_JEQ_K, BPF_JEQ_X = 0x15, 0x1D  # A == k / A == X
 BPF_RET_K = 0x06
 SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # ancillary load: the frame's PACKET_* type
+BPF_LD_B_ABS = 0x30  # A = byte at offset k
 ACCEPT = 0x40000  # bytes of the frame to keep: all of it
 _INSN = struct.Struct("=HBBI")
 
@@ -189,10 +190,18 @@ def open_packet_socket(ifname: str, ethertype: int,
     return sock
 
 
-def waiting_frames(sock: socket.socket, what: str) -> Iterator[bytes]:
-    """The frames queued on a raw socket now, without blocking, except the ones this host
-    sent (the BPF filter drops those already; this covers a kernel without the filter)."""
-    while True:
+# Reads per wake-up of one socket: a flood of frames or datagrams must not keep the loop
+# from sending the heartbeats (timers run between two wake-ups of a reader; what is left
+# waits in the socket for the next one).
+READ_BUDGET = 64
+
+
+def waiting_frames(sock: socket.socket, what: str, budget: int = READ_BUDGET
+                   ) -> Iterator[bytes]:
+    """The frames queued on a raw socket now (at most ``budget``), without blocking, except
+    the ones this host sent (the BPF filter drops those already; this covers a kernel
+    without the filter)."""
+    for _ in range(budget):
         try:
             frame, address = sock.recvfrom(2048)
         except (BlockingIOError, InterruptedError):
@@ -220,11 +229,28 @@ def send_frame(sock: socket.socket, frame: bytes, what: str) -> bool:
 
 # --- UDP heartbeats ---------------------------------------------------------------------------
 
-DatagramHandler = Callable[[bytes, IPv4Address | IPv6Address], None]
+DatagramHandler = Callable[[bytes, str], None]
+
+
+def magic_filter(offset: int, magic: bytes) -> bytes:
+    """A socket filter that keeps only packets with ``magic`` (4 bytes) at ``offset``: junk
+    sent to the port is dropped by the kernel and never wakes the daemon."""
+    return bpf_program([
+        (BPF_LD_W_ABS, 0, 0, offset),
+        (BPF_JEQ_K, 0, "drop", int.from_bytes(magic, "big")),
+        (BPF_RET_K, 0, 0, ACCEPT),
+        "drop", (BPF_RET_K, 0, 0, 0),
+    ])
 
 
 class UdpChannel:
-    """UDP datagrams between the two management addresses (one socket, both directions)."""
+    """UDP datagrams of the pair on one local address (one socket, both directions).
+
+    Sends never wait and never raise for a lost datagram: ``send`` returns the OSError
+    (or None), so the caller keeps the state of the channel and every other channel
+    carries on whatever happens to this one. A filter in the kernel keeps datagrams that
+    do not start with ``magic`` out of the socket; the rest is read ``READ_BUDGET`` at a
+    time."""
 
     def __init__(self, sock: socket.socket, port: int, on_datagram: DatagramHandler) -> None:
         self._sock = sock
@@ -235,17 +261,20 @@ class UdpChannel:
 
     @classmethod
     async def open(cls, local_ip: IPv4Address | IPv6Address, port: int,
-                   on_datagram: DatagramHandler) -> UdpChannel:
+                   on_datagram: DatagramHandler, *, magic: bytes | None = None
+                   ) -> UdpChannel:
         family = socket.AF_INET6 if local_ip.version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            # A restarted daemon must rebind at once, whatever the old socket left behind.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # no SO_REUSEADDR: with it, another process that sets it too could bind the same
+            # address and port and receive the heartbeats (UDP has no TIME_WAIT to wait out)
             sock.setblocking(False)
+            if magic is not None:
+                attach_filter(sock, magic_filter(8, magic))  # after the 8-byte UDP header
             sock.bind((str(local_ip), port))
         except OSError as exc:
             sock.close()
-            raise net_error(f"listen for heartbeats on {local_ip} port {port}", exc) from exc
+            raise net_error(f"listen on {local_ip} port {port}", exc) from exc
         return cls(sock, port, on_datagram)
 
     @property
@@ -253,32 +282,29 @@ class UdpChannel:
         return int(self._sock.getsockname()[1])
 
     def send(self, payload: bytes, peer_ip: IPv4Address | IPv6Address,
-             port: int | None = None) -> bool:
-        """Send one datagram (to the same port by default); False if it was dropped."""
+             port: int | None = None) -> OSError | None:
+        """Send one datagram (to the same port by default); the error if it failed."""
         try:
             self._sock.sendto(payload, (str(peer_ip), port or self._port))
         except OSError as exc:
-            if exc.errno in TRANSIENT_SEND_ERRNOS:
-                log.debug("heartbeat to %s dropped: %s", peer_ip, os.strerror(exc.errno or 0))
-                return False
-            raise net_error(f"send a heartbeat to {peer_ip}", exc) from exc
-        return True
+            return exc
+        return None
 
     def drain(self) -> None:
         """Read the datagrams waiting now without waiting for the loop to say so."""
         self._readable()
 
     def _readable(self) -> None:
-        while True:
+        for _ in range(READ_BUDGET):
             try:
-                payload, source = self._sock.recvfrom(65535)
+                payload, source = self._sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 # A queued ICMP error surfaces here once; the socket itself is still good.
-                log.debug("heartbeat socket: %s", os.strerror(exc.errno or 0))
+                log.debug("UDP socket: %s", os.strerror(exc.errno or 0))
                 return
-            self._on_datagram(payload, ip_address(source[0]))
+            self._on_datagram(payload, source[0])
 
     def close(self) -> None:
         if self._sock.fileno() >= 0:

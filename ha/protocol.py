@@ -1,13 +1,24 @@
-"""The pair's heartbeat message: what a node tells its peer, authenticated with the pair key.
+"""The pair's messages: what a node tells its peer (and the arbiter), authenticated with the
+pair key.
 
 Wire format (one UDP datagram or one Ethernet frame payload)::
 
-    b"VXHA" | version (1 byte) | body length (2 bytes, big endian) | JSON body | HMAC (16 bytes)
+    b"VXHA" | version (1 byte) | body length (2 bytes, big endian) | JSON body | MAC … MAC
 
-The HMAC is HMAC-SHA256 over everything before it, truncated to 16 bytes. A message is
-accepted only with a valid HMAC, a known version, a sender boot id and sequence number
-newer than the last one seen (replay), and a send time within ``MAX_AGE_S`` of the local
-clock (the pair's clocks must be in sync anyway; requirements §5).
+Each MAC is HMAC-SHA256 over everything before the first MAC, truncated to 16 bytes, one
+per key the sender holds (at most ``MAX_MACS``): during a rekey a node signs with the new
+and the previous key, so a peer that has either accepts the message and neither loses the
+other. A receiver accepts a message if any MAC matches any of its keys.
+
+Freshness does not depend on the clocks (two nodes whose clocks differ are a health
+problem, not a partition): every message carries the sender's boot id (random per agent
+start), a sequence number that only grows within that boot, and ``ack``, the boot id of
+the last authentic message it heard from the receiver. The receiver accepts a sender's
+boot only once a message of it acknowledges the receiver's *current* boot, then each
+message only in increasing order. A message captured before the receiver restarted names
+the receiver's old boot and is refused; one of an earlier boot of the sender is refused
+outright. ``sent_at`` (the sender's wall clock) is carried only to report a clock
+difference.
 """
 
 from __future__ import annotations
@@ -17,16 +28,21 @@ import hmac
 import json
 import secrets
 import struct
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 MAGIC = b"VXHA"
 VERSION = 1
 MAC_LEN = 16
-MAX_AGE_S = 120.0
+MAX_MACS = 2
+MAX_BODY = 1024  # a heartbeat body is ~250 bytes; anything larger is not ours
 _HEADER = struct.Struct("!4sBH")
+HEADER_LEN = _HEADER.size
 KEY_BYTES = 32
+OLD_BOOTS_KEPT = 16
 
 
 class Role(StrEnum):
@@ -42,11 +58,16 @@ class Kind(StrEnum):
 
 
 class BadMessage(ValueError):
-    """A datagram that is not a valid, authentic, fresh heartbeat (reason in the text)."""
+    """A datagram that is not a valid, authentic, fresh message (reason in the text)."""
 
 
 class BadSignature(BadMessage):
-    """Well formed, but signed with another key: a peer that is alive but misconfigured."""
+    """Well formed, but no MAC matches a key of ours: another pair key, or a forgery."""
+
+
+class NotYetFresh(BadMessage):
+    """Authentic, but the sender has not yet acknowledged this node's current start: it
+    may be a copy recorded before this node restarted. The next one will be."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +80,8 @@ class Message:
     epoch: int
     holds_vip: bool
     witness_ok: bool
-    sent_at: float  # the sender's wall clock (seconds since the epoch)
-    health: tuple[str, ...] = field(default=())
+    sent_at: float  # the sender's wall clock (seconds since the epoch): for reporting only
+    ack: str = ""  # boot id of the last authentic message the sender heard from us
 
     def to_body(self) -> dict[str, Any]:
         # spelled out rather than dataclasses.asdict: this runs for every heartbeat, and
@@ -69,7 +90,7 @@ class Message:
             "kind": self.kind.value, "node_id": self.node_id, "boot_id": self.boot_id,
             "seq": self.seq, "role": self.role.value, "epoch": self.epoch,
             "holds_vip": self.holds_vip, "witness_ok": self.witness_ok,
-            "sent_at": self.sent_at, "health": list(self.health),
+            "sent_at": self.sent_at, "ack": self.ack,
         }
 
 
@@ -89,29 +110,70 @@ def parse_key(text: str) -> bytes:
     return key
 
 
-def encode(message: Message, key: bytes) -> bytes:
-    body = json.dumps(message.to_body(), separators=(",", ":")).encode()
-    head = _HEADER.pack(MAGIC, VERSION, len(body)) + body
-    return head + hmac.new(key, head, hashlib.sha256).digest()[:MAC_LEN]
+def _mac(key: bytes, signed: bytes) -> bytes:
+    return hmac.new(key, signed, hashlib.sha256).digest()[:MAC_LEN]
 
 
-def decode(data: bytes, key: bytes) -> Message:
-    """Authenticate and parse; freshness against replays is ``ReplayGuard``'s job."""
-    if len(data) < _HEADER.size + MAC_LEN:
+def _matches(expected: bytes, slots: Sequence[bytes]) -> bool:
+    return any(hmac.compare_digest(expected, slot) for slot in slots)
+
+
+def seal(body: dict[str, Any], keys: Sequence[bytes]) -> bytes:
+    """Frame ``body`` and sign it with every key in ``keys`` (1 or 2)."""
+    if not 1 <= len(keys) <= MAX_MACS:
+        raise ValueError(f"a message is signed with 1 to {MAX_MACS} keys, not {len(keys)}")
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    head = _HEADER.pack(MAGIC, VERSION, len(raw)) + raw
+    return head + b"".join(_mac(key, head) for key in keys)
+
+
+def open_sealed(data: bytes, keys: Sequence[bytes]) -> tuple[dict[str, Any], int]:
+    """Check the framing and the MACs; the JSON body and the index of the key that matched.
+
+    The cheap checks (length, magic, version, size) come before any HMAC, so junk costs
+    almost nothing to refuse."""
+    if len(data) < HEADER_LEN + MAC_LEN:
         raise BadMessage("too short")
     magic, version, length = _HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise BadMessage("not a voxnode heartbeat")
+        raise BadMessage("not a voxnode message")
     if version != VERSION:
         raise BadMessage(f"protocol version {version} (this node speaks {VERSION})")
-    end = _HEADER.size + length
-    if len(data) < end + MAC_LEN:
+    if length > MAX_BODY:
+        raise BadMessage(f"body of {length} bytes (at most {MAX_BODY})")
+    end = HEADER_LEN + length
+    trailer = len(data) - end
+    if trailer < MAC_LEN:
         raise BadMessage("truncated")
-    expected = hmac.new(key, data[:end], hashlib.sha256).digest()[:MAC_LEN]
-    if not hmac.compare_digest(expected, data[end : end + MAC_LEN]):
+    # a sender of the first release sends one MAC and may pad an Ethernet frame after it
+    slots = [data[end + i * MAC_LEN: end + (i + 1) * MAC_LEN]
+             for i in range(min(MAX_MACS, trailer // MAC_LEN))]
+    signed = data[:end]
+    index = next((n for n, key in enumerate(keys) if _matches(_mac(key, signed), slots)), None)
+    if index is None:
         raise BadSignature("bad signature (the nodes have different pair keys?)")
     try:
-        body = json.loads(data[_HEADER.size : end])
+        body = json.loads(data[HEADER_LEN:end])
+    except ValueError as exc:
+        raise BadMessage(f"malformed body: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadMessage("malformed body: not an object")
+    return body, index
+
+
+def encode(message: Message, keys: bytes | Sequence[bytes]) -> bytes:
+    return seal(message.to_body(), [keys] if isinstance(keys, bytes) else keys)
+
+
+def decode(data: bytes, keys: bytes | Sequence[bytes]) -> Message:
+    """Authenticate and parse; freshness is ``ReplayGuard``'s job."""
+    return decode_with_key(data, [keys] if isinstance(keys, bytes) else keys)[0]
+
+
+def decode_with_key(data: bytes, keys: Sequence[bytes]) -> tuple[Message, int]:
+    """``decode``, also saying which of ``keys`` authenticated the message."""
+    body, index = open_sealed(data, keys)
+    try:
         return Message(
             kind=Kind(body["kind"]),
             node_id=str(body["node_id"]),
@@ -122,37 +184,44 @@ def decode(data: bytes, key: bytes) -> Message:
             holds_vip=bool(body["holds_vip"]),
             witness_ok=bool(body["witness_ok"]),
             sent_at=float(body["sent_at"]),
-            health=tuple(str(h) for h in body.get("health", ())),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadMessage(f"malformed body: {exc}") from None
+            ack=str(body.get("ack", "")),
+        ), index
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise BadMessage(f"malformed body: {exc!r}") from None
 
 
 class ReplayGuard:
-    """Accepts each sender's messages only in increasing (boot, seq) order and fresh."""
+    """Accepts each sender's messages only when fresh, without looking at any clock.
 
-    def __init__(self) -> None:
+    ``own_boot`` is this node's boot id: a sender's boot is taken only from a message that
+    acknowledges it, then only in increasing sequence order."""
+
+    def __init__(self, own_boot: str) -> None:
+        self.own_boot = own_boot
         self._last: dict[str, tuple[str, int]] = {}
-        self._old_boots: dict[str, set[str]] = {}
+        self._old_boots: dict[str, deque[str]] = {}
 
-    def check(self, message: Message, now_wall: float) -> bool:
+    def check(self, message: Message) -> bool:
         """True for a new message; False for a copy of the newest one (it arrived on the
-        other channel first: still proof the channel works); raises for anything older."""
-        if abs(now_wall - message.sent_at) > MAX_AGE_S:
-            raise BadMessage(
-                f"sent {now_wall - message.sent_at:+.0f} s from our clock (clocks out of sync?)"
-            )
+        other channel first: still proof the channel works); raises for anything else."""
         last = self._last.get(message.node_id)
-        old = self._old_boots.setdefault(message.node_id, set())
+        old = self._old_boots.setdefault(message.node_id, deque(maxlen=OLD_BOOTS_KEPT))
         if message.boot_id in old:
             raise BadMessage("from an earlier start of the peer's agent (replay)")
-        if last is not None:
-            boot, seq = last
-            if boot == message.boot_id and message.seq == seq:
+        if last is not None and last[0] == message.boot_id:
+            if message.seq == last[1]:
                 return False
-            if boot == message.boot_id and message.seq < seq:
+            if message.seq < last[1]:
                 raise BadMessage("sequence number older than the last one (replay)")
-            if boot != message.boot_id:
-                old.add(boot)
+        else:
+            if message.ack != self.own_boot:
+                raise NotYetFresh("does not yet acknowledge this node's current start")
+            if last is not None:
+                old.append(last[0])
         self._last[message.node_id] = (message.boot_id, message.seq)
         return True
+
+    def forget(self, node_id: str) -> None:
+        """A peer address that is no longer configured."""
+        self._last.pop(node_id, None)
+        self._old_boots.pop(node_id, None)

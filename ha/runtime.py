@@ -1,188 +1,425 @@
-"""One configuration of the pair running: sockets, tasks, heartbeats and the current view.
+"""The pair's sockets and what they tell: heartbeats, witness answers, the arbiter's lease.
 
-``Runtime`` owns the two heartbeat channels (UDP between the management addresses, raw
-Ethernet frames), the witness monitor and the node-IP handle for one revision of the
-``ha`` section; ``HAManager`` (ha.manager) creates a new one whenever that section or the
-network changes, and asks it for the inputs of ``ha.machine.decide`` at every decision.
+``Runtime`` owns, for one ``PairConfig``: the two heartbeat channels (UDP between the
+management addresses, raw Ethernet frames), the ARP endpoints (witness probes, the node
+IP's announcements), the arbiter client, the node-IP handle, and everything learnt from
+them: the peer's last authentic heartbeat, each channel's state, rejected messages, the
+witnesses' answers, the lease. It knows nothing of roles but what the manager tells it
+through ``local()`` when a heartbeat goes out; the manager (``ha.manager``) owns the role,
+the epoch and the transitions, and reads ``observe()`` before each decision.
 
-Wake-ups are what an idle daemon costs (each one ~0.1 ms of a core on a small VM, more
-than the work it does), so there are few: one fixed-period timer sends the heartbeat and
-the witness round, the peer's heartbeat (both copies read together) and decision
-deadlines wake the daemon, and nothing else does (witness answers wait in their socket
-until the next read).
+Channels are independent: a send error on one (a blackhole route makes ``sendto`` fail)
+is that channel's state, shown in status and as a health reason; the other channel is
+sent all the same, and nothing else fails because of it. A channel that cannot be opened
+(the heartbeat port taken) is retried, and the pair runs on the other meanwhile.
+
+Wake-ups are what an idle daemon costs (each one ~0.1 ms of a core on a small VM), so
+there are few: one fixed-period timer sends the heartbeat, the witness round and the lease
+request; the peer's heartbeat (both copies read together), the arbiter's answer and
+decision deadlines wake the daemon. Every reader takes a bounded number of packets per
+wake-up, and the kernel drops what does not start like a voxnode message, so a flood
+cannot keep the timer from sending heartbeats on time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from agent.errors import VoxnodeError
-from agent.state.document import ha_management_ip, ha_witnesses
-from agent.state.model import DesiredState, HAConfig
+from agent.events import EventLog
+from agent.ports.netlink import NetlinkPort
+from ha.arbiter import ArbiterClient
 from ha.arp import ArpEndpoint, WitnessMonitor
+from ha.config import PairConfig
+from ha.keys import Keyring
 from ha.l2 import L2Channel
-from ha.machine import TIMINGS, Decision, Inputs, PeerView, Timing
+from ha.machine import PeerView, Reason
 from ha.net import UdpChannel
 from ha.protocol import (
+    MAGIC,
     BadMessage,
     BadSignature,
     Kind,
     Message,
+    NotYetFresh,
     ReplayGuard,
     Role,
-    decode,
+    decode_with_key,
     encode,
     new_boot_id,
 )
 from ha.timer import Periodic
 from ha.vip import NodeIP, keep_secondaries
 
-if TYPE_CHECKING:
-    from ha.manager import HAManager
+log = logging.getLogger("voxnode.ha.runtime")
 
-KERNEL_CHECK_S = 2.0
 RECENT_PAYLOADS = 32  # heartbeats remembered to recognise their copy on the other channel
-# Decisions are taken when an input changes and when ``next_change`` says the answer could
-# change; in between, at the latest after this many heartbeat periods (a safety net).
-IDLE_DECISIONS = 5
-WAKE_LATE_S = 0.001  # past a threshold, not on it: equality may round either way
+REOPEN_S = 5.0  # a channel that could not be opened is tried again this often
+REJECTED_WINDOW_S = 60.0  # rejected messages are a health reason this long after the last
+REJECTED_SOURCES = 32  # sources of rejected messages remembered (the oldest is forgotten)
+CLOCK_DIFFERENCE_S = 2.0  # the peer's clock this far from ours is a health reason
+
+
+@dataclass(frozen=True)
+class Local:
+    """What this node says of itself in a heartbeat (the manager's state)."""
+
+    role: Role
+    epoch: int
+    holds_vip: bool
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the sockets have told, as of one reading of the clock (``Runtime.observe``)."""
+
+    now: float
+    peer: PeerView | None
+    witness_age: float
+    witness_streak: float
+    vip_foreign: bool
+    arbiter_age: float
+    lease_until: float
+
+
+_SEND_HINTS = {
+    errno.EINVAL: "no usable route to it (a blackhole route?)",
+    errno.EHOSTUNREACH: "no route to it",
+    errno.ENETUNREACH: "no route to its network",
+    errno.EACCES: "refused by a prohibit route or a firewall",
+    errno.EPERM: "dropped by a firewall rule",
+    errno.ECONNREFUSED: "rejected by the peer or a firewall",
+    errno.ENETDOWN: "the interface is down",
+    errno.ENOBUFS: "the send queue is full",
+    errno.EAGAIN: "the send queue is full",
+}
 
 
 @dataclass
-class Channels:
-    udp: float | None = None  # monotonic time the last authentic message came in
-    l2: float | None = None
+class ChannelState:
+    """One heartbeat channel: when it last carried an authentic message, and whether
+    sending on it works."""
+
+    label: str  # "UDP heartbeats to 10.0.0.12", "Ethernet heartbeats on eth0"
+    last_rx: float | None = None
+    error: str | None = None  # the send error in force (None: the last send worked)
+    error_since: float | None = None
+    failed_sends: int = 0
+    open_error: str | None = None  # the channel could not be opened (retried)
+
+    def sent(self, exc: OSError | None, now: float) -> str | None:
+        """Record a send's outcome; the news for the event log when the state changed."""
+        if exc is None:
+            if self.error is None:
+                return None
+            self.error, self.error_since = None, None
+            return f"{self.label} work again"
+        self.failed_sends += 1
+        code = exc.errno or errno.EIO
+        text = os.strerror(code)
+        hint = _SEND_HINTS.get(code)
+        error = f"{text} ({hint})" if hint else text
+        if error == self.error:
+            return None
+        self.error, self.error_since = error, now
+        return f"{self.label} fail: {error}"
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "last_heard_ms": None if self.last_rx is None else round((now - self.last_rx) * 1000),
+            "sending": "ok" if self.error is None and self.open_error is None else "failing",
+            "error": self.open_error or self.error,
+            "failed_sends": self.failed_sends,
+        }
+
+
+@dataclass
+class Rejected:
+    """Messages refused from one source (address or MAC)."""
+
+    count: int = 0
+    recent: int = 0  # since the last report
+    last_reason: str = ""
+    last_at: float = 0.0  # monotonic
+    last_wall: float = 0.0
+    reported_at: float | None = None
+
+
+@dataclass
+class _Clock:
+    offset: float | None = None  # the peer's wall clock minus ours, at its last heartbeat
+
+
+@dataclass
+class _Peer:
+    view: PeerView | None = None
+    mac: str | None = None
+    boot: str = ""  # boot id of its last authentic message: what our heartbeats acknowledge
+    other_key_at: float | None = None  # when its address last sent a message with a bad MAC
+    clock: _Clock = field(default_factory=_Clock)
 
 
 class Runtime:
-    """One configuration of the pair running: sockets, tasks, and the current view."""
+    """The pair's sockets for one ``PairConfig``, and what they tell."""
 
-    def __init__(self, manager: HAManager, state: DesiredState, key: bytes) -> None:
-        self.m = manager
-        self.state = state
-        self.cfg: HAConfig = state.ha
-        self.timing: Timing = TIMINGS[self.cfg.profile]
-        self.key = key
-        mgmt = ha_management_ip(state)
-        assert mgmt is not None and self.cfg.peer is not None  # guaranteed by validation
-        self.node_id = str(mgmt)
-        self.mgmt_ip = mgmt
-        self.peer_ip = self.cfg.peer
-        self.mgmt_if = next(
-            name for name, iface in state.network.interfaces.items()
-            if any(a.ip == mgmt for a in iface.addresses)
-        )
+    def __init__(self, cfg: PairConfig, keys: Keyring, *, netlink: NetlinkPort,
+                 events: EventLog, clock: Callable[[], float], wall: Callable[[], float],
+                 local: Callable[[], Local], on_input: Callable[[], None],
+                 proc_conf: Path = Path("/proc/sys/net/ipv4/conf")) -> None:
+        self.cfg = cfg
+        self.keys = keys
+        self.netlink = netlink
+        self.events = events
+        self.clock = clock
+        self.wall = wall
+        self.local = local
+        self.on_input = on_input
+        self.proc_conf = proc_conf
         self.boot_id = new_boot_id()
         self.seq = 0
-        self.guard = ReplayGuard()
-        self.peer: PeerView | None = None
-        self.peer_mac: str | None = None
-        self.unverified_at: float | None = None
+        self.guard = ReplayGuard(self.boot_id)
+        self.peer = _Peer()
         self.recent_payloads: deque[bytes] = deque(maxlen=RECENT_PAYLOADS)
-        self._draining = False
-        self.channels = Channels()
-        self.bad: dict[str, Any] = {"count": 0, "last": ""}
-        self.started = manager.clock()
+        self.udp_state = ChannelState(f"UDP heartbeats to {cfg.peer_ip}")
+        self.l2_state = ChannelState(f"Ethernet heartbeats on {cfg.mgmt_if}")
+        self.rejected: dict[str, Rejected] = {}
+        self.rejected_total = 0
+        self.started = clock()
         self.arp: dict[str, ArpEndpoint] = {}
         self.udp: UdpChannel | None = None
         self.l2: L2Channel | None = None
         self.witness: WitnessMonitor | None = None
-        self.node_ip: NodeIP | None = None
-        self.decision: Decision | None = None
-        self.next_change = float("inf")  # when the decision could change with no new input
-        self._wake = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
-        self.pulse: Periodic | None = None  # heartbeats (and witness rounds), see start()
+        self.arbiter: ArbiterClient | None = None
+        self.node_ip = NodeIP(netlink, cfg.shared_ips, self.arp)
+        self.vip_foreign = False
+        self._draining = False
+        self._reopen_at = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pulse: Periodic | None = None
+
+    # --- life cycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        interfaces = {s.interface for s in self.cfg.shared_ips} | {self.mgmt_if}
-        for ifname in sorted(interfaces):
+        for ifname in self.cfg.interfaces:
             self.arp[ifname] = await ArpEndpoint.open(ifname)
-        self.udp = await UdpChannel.open(self.mgmt_ip, self.cfg.heartbeat_port, self._on_udp)
-        self.l2 = await L2Channel.open(self.mgmt_if, self._on_l2)
-        witnesses = [w for w in ha_witnesses(self.state) if isinstance(w, IPv4Address)]
-        if witnesses:
-            sender = self.mgmt_ip if isinstance(self.mgmt_ip, IPv4Address) else None
-            self.witness = WitnessMonitor(
-                self.arp[self.mgmt_if], witnesses, interval=self.timing.witness_interval,
-                sender_ip=sender, stale_after=self.timing.witness_within,
-                clock=self.m.clock, on_back=self.wake,
-            )
-        self.node_ip = NodeIP(self.m.netlink, self.cfg.shared_ips, self.arp)
-        keep_secondaries(sorted({s.interface for s in self.cfg.shared_ips}), self.m.proc_conf)
+        await self._open_udp()
+        await self._open_l2()
+        self._open_witness()
+        await self._open_arbiter()
+        keep_secondaries(sorted({s.interface for s in self.cfg.shared_ips}), self.proc_conf)
 
     def start(self) -> None:
-        self._wake.set()  # first decision at once
-        # the witness round rides on the heartbeat timer when their periods are the same
-        witness_paced = (self.witness is not None
-                         and self.timing.witness_interval == self.timing.interval)
-        self.pulse = Periodic(self.timing.interval,
-                              self._beat_and_probe if witness_paced else self.send)
-        self.tasks = [asyncio.create_task(self._tick_loop(), name="ha-tick"),
-                      asyncio.create_task(self._probe_vip_loop(), name="ha-probe-vip")]
-        if self.witness is not None and not witness_paced:
-            self.tasks.append(asyncio.create_task(self.witness.run(), name="ha-witness"))
-        elif self.witness is not None:
-            # the answers are read each heartbeat and before each decision, not one wake-up
-            # each (probes for the node IP still wake the endpoint while they wait)
-            self.arp[self.mgmt_if].set_passive(True)
+        self._start_pulse()
+        self._tasks.append(asyncio.create_task(self._probe_vip_loop(), name="ha-probe-vip"))
 
     async def close(self) -> None:
-        if self.pulse is not None:
-            self.pulse.cancel()
+        if self._pulse is not None:
+            self._pulse.cancel()
         if self.witness is not None:
             self.witness.stop()
-        for task in self.tasks:
+        for task in self._tasks:
             task.cancel()
-        for task in self.tasks:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for closable in (self.udp, self.l2, *self.arp.values()):
+        for closable in (self.udp, self.l2, self.arbiter, *self.arp.values()):
             if closable is not None:
                 closable.close()
+
+    async def _open_udp(self) -> None:
+        try:
+            self.udp = await UdpChannel.open(self.cfg.mgmt_ip, self.cfg.port, self._on_udp,
+                                             magic=MAGIC)
+        except VoxnodeError as exc:
+            self._channel_down(self.udp_state, exc.message)
+        else:
+            self._channel_up(self.udp_state)
+
+    async def _open_l2(self) -> None:
+        try:
+            self.l2 = await L2Channel.open(self.cfg.mgmt_if, self._on_l2)
+        except VoxnodeError as exc:
+            self._channel_down(self.l2_state, exc.message)
+        else:
+            self._channel_up(self.l2_state)
+
+    def _channel_down(self, state: ChannelState, text: str) -> None:
+        if state.open_error != text:
+            self.events.emit("ha.channel", f"{state.label}: {text}; the pair runs on the other "
+                             "channel meanwhile", level=logging.ERROR)
+        state.open_error = text
+        self._reopen_at = self.clock() + REOPEN_S
+
+    def _channel_up(self, state: ChannelState) -> None:
+        if state.open_error is not None:
+            self.events.emit("ha.channel", f"{state.label}: open again")
+        state.open_error = None
+
+    def _open_witness(self) -> None:
+        if not self.cfg.witnesses:
+            return
+        mgmt = self.cfg.mgmt_ip
+        timing = self.cfg.timing
+        self.witness = WitnessMonitor(
+            self.arp[self.cfg.mgmt_if], list(self.cfg.witnesses),
+            interval=timing.witness_interval,
+            sender_ip=mgmt if isinstance(mgmt, IPv4Address) else None,
+            stale_after=timing.witness_within, clock=self.clock, on_back=self.on_input,
+            on_impostor=self._witness_impostor,
+        )
+
+    async def _open_arbiter(self) -> None:
+        if self.cfg.arbiter is None:
+            return
+        address, port = self.cfg.arbiter
+        try:
+            self.arbiter = await ArbiterClient.open(
+                self.cfg.mgmt_ip, address, port, node_id=self.cfg.node_id,
+                boot_id=self.boot_id, keys=self.keys, clock=self.clock,
+                lease=self.cfg.timing.lease, on_answer=self.on_input)
+        except VoxnodeError as exc:
+            self.events.emit("ha.arbiter", f"arbiter {address}:{port}: {exc.message}",
+                             level=logging.ERROR)
+            self._reopen_at = self.clock() + REOPEN_S
+
+    def _start_pulse(self) -> None:
+        if self._pulse is not None:
+            self._pulse.cancel()
+        self._pulse = Periodic(self.cfg.timing.interval, self._beat)
+        if self.witness is not None:
+            # the answers are read each heartbeat and before each decision, not one wake-up
+            # each (probes for the node IP still wake the endpoint while they wait)
+            self.arp[self.cfg.mgmt_if].set_passive(True)
+
+    async def maintain(self) -> None:
+        """Every few seconds: channels that could not be opened are tried again."""
+        if self.clock() < self._reopen_at:
+            return
+        if self.udp is None:
+            await self._open_udp()
+        if self.l2 is None:
+            await self._open_l2()
+        if self.arbiter is None and self.cfg.arbiter is not None:
+            await self._open_arbiter()
+
+    async def reconfigure(self, cfg: PairConfig) -> list[str]:
+        """Apply a new configuration in place: only what changed is reopened, and the
+        heartbeats go on (the manager keeps the role and moves node IPs itself)."""
+        old, self.cfg = self.cfg, cfg
+        done: list[str] = []
+        for ifname in cfg.interfaces:
+            if ifname not in self.arp:
+                self.arp[ifname] = await ArpEndpoint.open(ifname)
+        if (old.mgmt_ip, old.port) != (cfg.mgmt_ip, cfg.port):
+            if self.udp is not None:
+                self.udp.close()
+                self.udp = None
+            await self._open_udp()
+            done.append(f"heartbeats now on {cfg.mgmt_ip} port {cfg.port}")
+        if old.mgmt_if != cfg.mgmt_if:
+            if self.l2 is not None:
+                self.l2.close()
+                self.l2 = None
+            self.l2_state = ChannelState(f"Ethernet heartbeats on {cfg.mgmt_if}")
+            await self._open_l2()
+            done.append(f"Ethernet heartbeats now on {cfg.mgmt_if}")
+        if old.peer_ip != cfg.peer_ip:
+            self.guard.forget(str(old.peer_ip))
+            self.peer = _Peer()
+            self.udp_state.label = f"UDP heartbeats to {cfg.peer_ip}"
+            done.append(f"peer now {cfg.peer_ip}")
+        if (old.witnesses, old.mgmt_if, old.profile) != (cfg.witnesses, cfg.mgmt_if,
+                                                        cfg.profile):
+            if self.witness is not None:
+                self.witness.stop()
+                self.witness = None
+            self.arp[old.mgmt_if].set_passive(False)
+            self._open_witness()
+            done.append("witnesses: " + (", ".join(map(str, cfg.witnesses)) or "none"))
+        if (old.arbiter, old.profile, old.mgmt_ip) != (cfg.arbiter, cfg.profile, cfg.mgmt_ip):
+            if self.arbiter is not None:
+                self.arbiter.close()
+                self.arbiter = None
+            await self._open_arbiter()
+            done.append("arbiter: " + (f"{cfg.arbiter[0]}:{cfg.arbiter[1]}"
+                                       if cfg.arbiter else "none"))
+        if old.profile != cfg.profile:
+            done.append(f"{cfg.profile.value} timing")
+        self._start_pulse()
+        self.node_ip = NodeIP(self.netlink, cfg.shared_ips, self.arp)
+        for ifname in [i for i in self.arp if i not in cfg.interfaces]:
+            self.arp.pop(ifname).close()
+        keep_secondaries(sorted({s.interface for s in cfg.shared_ips}), self.proc_conf)
+        self.on_input()
+        return done
 
     # --- heartbeats ------------------------------------------------------------------------
 
     def message(self, kind: Kind = Kind.HEARTBEAT) -> Message:
         self.seq += 1
-        m = self.m
+        me = self.local()
         return Message(
-            kind=kind, node_id=self.node_id, boot_id=self.boot_id, seq=self.seq,
+            kind=kind, node_id=self.cfg.node_id, boot_id=self.boot_id, seq=self.seq,
             # while the node IP is still here (a demotion stopping units) the peer must go
             # on seeing a master: it takes over only once the address is released
-            role=Role.MASTER if m.holds_vip else m.role,
-            epoch=m.persisted.epoch, holds_vip=m.holds_vip,
-            witness_ok=self.witness_age() < self.timing.witness_within,
-            sent_at=m.wall(), health=tuple(self.decision.blockers if self.decision else ()),
+            role=Role.MASTER if me.holds_vip else me.role,
+            epoch=me.epoch, holds_vip=me.holds_vip,
+            witness_ok=self.witness_age(self.clock()) < self.cfg.timing.witness_within,
+            sent_at=self.wall(), ack=self.peer.boot,
         )
 
     def send(self, kind: Kind = Kind.HEARTBEAT) -> None:
-        payload = encode(self.message(kind), self.key)
+        """One heartbeat on every channel: each is tried whatever happened to the other."""
+        payload = encode(self.message(kind), self.keys.signing())
+        now = self.clock()
         if self.udp is not None:
-            self.udp.send(payload, self.peer_ip)
+            self._note(self.udp_state, self.udp.send(payload, self.cfg.peer_ip), now)
         if self.l2 is not None:
-            self.l2.send(payload, self.peer_mac or "ff:ff:ff:ff:ff:ff")
+            self._note(self.l2_state, self.l2.send(payload, self.peer.mac or "ff:ff:ff:ff:ff:ff"),
+                       now)
 
-    def _beat_and_probe(self) -> None:
-        assert self.witness is not None
-        # the round first: it takes the answers to the last one, so the heartbeat tells
-        # the peer what is known now about the witnesses
-        self.witness.probe_once()
+    def _note(self, state: ChannelState, exc: OSError | None, now: float) -> None:
+        news = state.sent(exc, now)
+        if news is not None:
+            self.events.emit("ha.channel", news,
+                             level=logging.WARNING if exc is not None else logging.INFO)
+
+    def _beat(self) -> None:
+        # the witness round first: it takes the answers to the last one, so the heartbeat
+        # tells the peer what is known now about the witnesses
+        if self.witness is not None:
+            self.witness.probe_once()
         self.send()
+        if self.arbiter is not None:
+            self.arbiter.request(self._wants_lease(), self.local())
 
-    def _on_udp(self, payload: bytes, source: object) -> None:
-        self._receive(payload, "udp", None, from_peer=str(source) == str(self.peer_ip))
+    def _wants_lease(self) -> bool:
+        """The master always renews; another node asks only once the peer has been silent
+        for the guard interval (so the current master is the one that keeps the lease)."""
+        if self.local().role is Role.MASTER:
+            return True
+        view = self.peer.view
+        return view is None or self.clock() - view.last_seen >= self.cfg.timing.guard
+
+    def _on_udp(self, payload: bytes, source: str) -> None:
+        self._receive(payload, self.udp_state, source, None,
+                      from_peer=source == str(self.cfg.peer_ip))
         if self.l2 is not None and not self._draining:
             self._drain_other(self.l2)
 
     def _on_l2(self, payload: bytes, source_mac: str) -> None:
-        self._receive(payload, "l2", source_mac, from_peer=source_mac == self.peer_mac)
+        self._receive(payload, self.l2_state, source_mac, source_mac,
+                      from_peer=source_mac == self.peer.mac)
         if self.udp is not None and not self._draining:
             self._drain_other(self.udp)
 
@@ -195,114 +432,206 @@ class Runtime:
         finally:
             self._draining = False
 
-    def _receive(self, payload: bytes, channel: str, mac: str | None, *,
-                 from_peer: bool) -> None:
-        now = self.m.clock()
+    def _receive(self, payload: bytes, channel: ChannelState, source: str, mac: str | None,
+                 *, from_peer: bool) -> None:
+        now = self.clock()
         if payload in self.recent_payloads:
             # a heartbeat already taken from the other channel (maybe overtaken there by a
             # newer one, with jitter): proof this channel works, authenticated and applied
-            setattr(self.channels, channel, now)
+            channel.last_rx = now
             if mac is not None:
-                self.peer_mac = mac
+                self.peer.mac = mac
             return
         try:
-            msg = decode(payload, self.key)
-            if msg.node_id == self.node_id:
-                return  # our own broadcast frame
-            if msg.node_id != str(self.peer_ip):
-                raise BadMessage(f"from {msg.node_id}, not from the configured peer")
-            fresh = self.guard.check(msg, self.m.wall())
-        except BadMessage as exc:
-            self.bad = {"count": int(self.bad["count"]) + 1, "last": str(exc)}
-            if isinstance(exc, BadSignature) and from_peer:
-                if self.unverified_at is None or now - self.unverified_at >= self.timing.dead:
-                    self.wake()
-                self.unverified_at = now
+            msg, key_index = decode_with_key(payload, self.keys.verifying())
+        except BadSignature as exc:
+            if from_peer:
+                self.peer.other_key_at = now
+            self._reject(source, str(exc), now)
             return
-        setattr(self.channels, channel, now)
+        except BadMessage as exc:
+            self._reject(source, str(exc), now)
+            return
+        if msg.node_id == self.cfg.node_id:
+            return  # our own broadcast frame
+        if msg.node_id != str(self.cfg.peer_ip):
+            self._reject(source, f"from {msg.node_id}, not from the configured peer", now)
+            return
+        try:
+            fresh = self.guard.check(msg)
+        except NotYetFresh:
+            # authentic, from a start of the peer we have not acknowledged yet: say we
+            # heard it (our next heartbeats acknowledge it), and it will be fresh
+            if self.peer.boot != msg.boot_id:
+                self.peer.boot = msg.boot_id
+                self.send()
+            return
+        except BadMessage as exc:
+            self._reject(source, str(exc), now)
+            return
+        self.peer.boot = msg.boot_id
+        channel.last_rx = now
         if mac is not None:
-            self.peer_mac = mac
+            self.peer.mac = mac
+        if key_index == 0 and self.keys.confirm():
+            self.events.emit("ha.pair-key", "the peer signs with the new pair key: the previous "
+                             "key is no longer accepted")
         if not fresh:
             return
         self.recent_payloads.append(payload)
+        self.peer.clock.offset = msg.sent_at - self.wall()
+        old = self.peer.view
         released = now if msg.kind is Kind.RELEASE else None
-        if released is None and self.peer is not None and msg.role is not Role.MASTER:
-            released = self.peer.released_at
-        self.peer = PeerView(msg.node_id, msg.role, msg.epoch, msg.holds_vip, msg.witness_ok,
-                             now, released)
+        if released is None and old is not None and msg.role is not Role.MASTER:
+            released = old.released_at
+        self.peer.view = PeerView(msg.node_id, msg.role, msg.epoch, msg.holds_vip,
+                                  msg.witness_ok, now, released)
         # decide in this same wake-up: news acted on at once, and a plain "still here"
-        # moves the next deadline on (otherwise the old one would wake the daemon for
-        # nothing)
-        self.wake()
+        # moves the next deadline on
+        self.on_input()
 
-    def witness_age(self, now: float | None = None) -> float:
+    def _reject(self, source: str, reason: str, now: float) -> None:
+        self.rejected_total += 1
+        record = self.rejected.get(source)
+        if record is None:
+            if len(self.rejected) >= REJECTED_SOURCES:
+                oldest = min(self.rejected, key=lambda s: self.rejected[s].last_at)
+                del self.rejected[oldest]
+            record = self.rejected[source] = Rejected()
+        record.count += 1
+        record.recent += 1
+        record.last_reason, record.last_at, record.last_wall = reason, now, self.wall()
+        if record.reported_at is None or now - record.reported_at >= REJECTED_WINDOW_S:
+            self.events.emit("ha.message-rejected",
+                             f"{record.recent} message(s) from {source} refused: {reason}",
+                             level=logging.WARNING)
+            record.reported_at, record.recent = now, 0
+
+    def _witness_impostor(self, address: IPv4Address, mac: str) -> None:
+        self.events.emit("ha.witness-impostor", f"{mac} answers for the witness {address}, "
+                         "which another MAC answered first: its answers are ignored",
+                         level=logging.WARNING)
+
+    def take_release(self) -> None:
+        """The peer's hand-over was acted on (this node promoted): forget it."""
+        view = self.peer.view
+        if view is not None and view.released_at is not None:
+            self.peer.view = PeerView(view.node_id, view.role, view.epoch, view.holds_vip,
+                                      view.witness_ok, view.last_seen, None)
+
+    def announce_now(self) -> None:
+        """Tell the peer at once (after a transition), without waiting for the timer."""
+        self.send()
+
+    # --- what the node knows ---------------------------------------------------------------
+
+    def witness_age(self, now: float) -> float:
         if self.witness is None:
             return float("inf")
-        return self.witness.last_answer_age(self.m.clock() if now is None else now)
+        return self.witness.last_answer_age(now)
 
-    # --- decisions -------------------------------------------------------------------------
-
-    def inputs(self) -> Inputs:
-        """What the node knows, as of one reading of the clock."""
+    def observe(self) -> Observed:
+        """What the sockets have told, as of one reading of the clock."""
         if self.witness is not None:
             self.witness.refresh()
-        m = self.m
-        now = m.clock()
+        now = self.clock()
         witness_age = self.witness_age(now)
         # how long the witnesses have answered without a break (0 when they do not now)
         streak = (self.witness.streak(now) if self.witness is not None
-                  and witness_age < self.timing.witness_within else 0.0)
-        return Inputs(
-            now=now, started=self.started, role=m.role, epoch=m.persisted.epoch,
-            node_id=self.node_id, peer=self.peer, witness_age=witness_age,
-            vip_foreign_holder=m.vip_foreign, cloud=self.cfg.cloud, timing=self.timing,
-            hold_off=m.hold_off_until > now, witness_streak=streak,
-            unverified_age=(now - self.unverified_at
-                            if self.unverified_at is not None else float("inf")),
+                  and witness_age < self.cfg.timing.witness_within else 0.0)
+        arbiter = self.arbiter
+        return Observed(
+            now=now, peer=self.peer.view, witness_age=witness_age, witness_streak=streak,
+            vip_foreign=self.vip_foreign,
+            arbiter_age=arbiter.answer_age(now) if arbiter is not None else float("inf"),
+            lease_until=arbiter.lease_until if arbiter is not None else float("-inf"),
         )
 
-    def wake(self) -> None:
-        """Decide now: an input changed."""
-        self._wake.set()
+    def peer_alive(self, now: float) -> bool:
+        view = self.peer.view
+        return view is not None and now - view.last_seen < self.cfg.timing.dead
 
-    async def _tick_loop(self) -> None:
-        # reading the kernel's addresses is a netlink dump (~ms of Python): the node IP is
-        # checked every KERNEL_CHECK_S; decisions are taken when something changes
-        clock = self.m.clock
-        next_check = clock() + KERNEL_CHECK_S
-        while True:
-            now = clock()
-            wake_at = min(self.next_change, next_check,
-                          now + IDLE_DECISIONS * self.timing.interval)
-            if not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, wake_at - now) + WAKE_LATE_S):
-                        await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.m.tick()
-                if clock() >= next_check:
-                    next_check = clock() + KERNEL_CHECK_S
-                    if self.m.role is Role.MASTER:
-                        await self.m.ensure_node_ip()
-                    else:
-                        await self.m.ensure_no_node_ip()
-            except (VoxnodeError, OSError, RuntimeError) as exc:
-                # never let a failed step kill the runtime: it is retried next tick
-                text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
-                self.m.events.emit("ha.step-failed", text, level=logging.ERROR)
-                self.next_change = clock()  # retry at the next wake-up below
-                await asyncio.sleep(self.timing.dead)
+    def health(self, now: float) -> list[Reason]:
+        """What is wrong with the pair without stopping a failover (status shows them)."""
+        found: list[Reason] = []
+        for state in (self.udp_state, self.l2_state):
+            if state.open_error is not None:
+                found.append(Reason("heartbeat-channel-down",
+                                    f"{state.label} cannot run: {state.open_error}"))
+            elif state.error is not None:
+                found.append(Reason("heartbeat-send-failing", f"{state.label} fail: "
+                                    f"{state.error}"))
+        other_key = self.peer.other_key_at
+        if other_key is not None and now - other_key < REJECTED_WINDOW_S:
+            alive = "" if self.peer_alive(now) else ", and none that this node can authenticate"
+            found.append(Reason("peer-other-key", "The peer's address sends heartbeats signed "
+                                f"with another pair key{alive}: set the same key on both "
+                                "nodes (voxnode ha pair-key set)"))
+        recent = [(s, r) for s, r in self.rejected.items() if now - r.last_at < REJECTED_WINDOW_S]
+        if recent:
+            source, record = max(recent, key=lambda item: item[1].last_at)
+            total = sum(r.count for _, r in recent)
+            found.append(Reason("messages-rejected", f"{total} message(s) refused from "
+                                f"{len(recent)} source(s) (last from {source}: "
+                                f"{record.last_reason})"))
+        offset = self.peer.clock.offset
+        if offset is not None and abs(offset) > CLOCK_DIFFERENCE_S and self.peer_alive(now):
+            found.append(Reason("clock-difference", f"The peer's clock is {offset:+.0f} s from "
+                                "this node's: check NTP on both (failover does not depend on "
+                                "it)"))
+        if self.witness is not None:
+            for address, mac, count in self.witness.impostors():
+                found.append(Reason("witness-impostor", f"{mac} answers for the witness "
+                                    f"{address} ({count} times): ignored"))
+        pending = self.keys.pending_until()
+        if pending is not None:
+            found.append(Reason("rekey-pending", "The peer has not yet used the new pair key; "
+                                f"the previous one is accepted for {pending - self.wall():.0f} s"
+                                " more"))
+        if self.cfg.arbiter is not None and self.arbiter is None:
+            found.append(Reason("arbiter-client-down", "The arbiter cannot be asked (see the "
+                                "events)"))
+        return found
+
+    def status(self, now: float) -> dict[str, Any]:
+        view = self.peer.view
+        alive = self.peer_alive(now)
+        out: dict[str, Any] = {
+            "address": str(self.cfg.peer_ip),
+            "reachable": alive,
+            "role": view.role.value if view else None,
+            "epoch": view.epoch if view else None,
+            "holds_node_ip": view.holds_vip if view else None,
+            "last_seen_ms": None if view is None else round((now - view.last_seen) * 1000),
+            "channels": {"udp": self.udp_state.status(now),
+                         "ethernet": self.l2_state.status(now)},
+            "clock_offset_s": (None if self.peer.clock.offset is None
+                               else round(self.peer.clock.offset, 3)),
+            "rejected_messages": {
+                "count": self.rejected_total,
+                "sources": [
+                    {"source": s, "count": r.count, "last_reason": r.last_reason,
+                     "last_seen_ms": round((now - r.last_at) * 1000)}
+                    for s, r in sorted(self.rejected.items(), key=lambda i: -i[1].last_at)
+                ],
+            },
+        }
+        return out
 
     async def _probe_vip_loop(self) -> None:
         """While deciding at start: does another device answer for the node IP?"""
-        targets = [(s.interface, s.address.ip) for s in self.cfg.shared_ips
-                   if isinstance(s.address.ip, IPv4Address)]
-        while self.m.role is Role.INIT and targets:
+        interval = self.cfg.timing.interval
+        while self.local().role is Role.INIT:
+            targets = [(s.interface, s.address.ip) for s in self.cfg.shared_ips
+                       if isinstance(s.address.ip, IPv4Address)]
+            if not targets:
+                return
             for ifname, ip in targets:
-                mac = await self.arp[ifname].probe(ip, sender_ip=None,
-                                                   timeout=self.timing.interval)
-                if mac is not None and mac != self.arp[ifname].mac:
-                    self.m.vip_foreign = True
-                    self.wake()
-            await asyncio.sleep(self.timing.interval)
+                endpoint = self.arp.get(ifname)
+                if endpoint is None:
+                    continue
+                mac = await endpoint.probe(ip, sender_ip=None, timeout=interval)
+                if mac is not None and mac != endpoint.mac:
+                    self.vip_foreign = True
+                    self.on_input()
+            await asyncio.sleep(interval)

@@ -1,6 +1,7 @@
 """What the failover daemon keeps on disk: the pair key, its epoch and role, its events.
 
-Under ``<state-dir>/ha/``: ``pair.key`` (0600, 64 hex digits, never logged), ``state.json``
+Under ``<state-dir>/ha/``: ``pair.key`` (0600, 64 hex digits, never logged), during a rekey
+``pair.key.previous`` (0600: the previous key and until when it is accepted), ``state.json``
 (epoch and last role, so an epoch only grows, even across restarts) and ``events.jsonl``
 (one transition per line; the newest are read back for ``voxnode ha events``).
 """
@@ -31,6 +32,7 @@ class HAStore:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "ha"
         self.key_file = self.dir / "pair.key"
+        self.previous_file = self.dir / "pair.key.previous"
         self.state_file = self.dir / "state.json"
         self.events_file = self.dir / "events.jsonl"
 
@@ -42,23 +44,39 @@ class HAStore:
         except (FileNotFoundError, ValueError):
             return None
 
-    def generate_key(self) -> str:
-        text = secrets.token_hex(KEY_BYTES)
-        self._write_key(text)
-        return text
+    @staticmethod
+    def new_key_text() -> str:
+        return secrets.token_hex(KEY_BYTES)
 
-    def set_key(self, text: str) -> None:
+    @staticmethod
+    def check_key(text: str) -> None:
         try:
             parse_key(text)
         except ValueError as exc:
             raise InvalidInput("the pair key is not valid", problems=[Problem("key", str(exc))],
                                remedy="Copy the key printed by `voxnode ha pair-key generate` "
                                "on the other node.") from None
-        self._write_key(text.strip().lower())
 
-    def _write_key(self, text: str) -> None:
+    def write_key(self, text: str) -> None:
+        self.check_key(text)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self.key_file, (text + "\n").encode(), 0o600)
+        atomic_write(self.key_file, (text.strip().lower() + "\n").encode(), 0o600)
+
+    def previous_key(self) -> tuple[bytes | None, float]:
+        """The previous key of a rekey in progress and until when (wall clock) it counts."""
+        try:
+            raw = json.loads(self.previous_file.read_text())
+            return parse_key(str(raw["key"])), float(raw["until"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, 0.0
+
+    def save_previous_key(self, key: bytes | None, until: float) -> None:
+        if key is None:
+            self.previous_file.unlink(missing_ok=True)
+            return
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body = json.dumps({"key": key.hex(), "until": until})
+        atomic_write(self.previous_file, (body + "\n").encode(), 0o600)
 
     # --- epoch and role ------------------------------------------------------------------
 

@@ -62,8 +62,11 @@ class NodeIP:
                 send_unsolicited_na(shared.interface, ip)
 
     async def release(self) -> list[str]:
+        return await self.release_some(self.shared)
+
+    async def release_some(self, shared_ips: Sequence[SharedIP]) -> list[str]:
         done = []
-        for shared in self.shared:
+        for shared in shared_ips:
             try:
                 await self.netlink.delete_address(shared.interface, shared.address)
                 done.append(f"removed {shared.address} from {shared.interface}")

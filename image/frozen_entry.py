@@ -1,7 +1,8 @@
-"""Entry point of the frozen multi-call binary (PyInstaller): one file, three commands.
+"""Entry point of the frozen multi-call binary (PyInstaller): one file, four commands.
 
 The RPM installs the binary as ``/usr/libexec/voxnode/voxnode``; ``/usr/bin/voxnode``,
-``/usr/bin/voxnode-agent`` and ``/usr/bin/voxnode-firstboot`` are two-line wrappers that run
+``/usr/bin/voxnode-agent``, ``/usr/bin/voxnode-firstboot`` and ``/usr/bin/voxnode-arbiter``
+(the pair's arbiter, for a third machine) are two-line wrappers that run
 ``voxnode NAME ARGS…`` (staticx's loader does not keep argv[0], so symlinks cannot tell the
 commands apart). Called by one of the names directly, the name picks the command.
 """
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 COMMANDS = {"voxnode": "agent.cli.main", "voxnode-agent": "agent.daemon",
-            "voxnode-firstboot": "agent.firstboot"}
+            "voxnode-firstboot": "agent.firstboot", "voxnode-arbiter": "ha.arbiter"}
 
 
 def _run(module_name: str) -> int:

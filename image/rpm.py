@@ -117,14 +117,14 @@ def check_glibc(binary: Path) -> None:
 
 def smoke_test(binary: Path) -> None:
     """Every command of the multi-call binary starts (all its imports resolve)."""
-    for command in ("voxnode", "voxnode-agent", "voxnode-firstboot"):
+    for command in ("voxnode", "voxnode-agent", "voxnode-firstboot", "voxnode-arbiter"):
         proc = subprocess.run([binary, command, "--help"], capture_output=True, text=True,
                               timeout=120, check=False)
         if proc.returncode != 0:
             last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:]
             raise BuildError(f"the frozen binary fails to start {command}: "
                              f"{' '.join(last)}", EXIT_CHECK)
-    say("    smoke test: voxnode, voxnode-agent, voxnode-firstboot start")
+    say("    smoke test: voxnode, voxnode-agent, voxnode-firstboot, voxnode-arbiter start")
 
 
 def overlay_tar(dest: Path, epoch: int) -> list[str]:

@@ -30,7 +30,7 @@ def show_status(d: dict[str, Any]) -> None:
         state = "enabled but not running" if d["enabled"] else "not enabled"
         output.out.print(f"Fault tolerance: {state}")
         for blocker in d.get("failover_blockers", []):
-            output.out.print(f"[yellow]•[/] {blocker}")
+            output.out.print(f"[yellow]•[/] {blocker['text']}")
         return
     peer = d["peer"]
     last = d["last_transition"]
@@ -41,27 +41,50 @@ def show_status(d: dict[str, Any]) -> None:
         ("peer", f"{peer['address']}: " + (
             f"{peer['role']} (epoch {peer['epoch']}), heard {peer['last_seen_ms']} ms ago"
             if peer["reachable"] else "UNREACHABLE")),
-        ("heartbeat channels", f"udp {peer['channels_ms']['udp']} ms, ethernet "
-         f"{peer['channels_ms']['ethernet']} ms ago"),
+        ("heartbeat channels", "; ".join(
+            f"{name} " + (f"heard {c['last_heard_ms']} ms ago" if c["last_heard_ms"] is not None
+                          else "never heard")
+            + (f", FAILING: {c['error']}" if c["error"] else "")
+            for name, c in peer["channels"].items())),
         ("node IP", ", ".join(f"{n['address']} on {n['interface']}" for n in d["node_ip"])
          or "none (cloud pair)"),
         ("held by", d["node_ip_holder"]),
         ("witnesses", ", ".join(
             f"{w['address']} {'reachable' if w['reachable'] else 'UNREACHABLE'}"
             for w in d["witnesses"]) or "none"),
+        ("arbiter", _arbiter(d["arbiter"])),
         ("decision", d["decision"]),
         ("last transition", f"{last['from']} → {last['to']} at {output.when(last['time'])}: "
          f"{last['reason']}" if last else "none yet"),
-        ("rejected heartbeats", f"{peer['rejected_messages']['count']}"
-         + (f" (last: {peer['rejected_messages']['last']})"
-            if peer["rejected_messages"]["count"] else "")),
+        ("rejected messages", _rejected(peer["rejected_messages"])),
     ])
     if d["failover_blockers"]:
         output.out.print("[bold yellow]Failover is impossible now:[/]")
         for blocker in d["failover_blockers"]:
-            output.out.print(f"  • {blocker}")
+            output.out.print(f"  • {blocker['text']}")
+    if d["health"]:
+        output.out.print("[bold yellow]Health:[/]")
+        for reason in d["health"]:
+            output.out.print(f"  • {reason['text']}")
     if d.get("next_step"):
         output.out.print(f"[bold]Next step:[/] {d['next_step']}")
+
+
+def _arbiter(a: dict[str, Any] | None) -> str:
+    if a is None:
+        return "none"
+    heard = (f"answered {a['last_answer_ms']} ms ago" if a["last_answer_ms"] is not None
+             else "never answered")
+    left = f", {a['lease_left_ms']} ms left" if a["lease_left_ms"] is not None else ""
+    return f"{a['address']}: {heard}; lease held by {a['lease_holder']}{left}"
+
+
+def _rejected(r: dict[str, Any]) -> str:
+    if not r["count"]:
+        return "none"
+    last = r["sources"][0] if r["sources"] else None
+    return f"{r['count']}" + (f" (last from {last['source']}: {last['last_reason']})"
+                              if last else "")
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:

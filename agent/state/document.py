@@ -19,6 +19,7 @@ from pydantic_core import ErrorDetails
 from agent.errors import InvalidInput, Problem
 from agent.state.migrations import migrate
 from agent.state.model import DesiredState, WorkingMode
+from ha.config import check_ha_rules
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -198,7 +199,8 @@ def _translate(err: ErrorDetails) -> Problem:
 _RANGES = {
     ".mtu": "576-9216",
     ".replication_bandwidth_kb": "1-10000000 KB/s",
-    ".heartbeat_port": "1024-65535",
+    ".heartbeat_port": "1-65535",
+    ".arbiter.port": "1-65535",
 }
 
 
@@ -296,129 +298,6 @@ def check_rules(state: DesiredState) -> list[Problem]:
             )
     problems.extend(check_ha_rules(state))
     return problems
-
-
-def check_ha_rules(state: DesiredState) -> list[Problem]:
-    """The pair's settings against this node's network (only when ha.enabled)."""
-    ha, net = state.ha, state.network
-    if not ha.enabled:
-        return []
-    problems: list[Problem] = []
-    own = {
-        addr.ip: (ifname, addr)
-        for ifname, iface in net.interfaces.items()
-        for addr in iface.addresses
-    }
-
-    def on_link(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-        for ifname, iface in net.interfaces.items():
-            if any(ip in addr.network for addr in iface.addresses):
-                return ifname
-        return None
-
-    if ha.peer is None:
-        problems.append(Problem("ha.peer", "required when ha.enabled (the other node's address)"))
-    elif ha.peer in own:
-        problems.append(Problem("ha.peer", f"{ha.peer} is this node's own address"))
-    elif on_link(ha.peer) is None:
-        problems.append(
-            Problem("ha.peer", f"{ha.peer} is outside every interface subnet; the two nodes "
-                    "must share a LAN")
-        )
-    if ha.management_ip is not None:
-        if ha.management_ip not in own:
-            problems.append(
-                Problem("ha.management_ip", f"{ha.management_ip} is not one of this node's "
-                        "static addresses")
-            )
-        elif ha.peer is not None and ha.peer not in own[ha.management_ip][1].network:
-            problems.append(
-                Problem("ha.management_ip", f"{ha.management_ip} is not on the peer's subnet")
-            )
-    if ha.cloud and ha.shared_ips:
-        problems.append(
-            Problem("ha.shared_ips", "must be empty with ha.cloud: a Pure Cloud pair has no "
-                    "shared IP (the cloud provider owns the address; switch by hand)")
-        )
-    if not ha.cloud and not ha.shared_ips:
-        problems.append(
-            Problem("ha.shared_ips", "at least one node IP is required (or set ha.cloud for a "
-                    "Pure Cloud pair)")
-        )
-    if state.mode is WorkingMode.PURE_CLOUD and not ha.cloud:
-        problems.append(
-            Problem("ha.cloud", "must be true in pure-cloud mode (the public address moves at "
-                    "the cloud provider, by hand)")
-        )
-    seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
-    for i, shared in enumerate(ha.shared_ips):
-        path = f"ha.shared_ips[{i}]"
-        ip = shared.address.ip
-        iface = net.interfaces.get(shared.interface)
-        if iface is None:
-            problems.append(
-                Problem(f"{path}.interface", f"{shared.interface} is not in network.interfaces")
-            )
-        elif not any(shared.address.network == a.network for a in iface.addresses):
-            subnets = ", ".join(str(a.network) for a in iface.addresses) or "none"
-            problems.append(
-                Problem(f"{path}.address", f"{shared.address} is outside the subnets of "
-                        f"{shared.interface} ({subnets})")
-            )
-        if ip in own:
-            problems.append(
-                Problem(f"{path}.address", f"{ip} is this node's own address; the node IP must "
-                        "be a third address")
-            )
-        if ip == ha.peer:
-            problems.append(Problem(f"{path}.address", f"{ip} is the peer's address"))
-        if ip == net.gateway:
-            problems.append(Problem(f"{path}.address", f"{ip} is the gateway"))
-        if ip in seen:
-            problems.append(Problem(f"{path}.address", f"{ip} is already {seen[ip]}"))
-        seen.setdefault(ip, path)
-    if sum(s.primary for s in ha.shared_ips) > 1:
-        problems.append(Problem("ha.shared_ips", "only one node IP may be primary"))
-    witnesses = ha.witnesses or ([net.gateway] if net.gateway else [])
-    if not witnesses:
-        problems.append(
-            Problem("ha.witnesses", "none: set ha.witnesses or network.gateway (a slave takes "
-                    "over only while it reaches a witness)")
-        )
-    for i, witness in enumerate(ha.witnesses):
-        path = f"ha.witnesses[{i}]"
-        if witness in own or witness == ha.peer or witness in seen:
-            problems.append(
-                Problem(path, f"{witness} is one of the pair's own addresses; a witness is a "
-                        "third device (e.g. the gateway)")
-            )
-        elif on_link(witness) is None:
-            problems.append(
-                Problem(path, f"{witness} is outside every interface subnet (witnesses are "
-                        "probed with ARP)")
-            )
-    return problems
-
-
-def ha_witnesses(state: DesiredState) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The witnesses in force: the configured list, or the gateway."""
-    if state.ha.witnesses:
-        return list(state.ha.witnesses)
-    return [state.network.gateway] if state.network.gateway else []
-
-
-def ha_management_ip(
-    state: DesiredState,
-) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """This node's heartbeat address: configured, or our address on the peer's subnet."""
-    if state.ha.management_ip is not None:
-        return state.ha.management_ip
-    peer = state.ha.peer
-    for iface in state.network.interfaces.values():
-        for addr in iface.addresses:
-            if peer is not None and peer in addr.network:
-                return addr.ip
-    return None
 
 
 def gateway_interface(state: DesiredState) -> str | None:

@@ -225,6 +225,14 @@ class HAProfile(StrEnum):
     FAST = "fast"
 
 
+class HAArbiter(Strict):
+    """A third machine running ``voxnode-arbiter``: grants one node at a time the lease that
+    a takeover without the peer needs (arbitrates a cut between just the two nodes)."""
+
+    address: IP
+    port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 7412
+
+
 class HAConfig(Strict):
     """Fault tolerance: the active/standby pair (requirements §5)."""
 
@@ -236,7 +244,10 @@ class HAConfig(Strict):
     witnesses: list[IP] = Field(default_factory=list)
     cloud: StrictBool = False
     profile: HAProfile = HAProfile.STANDARD
-    heartbeat_port: Annotated[int, Field(strict=True, ge=1024, le=65535)] = 7411
+    # a privileged port by default (694, Linux-HA's "ha-cluster"): no local unprivileged
+    # process can bind it first and keep the pair from starting
+    heartbeat_port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 694
+    arbiter: HAArbiter | None = None
 
 
 DEFAULT_LICENSE_SERVER_URL = "https://license.voxnode.example"

@@ -28,7 +28,8 @@ def rpmq(*args: str) -> str:
 def test_contents(build: Build) -> None:
     files = set(rpmq("-qlp", str(build.rpm)).split())
     assert {"/usr/libexec/voxnode/voxnode", "/usr/bin/voxnode", "/usr/bin/voxnode-agent",
-            "/usr/bin/voxnode-firstboot", "/etc/sysconfig/voxnode-agent",
+            "/usr/bin/voxnode-firstboot", "/usr/bin/voxnode-arbiter",
+            "/etc/sysconfig/voxnode-agent",
             "/etc/voxnode/vendor.pub",
             "/var/lib/voxnode", "/etc/voxnode/secrets"} <= files
     # the overlay shared with the lab rootfs, all of it

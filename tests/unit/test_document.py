@@ -206,12 +206,12 @@ def ha_doc(**ha: object) -> dict[str, object]:
 
 
 def test_ha_pair_is_valid_and_defaults_follow_the_network() -> None:
-    from agent.state.document import ha_management_ip, ha_witnesses
+    from ha.config import ha_management_ip, ha_witnesses
 
     state = validate_document(ha_doc())
     assert str(ha_management_ip(state)) == "10.0.0.11"
     assert [str(w) for w in ha_witnesses(state)] == ["10.0.0.1"]
-    assert state.ha.profile.value == "standard" and state.ha.heartbeat_port == 7411
+    assert state.ha.profile.value == "standard" and state.ha.heartbeat_port == 694
 
 
 def test_disabled_ha_is_not_checked() -> None:

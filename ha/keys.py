@@ -1,0 +1,64 @@
+"""The pair keys in force: the current one, and during a rekey the previous one.
+
+A rekey (``voxnode ha pair-key generate|set`` on a running pair) must not make the nodes
+lose each other while the operator carries the new key to the other node: for a window
+(``REKEY_WINDOW_S``) every message is signed with both keys and accepted under either, so
+a peer that still has only the old key, or already only the new one, goes on hearing this
+node. The window closes early once the peer's messages verify under the new key (it has
+it), or when it runs out: then only the new key is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+REKEY_WINDOW_S = 3600.0
+
+
+class Keyring:
+    def __init__(self, current: bytes, previous: bytes | None = None,
+                 previous_until: float = 0.0, *, wall: Callable[[], float],
+                 on_change: Callable[[Keyring], None] | None = None) -> None:
+        self.current = current
+        self.previous = previous if previous != current else None
+        self.previous_until = previous_until  # wall clock: the window survives a restart
+        self._wall = wall
+        self._on_change = on_change
+
+    def _previous(self) -> bytes | None:
+        if self.previous is not None and self._wall() < self.previous_until:
+            return self.previous
+        return None
+
+    def signing(self) -> list[bytes]:
+        """The keys a message is signed with, the current one first."""
+        previous = self._previous()
+        return [self.current] if previous is None else [self.current, previous]
+
+    def verifying(self) -> list[bytes]:
+        """The keys a message is accepted under, the current one first (index 0)."""
+        return self.signing()
+
+    def rekey(self, new: bytes, window: float = REKEY_WINDOW_S) -> None:
+        if new == self.current:
+            return
+        self.previous, self.current = self.current, new
+        self.previous_until = self._wall() + window
+        self._changed()
+
+    def confirm(self) -> bool:
+        """The peer signed with the current key: the previous one is not needed any more.
+        True if that closed a window."""
+        if self.previous is None:
+            return False
+        self.previous, self.previous_until = None, 0.0
+        self._changed()
+        return True
+
+    def pending_until(self) -> float | None:
+        """When the window closes, while one is open."""
+        return self.previous_until if self._previous() is not None else None
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
