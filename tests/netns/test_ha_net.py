@@ -101,7 +101,7 @@ async def udp_ping(ip, peer, port, n, timeout):
     rtts, lost, sent = [], 0, []
     for i in range(n):
         start = time.perf_counter()
-        sent.append(channel.send(f"ping {i}".encode(), ip_address(peer)))
+        sent.append(channel.send(f"ping {i}".encode(), ip_address(peer)) is None)
         try:
             async with asyncio.timeout(timeout):
                 reply = await replies.get()
@@ -116,8 +116,8 @@ async def l2_echo(ifname, count, seconds):
     done = asyncio.Event()
     received = []
     def on_frame(payload, source):
-        received.append([payload.decode(), source])
-        channel.send(b"echo:" + payload, source)
+        received.append([payload[4:].decode(), source])
+        channel.send(b"VXHAecho:" + payload[4:], source)
         if len(received) >= count:
             done.set()
     channel = await L2Channel.open(ifname, on_frame)
@@ -134,15 +134,15 @@ async def l2_ping(ifname, dst, n, timeout):
     replies = asyncio.Queue()
     other = []
     def on_frame(payload, source):
-        if payload.startswith(b"echo:"):
-            replies.put_nowait([payload, source])
+        if payload.startswith(b"VXHAecho:"):
+            replies.put_nowait([payload[4:], source])
         else:
-            other.append(payload.decode())
+            other.append(payload[4:].decode())
     channel = await L2Channel.open(ifname, on_frame)
     rtts, lost, sources = [], 0, set()
     for i in range(n):
         start = time.perf_counter()
-        channel.send(f"ping {i}".encode(), dst)
+        channel.send(f"VXHAping {i}".encode(), dst)
         try:
             async with asyncio.timeout(timeout):
                 payload, source = await replies.get()
@@ -464,7 +464,7 @@ def test_witness_monitor_sees_the_witness_go_away(lan: Lan) -> None:
     assert witness["address"] == W_IP and witness["reachable"]
     assert witness["mac"] == lan.mac("w") and witness["last_seen_age_ms"] <= 300
     assert nobody == {"address": NOBODY_IP, "reachable": False, "last_seen_age_ms": None,
-                      "mac": None}
+                      "mac": None, "other_macs": None}
 
     lan["w"].ip("link", "set", "eth0", "down")
     went_down = status["t"]
@@ -509,7 +509,7 @@ def test_errors_are_operator_sentences_by_errno(lan: Lan) -> None:
          "message": "cannot open raw socket on nope0: No such device "
                     "(no such interface in this network namespace)"},
         {"error": "HaNetError", "code": "ha_network_io", "errno": "EADDRNOTAVAIL",
-         "message": "cannot listen for heartbeats on 10.91.0.99 port 5405: Cannot assign "
+         "message": "cannot listen on 10.91.0.99 port 5405: Cannot assign "
                     "requested address (the address is not configured on this node)"},
         {"error": "HaNetError", "code": "ha_network_io", "errno": "ENODEV",
          "message": "cannot find interface nope0: No such device "
@@ -581,8 +581,9 @@ async def test_witness_bookkeeping_with_a_fake_clock() -> None:
     assert monitor.last_answer_age(now[0]) == pytest.approx(0.5)
     assert monitor.details(now[0]) == [
         {"address": "10.91.0.254", "reachable": True, "last_seen_age_ms": 500,
-         "mac": "02:00:00:00:00:fe"},
-        {"address": "10.91.0.253", "reachable": False, "last_seen_age_ms": None, "mac": None},
+         "mac": "02:00:00:00:00:fe", "other_macs": None},
+        {"address": "10.91.0.253", "reachable": False, "last_seen_age_ms": None, "mac": None,
+         "other_macs": None},
     ]
     prober.macs.clear()  # the witness is gone: its last sighting ages out
     monitor.probe_once()
@@ -621,6 +622,32 @@ async def test_answers_read_later_are_dated_by_the_round_they_answer() -> None:
     monitor.refresh()
     assert monitor.last_answer_age(now[0]) == pytest.approx(0.09)
     assert back == [100.08, 100.45]  # told when the witness came back
+
+
+async def test_the_witness_mac_is_pinned_and_a_forged_answer_ignored() -> None:
+    """A reply naming the witness from another MAC (a LAN host forging the gateway for an
+    isolated master) is ignored and reported; the pinned witness still counts."""
+    now = [100.0]
+    impostors: list[tuple[str, str]] = []
+    prober = FakeProber({W_IP: "02:00:00:00:00:fe"})
+    monitor = WitnessMonitor(prober, [IPv4Address(W_IP)], interval=0.1, stale_after=0.25,
+                             clock=lambda: now[0],
+                             on_impostor=lambda ip, mac: impostors.append((str(ip), mac)))
+    monitor.probe_once()
+    assert monitor.last_answer_age(now[0]) == 0.0
+    # the real witness goes away; a forger answers for it, again and again
+    prober.macs[W_IP] = "02:66:66:66:66:66"
+    for t in (100.1, 100.2, 100.3, 100.4):
+        now[0] = t
+        monitor.probe_once()
+    assert monitor.last_answer_age(now[0]) == pytest.approx(0.4)  # not refreshed by it
+    assert not monitor.reachable(now[0], 0.25)
+    assert impostors == [(W_IP, "02:66:66:66:66:66")]  # reported once
+    [detail] = monitor.details(now[0])
+    assert detail["mac"] == "02:00:00:00:00:fe"
+    assert detail["other_macs"]["mac"] == "02:66:66:66:66:66"
+    assert detail["other_macs"]["count"] == 4
+    assert monitor.impostors() == [(IPv4Address(W_IP), "02:66:66:66:66:66", 4)]
 
 
 async def test_witness_rounds_repeat_until_stopped() -> None:

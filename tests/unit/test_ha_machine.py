@@ -15,6 +15,7 @@ from ha.machine import (
     WITNESS_LOST,
     Inputs,
     PeerView,
+    Reason,
     decide,
     later,
     next_change,
@@ -127,15 +128,67 @@ def test_blockers_are_operator_sentences() -> None:
     fine = decide(inputs(Role.MASTER, peer(Role.SLAVE)))
     assert fine.blockers == ()
     no_witness_peer = decide(inputs(Role.MASTER, replace(peer(Role.SLAVE), witness_ok=False)))
-    assert no_witness_peer.blockers == ("The peer cannot reach a witness",)
+    assert [b.code for b in no_witness_peer.blockers] == ["peer-no-witness"]
+    assert no_witness_peer.blockers[0].text == "The peer cannot reach a witness"
+    assert all(b.code and b.text for b in slave.blockers)
 
 
-def test_unauthenticated_heartbeats_from_the_peer_block_a_takeover() -> None:
-    given = replace(inputs(Role.SLAVE, peer(Role.MASTER, age=3)), unverified_age=0.1)
+def test_a_failed_promotion_holds_off_and_says_why() -> None:
+    held = Reason("state-unsaved", "the pair's state cannot be saved (No space left on device)")
+    given = replace(inputs(Role.SLAVE, peer(Role.MASTER, age=3)), promote_after=NOW + 5,
+                    promote_held=held)
+    decision = decide(given)
+    assert decision.target is None and "not promoting yet" in decision.reason
+    assert held in decision.blockers
+    assert next_change(given) <= NOW + 5
+    after = replace(given, now=NOW + 5.001)  # the witness still answering then
+    assert decide(after).target is Role.MASTER
+    assert held not in decide(after).blockers
+
+
+def lease_inputs(role: Role, p: PeerView | None, *, lease_left: float | None,
+                 arbiter_age: float = 0.01) -> Inputs:
+    return replace(inputs(role, p), arbiter=True, arbiter_age=arbiter_age,
+                   lease_until=NOW + lease_left if lease_left is not None else -math.inf)
+
+
+def test_with_an_arbiter_a_slave_takes_over_only_with_the_lease() -> None:
+    silent = peer(Role.MASTER, age=T.dead + 0.1)
+    without = decide(lease_inputs(Role.SLAVE, silent, lease_left=None))
+    assert without.target is None and "lease" in without.reason
+    assert decide(lease_inputs(Role.SLAVE, silent, lease_left=0.4)).target is Role.MASTER
+    # a lease about to end is not enough (the margin is the old master's release point)
+    assert decide(lease_inputs(Role.SLAVE, silent, lease_left=T.lease_margin / 2)).target is None
+
+
+def test_with_an_arbiter_a_master_without_peer_lets_go_before_its_lease_ends() -> None:
+    lost = peer(Role.SLAVE, age=T.guard + 0.05)
+    keeps = lease_inputs(Role.MASTER, lost, lease_left=0.3)
+    assert decide(keeps).target is None
+    # no new lease arrives: it lets go exactly at lease end - margin
+    assert next_change(keeps) == pytest.approx(NOW + 0.3 - T.lease_margin)
+    assert decide(later(keeps, 0.3 - T.lease_margin + 1e-6)).target is Role.SLAVE
+    # while the peer is heard, the lease does not matter
+    assert decide(lease_inputs(Role.MASTER, peer(Role.SLAVE), lease_left=None)).target is None
+
+
+def test_arbiter_unreachable_is_a_blocker_and_moves_nothing() -> None:
+    given = lease_inputs(Role.SLAVE, peer(Role.MASTER), lease_left=None, arbiter_age=math.inf)
     decision = decide(given)
     assert decision.target is None
-    assert "signed with another key" in decision.reason
-    assert decision.blockers[-1].startswith("The peer sends heartbeats")
+    assert "arbiter-unreachable" in [b.code for b in decision.blockers]
+    master = lease_inputs(Role.MASTER, peer(Role.SLAVE), lease_left=None, arbiter_age=math.inf)
+    assert decide(master).target is None
+    assert "Arbiter unreachable" in [b.text for b in decide(master).blockers]
+
+
+def test_the_lease_margins_hold_for_every_profile() -> None:
+    for profile in HAProfile:
+        t = TIMINGS[profile]
+        # renewed every heartbeat: one lost answer leaves more than the margin
+        assert t.lease - 2 * t.interval > t.lease_margin > 0
+        # an arbiter takeover is not slower than a lease plus two periods
+        assert t.lease < t.dead + t.interval
 
 
 def test_a_witness_that_just_came_back_does_not_allow_a_takeover() -> None:
@@ -174,11 +227,15 @@ def random_inputs(rng: random.Random) -> Inputs:
         witness_age=witness_age, vip_foreign_holder=rng.random() < 0.1,
         cloud=rng.random() < 0.15, timing=timing, hold_off=rng.random() < 0.1,
         witness_streak=rng.uniform(0.0, 1.0) if ok else 0.0,
-        unverified_age=rng.choice([math.inf, math.inf, 0.1, 0.5]),
+        promote_after=rng.choice([-math.inf, -math.inf, NOW + 0.3, NOW - 1]),
+        promote_held=Reason("state-unsaved", "cannot save"),
+        arbiter=(arbiter := rng.random() < 0.3),
+        arbiter_age=rng.choice(ages) if arbiter else math.inf,
+        lease_until=NOW + rng.choice([-1.0, 0.05, 0.2, 0.4]) if arbiter else -math.inf,
     )
 
 
-def outcome(i: Inputs) -> tuple[Role | None, bool, tuple[str, ...]]:
+def outcome(i: Inputs) -> tuple[Role | None, bool, tuple[Reason, ...]]:
     decision = decide(i)
     return decision.target, decision.bump_epoch, decision.blockers
 

@@ -4,6 +4,7 @@ heartbeats share that loop, and a busy disk must not silence them past the dead 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,15 +23,15 @@ class QuietRuntime:
 
     def __init__(self, store: HAStore) -> None:
         self.node_ip = None
-        self.timing = TIMINGS[HAProfile.STANDARD]
+        self.cfg = SimpleNamespace(timing=TIMINGS[HAProfile.STANDARD])
         self.store = store
         self.told: list[tuple[Kind, Role]] = []  # what was sent, and the role on disk then
 
     def send(self, kind: Kind = Kind.HEARTBEAT) -> None:
         self.told.append((kind, self.store.load().role))
 
-    def wake(self) -> None:
-        pass
+    def announce_now(self) -> None:
+        self.send()
 
 
 async def test_the_role_is_written_off_the_loop(tmp_path: Path,

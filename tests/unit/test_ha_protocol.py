@@ -1,31 +1,43 @@
-"""Heartbeat encoding, authentication and replay protection."""
+"""Heartbeat encoding, authentication (one or two keys) and clock-free replay protection."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import struct
 import time
 from dataclasses import fields, replace
 
 import pytest
 
+from ha.keys import Keyring
 from ha.protocol import (
+    MAX_BODY,
     BadMessage,
+    BadSignature,
     Kind,
     Message,
+    NotYetFresh,
     ReplayGuard,
     Role,
     decode,
+    decode_with_key,
     encode,
     new_boot_id,
     parse_key,
+    seal,
 )
 
 KEY = bytes(range(32))
+OTHER = bytes(32)
 NOW = time.time()
+ME = "our-boot"
 
 
-def msg(seq: int = 1, boot: str = "b1", sent_at: float = NOW) -> Message:
+def msg(seq: int = 1, boot: str = "b1", sent_at: float = NOW, ack: str = ME) -> Message:
     return Message(Kind.HEARTBEAT, "10.0.0.11", boot, seq, Role.MASTER, 7, True, True, sent_at,
-                   ("ok",))
+                   ack)
 
 
 def test_round_trip() -> None:
@@ -37,12 +49,12 @@ def test_the_body_carries_every_field_in_json_types() -> None:
     assert list(body) == [f.name for f in fields(Message)]
     assert body["kind"] == "heartbeat" and type(body["kind"]) is str
     assert body["role"] == "master" and type(body["role"]) is str
-    assert body["health"] == ["ok"]
+    assert body["ack"] == ME
 
 
 def test_a_different_key_is_refused() -> None:
-    with pytest.raises(BadMessage, match="bad signature"):
-        decode(encode(msg(), KEY), bytes(32))
+    with pytest.raises(BadSignature, match="bad signature"):
+        decode(encode(msg(), KEY), OTHER)
 
 
 def test_one_flipped_bit_is_refused() -> None:
@@ -52,7 +64,20 @@ def test_one_flipped_bit_is_refused() -> None:
         decode(bytes(data), KEY)
 
 
-GARBAGE = [b"", b"VXHA", b"XXXX" + bytes(40), b"VXHA\x02\x00\x01x" + bytes(16)]
+def test_two_keys_during_a_rekey_either_side_verifies() -> None:
+    both = encode(msg(), [KEY, OTHER])
+    assert decode_with_key(both, [KEY])[1] == 0
+    assert decode_with_key(both, [OTHER])[1] == 0
+    assert decode_with_key(both, [OTHER, KEY])[1] == 0
+    # a receiver with both keys tells which one matched: index 1 is the previous key
+    assert decode_with_key(encode(msg(), OTHER), [KEY, OTHER])[1] == 1
+    with pytest.raises(ValueError):
+        encode(msg(), [KEY, OTHER, KEY])
+
+
+GARBAGE = [b"", b"VXHA", b"XXXX" + bytes(40), b"VXHA\x02\x00\x01x" + bytes(16),
+           b"VXHA\x01\xff\xff" + bytes(40),  # a body length far over the limit
+           b"VXHA\x01\x00\x05hello" + bytes(8)]  # a MAC cut short
 
 
 @pytest.mark.parametrize("data", GARBAGE)
@@ -61,18 +86,56 @@ def test_garbage_is_refused(data: bytes) -> None:
         decode(data, KEY)
 
 
-def test_replay_guard() -> None:
-    guard = ReplayGuard()
-    assert guard.check(msg(1), NOW) is True
-    assert guard.check(msg(1), NOW) is False  # the copy from the other channel
-    assert guard.check(msg(2), NOW) is True
+@pytest.mark.parametrize("body", [
+    [], "x", 7, {"kind": "heartbeat"},
+    {**msg().to_body(), "seq": "1e400"}, {**msg().to_body(), "seq": [1]},
+    {**msg().to_body(), "role": "emperor"}, {**msg().to_body(), "epoch": None},
+])
+def test_authentic_but_malformed_bodies_are_refused(body: object) -> None:
+    raw = json.dumps(body).encode()
+    data = struct.pack("!4sBH", b"VXHA", 1, len(raw)) + raw
+    data += hmac.new(KEY, data, hashlib.sha256).digest()[:16]
+    with pytest.raises(BadMessage, match="malformed"):
+        decode(data, KEY)
+
+
+def test_an_oversized_body_is_refused_before_any_hmac() -> None:
+    with pytest.raises(BadMessage, match="at most"):
+        decode(seal({"pad": "x" * MAX_BODY}, [KEY]), KEY)
+
+
+def test_replay_guard_orders_within_a_boot() -> None:
+    guard = ReplayGuard(ME)
+    assert guard.check(msg(1)) is True
+    assert guard.check(msg(1)) is False  # the copy from the other channel
+    assert guard.check(msg(2)) is True
     with pytest.raises(BadMessage, match="replay"):
-        guard.check(msg(1), NOW)
-    assert guard.check(msg(1, boot="b2"), NOW) is True  # the peer restarted
+        guard.check(msg(1))
+    assert guard.check(msg(1, boot="b2")) is True  # the peer restarted
     with pytest.raises(BadMessage, match="earlier start"):
-        guard.check(msg(9, boot="b1"), NOW)
-    with pytest.raises(BadMessage, match="clocks out of sync"):
-        guard.check(msg(3, boot="b2", sent_at=NOW - 600), NOW)
+        guard.check(msg(9, boot="b1"))
+    # later messages of a taken boot need no acknowledgement any more
+    assert guard.check(msg(2, boot="b2", ack="someone-else")) is True
+
+
+def test_freshness_does_not_depend_on_the_clocks() -> None:
+    guard = ReplayGuard(ME)
+    assert guard.check(msg(1, sent_at=NOW - 600)) is True  # a clock 10 minutes behind
+    assert guard.check(msg(2, sent_at=NOW + 86400)) is True  # or a day ahead
+
+
+def test_a_message_recorded_before_this_node_restarted_is_refused() -> None:
+    # the peer's messages acknowledged our previous start: after our restart, a recording
+    # of them is refused until the peer has heard our new start
+    before = msg(5, ack="our-previous-boot")
+    guard = ReplayGuard(ME)
+    with pytest.raises(NotYetFresh):
+        guard.check(before)
+    with pytest.raises(NotYetFresh):
+        guard.check(replace(before, seq=6))
+    assert guard.check(msg(7)) is True  # the real peer, acknowledging us
+    with pytest.raises(BadMessage, match="replay"):
+        guard.check(replace(before, seq=6))
 
 
 def test_keys() -> None:
@@ -82,4 +145,20 @@ def test_keys() -> None:
     with pytest.raises(ValueError):
         parse_key("zz" * 32)
     assert new_boot_id() != new_boot_id()
-    assert replace(msg(), seq=5).seq == 5
+
+
+def test_keyring_window() -> None:
+    now = [1000.0]
+    changes: list[bytes | None] = []
+    ring = Keyring(KEY, wall=lambda: now[0], on_change=lambda k: changes.append(k.previous))
+    assert ring.signing() == [KEY] and ring.pending_until() is None
+    ring.rekey(OTHER, window=60)
+    assert ring.signing() == [OTHER, KEY] and ring.pending_until() == 1060
+    now[0] = 1061  # the window ran out
+    assert ring.signing() == [OTHER] and ring.pending_until() is None
+    ring.rekey(KEY, window=60)
+    assert ring.confirm() is True  # the peer used the new key
+    assert ring.signing() == [KEY] and ring.confirm() is False
+    assert changes == [KEY, OTHER, None]
+    ring.rekey(KEY)  # the same key again: nothing to do
+    assert ring.signing() == [KEY]
