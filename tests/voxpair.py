@@ -62,6 +62,8 @@ class VoxnodePair:
         self.lab = lab
         self.profile = profile
         self.extra_ha = extra_ha
+        # a command line to run an agent under (e.g. faketime for a clock far off)
+        self.wrap: dict[Node, list[str]] = {}
         self.key = secrets.token_hex(32)
         self.procs: dict[Node, subprocess.Popen[bytes]] = {}
 
@@ -83,6 +85,7 @@ class VoxnodePair:
         keyfile.write_text(self.key + "\n")
         keyfile.chmod(0o600)
         self.procs[node] = self.lab.spawn(node, [
+            *self.wrap.get(node, []),
             str(BIN / "voxnode-agent"), "--state-dir", str(base / "state"),
             "--socket", self.socket(node), "--root", str(base / "root"),
         ], log=base / "agent.log")
@@ -146,6 +149,12 @@ class VoxnodePair:
         at = time.monotonic()
         self.client(node).post("/v1/ha/state", {"state": state})
         return at
+
+    def network_set(self, node: Node, **values: str) -> dict[str, Any]:
+        """What `voxnode network set KEY=VALUE…` sends."""
+        data: dict[str, Any] = self.client(node, timeout=30).post(
+            "/v1/network", {"set": values})
+        return data
 
     def events(self, node: Node) -> list[dict[str, Any]]:
         data: dict[str, Any] = self.client(node).get("/v1/ha/events")
