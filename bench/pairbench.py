@@ -132,7 +132,7 @@ class VoxnodeImpl:
     """voxnode's own failover: two real agents with an ``ha`` section (tests/voxpair.py)."""
 
     configures_addresses = True
-    heartbeat_port = 7411
+    heartbeat_port = 694
     heartbeat: tuple[str, int | None] = ("udp", heartbeat_port)
     ethernet_heartbeat = 0x88B5
 

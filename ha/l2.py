@@ -18,8 +18,11 @@ from collections.abc import Callable
 
 from ha.net import (
     BPF_JEQ_K,
+    BPF_LD_H_ABS,
     BPF_LD_W_ABS,
     ETH_HEADER,
+    Insn,
+    attach_filter,
     bpf_program,
     format_mac,
     not_outgoing,
@@ -37,12 +40,25 @@ MAX_PAYLOAD = 1500 - LENGTH.size  # one untagged frame at the standard MTU
 
 FrameHandler = Callable[[bytes, str], None]
 
-# our own frames stay out of the socket, and so does anything that is not a voxnode message
-# (the payload starts after the header and the 2-byte length)
-L2_FILTER = bpf_program(not_outgoing([
-    (BPF_LD_W_ABS, 0, 0, ETH_HEADER.size + LENGTH.size),
-    (BPF_JEQ_K, "accept", "drop", int.from_bytes(b"VXHA", "big")),
-]))
+def l2_filter(source_mac: str | None = None) -> bytes:
+    """Our own frames stay out of the socket, and so does anything that is not a voxnode
+    message (the payload starts after the header and the 2-byte length); with
+    ``source_mac`` (the peer's, once learnt), so does every other host's frame."""
+    program: list[Insn | str] = []
+    if source_mac is not None:
+        raw = parse_mac(source_mac)
+        program += [
+            (BPF_LD_W_ABS, 0, 0, 6), (BPF_JEQ_K, 0, "drop", int.from_bytes(raw[:4], "big")),
+            (BPF_LD_H_ABS, 0, 0, 10), (BPF_JEQ_K, 0, "drop", int.from_bytes(raw[4:], "big")),
+        ]
+    return bpf_program(not_outgoing([
+        *program,
+        (BPF_LD_W_ABS, 0, 0, ETH_HEADER.size + LENGTH.size),
+        (BPF_JEQ_K, "accept", "drop", int.from_bytes(b"VXHA", "big")),
+    ]))
+
+
+L2_FILTER = l2_filter()
 
 
 def pack_frame(dst_mac: bytes, src_mac: bytes, payload: bytes) -> bytes:
@@ -96,6 +112,10 @@ class L2Channel:
         except OSError as exc:
             return exc
         return None
+
+    def only_from(self, source_mac: str | None) -> None:
+        """Let the kernel keep frames from ``source_mac`` only (None: from any host)."""
+        attach_filter(self._sock, l2_filter(source_mac))
 
     def drain(self) -> None:
         """Read the frames waiting now without waiting for the loop to say so."""

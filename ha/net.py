@@ -232,10 +232,20 @@ def send_frame(sock: socket.socket, frame: bytes, what: str) -> bool:
 DatagramHandler = Callable[[bytes, str], None]
 
 
-def magic_filter(offset: int, magic: bytes) -> bytes:
-    """A socket filter that keeps only packets with ``magic`` (4 bytes) at ``offset``: junk
-    sent to the port is dropped by the kernel and never wakes the daemon."""
+SKF_NET_OFF = 0xFFF00000  # -0x100000: loads relative to the network (IP) header
+
+
+def magic_filter(offset: int, magic: bytes, source: IPv4Address | IPv6Address | None = None
+                 ) -> bytes:
+    """A UDP socket filter that keeps only packets with ``magic`` (4 bytes) at ``offset``
+    and, given ``source`` (IPv4), only from that address: junk, and anything another host
+    sends to the port, is dropped by the kernel and never wakes the daemon."""
+    program: list[Insn | str] = []
+    if isinstance(source, IPv4Address):
+        program += [(BPF_LD_W_ABS, 0, 0, SKF_NET_OFF + 12),  # the IPv4 source address
+                    (BPF_JEQ_K, 0, "drop", int(source))]
     return bpf_program([
+        *program,
         (BPF_LD_W_ABS, 0, 0, offset),
         (BPF_JEQ_K, 0, "drop", int.from_bytes(magic, "big")),
         (BPF_RET_K, 0, 0, ACCEPT),
@@ -261,8 +271,8 @@ class UdpChannel:
 
     @classmethod
     async def open(cls, local_ip: IPv4Address | IPv6Address, port: int,
-                   on_datagram: DatagramHandler, *, magic: bytes | None = None
-                   ) -> UdpChannel:
+                   on_datagram: DatagramHandler, *, magic: bytes | None = None,
+                   source: IPv4Address | IPv6Address | None = None) -> UdpChannel:
         family = socket.AF_INET6 if local_ip.version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -270,7 +280,7 @@ class UdpChannel:
             # address and port and receive the heartbeats (UDP has no TIME_WAIT to wait out)
             sock.setblocking(False)
             if magic is not None:
-                attach_filter(sock, magic_filter(8, magic))  # after the 8-byte UDP header
+                attach_filter(sock, magic_filter(8, magic, source))  # after the UDP header
             sock.bind((str(local_ip), port))
         except OSError as exc:
             sock.close()

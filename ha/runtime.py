@@ -68,6 +68,7 @@ REOPEN_S = 5.0  # a channel that could not be opened is tried again this often
 REJECTED_WINDOW_S = 60.0  # rejected messages are a health reason this long after the last
 REJECTED_SOURCES = 32  # sources of rejected messages remembered (the oldest is forgotten)
 CLOCK_DIFFERENCE_S = 2.0  # the peer's clock this far from ours is a health reason
+MAC_RELEARN_S = 5.0  # Ethernet silent this long while UDP works: learn the peer's MAC anew
 
 
 @dataclass(frozen=True)
@@ -238,8 +239,10 @@ class Runtime:
 
     async def _open_udp(self) -> None:
         try:
+            # only the peer's address gets through the kernel's filter: a flood from
+            # elsewhere on the LAN costs the daemon nothing
             self.udp = await UdpChannel.open(self.cfg.mgmt_ip, self.cfg.port, self._on_udp,
-                                             magic=MAGIC)
+                                             magic=MAGIC, source=self.cfg.peer_ip)
         except VoxnodeError as exc:
             self._channel_down(self.udp_state, exc.message)
         else:
@@ -302,8 +305,16 @@ class Runtime:
             self.arp[self.cfg.mgmt_if].set_passive(True)
 
     async def maintain(self) -> None:
-        """Every few seconds: channels that could not be opened are tried again."""
-        if self.clock() < self._reopen_at:
+        """Every few seconds: channels that could not be opened are tried again; an
+        Ethernet channel silent while UDP works forgets the peer's MAC (a replaced NIC)."""
+        now = self.clock()
+        l2_rx, udp_rx = self.l2_state.last_rx, self.udp_state.last_rx
+        if (self.l2 is not None and self.peer.mac is not None and udp_rx is not None
+                and now - udp_rx < self.cfg.timing.dead
+                and (l2_rx is None or now - l2_rx > MAC_RELEARN_S)):
+            self.peer.mac = None
+            self.l2.only_from(None)
+        if now < self._reopen_at:
             return
         if self.udp is None:
             await self._open_udp()
@@ -439,8 +450,6 @@ class Runtime:
             # a heartbeat already taken from the other channel (maybe overtaken there by a
             # newer one, with jitter): proof this channel works, authenticated and applied
             channel.last_rx = now
-            if mac is not None:
-                self.peer.mac = mac
             return
         try:
             msg, key_index = decode_with_key(payload, self.keys.verifying())
@@ -471,8 +480,11 @@ class Runtime:
             return
         self.peer.boot = msg.boot_id
         channel.last_rx = now
-        if mac is not None:
+        if mac is not None and mac != self.peer.mac and self.l2 is not None:
+            # the peer's MAC, proven by an authentic frame: from now on the kernel keeps
+            # every other host's frames out of the socket
             self.peer.mac = mac
+            self.l2.only_from(mac)
         if key_index == 0 and self.keys.confirm():
             self.events.emit("ha.pair-key", "the peer signs with the new pair key: the previous "
                              "key is no longer accepted")

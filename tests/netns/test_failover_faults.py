@@ -73,7 +73,9 @@ def assert_never_both(pair: VoxnodePair, since: float = 0.0) -> None:
 
 def assert_nothing_moved(pair: VoxnodePair, master: str, at: float,
                          epochs: dict[str, int]) -> None:
-    assert pair.role(master) == "master" and pair.role(other(master)) == "slave"  # type: ignore[arg-type]
+    roles = {n: pair.role(n) for n in NODES}
+    assert roles[master] == "master" and roles[other(master)] == "slave", (  # type: ignore[index,arg-type]
+        roles, [(n, e["reason"]) for n in NODES for e in pair.events(n)[-3:]])
     assert pair.lab.holder_changes(at) == 0
     assert {n: status(pair, n)["epoch"] for n in NODES} == epochs, "the epoch climbed"
     assert_never_both(pair)
@@ -246,24 +248,25 @@ def flood_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_flood_on_both_channels_changes_no_role(pair: VoxnodePair, flood_binary: Path) -> None:
-    """100,000 packets/s for 10 s that look like voxnode messages (so the kernel's filters
-    let them through): half as UDP to the master's heartbeat port, half as broadcast
-    Ethernet frames of the heartbeat EtherType that both nodes read. The master's
-    heartbeats go out on time whatever arrives: no role change."""
+    """100,000 packets/s for 10 s that start like voxnode messages: half as UDP to the
+    master's heartbeat port, half as broadcast Ethernet frames of the heartbeat EtherType
+    that both nodes receive. The kernel's socket filters keep every host but the peer out;
+    the heartbeats go out on time whatever arrives: no role change."""
     master = start(pair)
     epochs = {n: status(pair, n)["epoch"] for n in NODES}
     at = time.monotonic()
-    udp = pair.lab.spawn("c", [str(flood_binary), "udp", NODE_ADDRESSES[master], str(PORT),  # type: ignore[index]
-                               "50000", "10"], helper=True)
-    l2 = pair.lab.spawn("c", [str(flood_binary), "l2", "eth0", "50000", "10"], helper=True)
+    ns = pair.lab.node_ns("c")
+    floods = [subprocess.Popen(["ip", "netns", "exec", ns, str(flood_binary), *args],
+                               stdout=subprocess.PIPE, text=True)
+              for args in (["udp", NODE_ADDRESSES[master], str(PORT), "50000", "10"],  # type: ignore[index]
+                           ["l2", "eth0", "50000", "10"])]
     time.sleep(3.0)
     mid = status(pair, master)
     assert mid["peer"]["reachable"] is True, mid["peer"]
-    assert udp.wait(20) == 0 and l2.wait(20) == 0
+    sent = [int(proc.communicate(timeout=30)[0].strip()) for proc in floods]
+    assert all(count >= 450_000 for count in sent), f"the flood fell short: {sent}"
     time.sleep(1.0)
     assert_nothing_moved(pair, master, at, epochs)
-    rejected = status(pair, master)["peer"]["rejected_messages"]["count"]
-    assert rejected > 10000, f"the flood did not reach the agent ({rejected} refused)"
 
 
 ARP_FORGER = r"""
