@@ -60,7 +60,7 @@ async def jobs_schedule(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name:
         raise InvalidInput("bad job request", problems=[
             Problem("name", "required: the job kind (see GET /v1/jobs/kinds)")])
-    job = request.app[JOBS].schedule(name, parse_at(data.get("at")))
+    job = await request.app[JOBS].schedule(name, parse_at(data.get("at")))
     return _json(job.to_dict(), status=201)
 
 

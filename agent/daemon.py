@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -30,11 +31,11 @@ from agent.events import EventLog
 from agent.jobs.mongodb_update import mongodb_update_job
 from agent.jobs.runner import JobRunner
 from agent.jobs.store import JobStore
-from agent.licence.fingerprint import node_fingerprint
+from agent.licence.fingerprint import CachedFingerprint, node_fingerprint
 from agent.licence.security_update import SecurityUpdate
 from agent.mcs.client import McsClient
 from agent.mcs.tunnel import LocalTunnel
-from agent.ports.files import FileTree
+from agent.ports.files import FileTree, durable
 from agent.ports.hostname import KernelHostname
 from agent.ports.netlink import PyRoute2Netlink
 from agent.ports.systemd import DbusSystemd
@@ -95,6 +96,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--version", action="version", version=f"voxnode-agent {__version__}")
     return parser.parse_args(argv)
+
+
+LOOP_STALL_ENV = "VOXNODE_LOOP_STALL_MS"
+
+
+def watch_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """With VOXNODE_LOOP_STALL_MS=N (the namespace tests set it): asyncio debug mode, and a
+    warning in the log for every callback that blocks the loop longer than N ms."""
+    value = os.environ.get(LOOP_STALL_ENV, "")
+    if value.isdigit() and int(value) > 0:
+        loop.set_debug(True)
+        loop.slow_callback_duration = int(value) / 1000
 
 
 def setup_logging(level: str) -> None:
@@ -177,16 +190,18 @@ async def run(args: argparse.Namespace) -> int:
     root: Path = args.root.resolve()
     events = EventLog()
     store = Store(args.state_dir)
-    store.open()
+    await durable(store.open)
     files = FileTree(root)
     netlink = PyRoute2Netlink()
     network = NetworkSubsystem(
         netlink, files, KernelHostname() if root == Path("/") else None
     )
     catalogue = load_catalogue(args.catalogue)
+    fingerprint = CachedFingerprint(lambda: node_fingerprint(root))
+    await fingerprint.refresh()  # in a thread: IMDS on AWS is a network call
     licence = SecurityUpdate(
         args.state_dir, files, lambda: (c.state if (c := store.current()) else None),
-        fingerprint=lambda: node_fingerprint(root), catalogue=catalogue, events=events)
+        fingerprint=fingerprint, catalogue=catalogue, events=events)
     # units are driven only on a real node; an agent on another root (tests in network
     # namespaces of a development machine) must never touch the host's systemd
     systemd = DbusSystemd() if root == Path("/") else None
@@ -215,7 +230,8 @@ async def run(args: argparse.Namespace) -> int:
     jobs = JobRunner(JobStore(args.state_dir), events)
     if services is not None:
         jobs.register(mongodb_update_job(services))
-    jobs.recover()  # a job found running was cut off by a stop: it becomes interrupted
+    # a job found running was cut off by a stop: it becomes interrupted (records written)
+    await durable(jobs.recover)
     ctx = AgentContext(
         engine=engine, events=events, network=network, licence=licence,
         started=time.time(), state_dir=str(args.state_dir), root=str(root),
@@ -223,6 +239,7 @@ async def run(args: argparse.Namespace) -> int:
     notifier = Notifier()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    watch_loop(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
@@ -254,6 +271,11 @@ async def run(args: argparse.Namespace) -> int:
         watcher = tg.create_task(watch_services(services)) if services else None
         job_task = tg.create_task(jobs.run())
         licence_task = tg.create_task(licence.run())
+        fingerprint_task = tg.create_task(fingerprint.keep_trying())
+        # the heap built at start (modules, models, the first revision) is never garbage:
+        # out of the collector's reach, a full collection stays short (it runs on the loop
+        # the heartbeats share)
+        gc.freeze()
         head = store.head()
         notifier.ready(f"serving; revision {head}" if head else "serving; not configured")
         await stop.wait()
@@ -261,7 +283,9 @@ async def run(args: argparse.Namespace) -> int:
         events.emit("agent.stopping", "signal received; finishing any change in progress")
         job_task.cancel()
         licence_task.cancel()
+        fingerprint_task.cancel()
         await asyncio.gather(job_task, return_exceptions=True)  # a running job: interrupted
+        await jobs.flushed()
         await engine.stop()
         try:
             async with asyncio.timeout(STOP_GRACE_S):

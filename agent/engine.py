@@ -25,6 +25,7 @@ from agent.errors import (
     VoxnodeError,
 )
 from agent.events import EventLog
+from agent.ports.files import durable
 from agent.state.diff import FieldChange, diff_documents
 from agent.state.model import DesiredState
 from agent.state.store import Pending, RevisionMeta, Store
@@ -123,7 +124,7 @@ class Engine:
                 return
             if pending.revision != self.store.head():
                 # the change it guarded was never committed (agent stopped mid-apply)
-                await asyncio.to_thread(self.store.clear_pending)
+                await durable(self.store.clear_pending)
                 return
         remaining = pending.deadline - self.clock()
         if remaining <= 0:
@@ -198,18 +199,18 @@ class Engine:
                 # written before the commit: a crash in between leaves a marker for a
                 # revision that does not exist, which start() discards
                 marker = Pending(plan.base_revision + 1, plan.base_revision, deadline)
-                await asyncio.to_thread(self.store.set_pending, marker)
+                await durable(self.store.set_pending, marker)
             try:
                 outcome.changes = await self._apply_with_rollback(old, new)
             except ApplyFailed:
-                await asyncio.to_thread(self.store.clear_pending)
+                await durable(self.store.clear_pending)
                 raise
             if old is not None and old == new:
-                await asyncio.to_thread(self.store.clear_pending)
+                await durable(self.store.clear_pending)
                 self.events.emit("config.reconverged", "document unchanged; machine re-converged")
                 return outcome
             # fsyncs off the loop: heartbeats of the failover daemon share it
-            outcome.revision = await asyncio.to_thread(
+            outcome.revision = await durable(
                 self.store.commit, new, source=source, comment=comment)
             self._record_converge(True, f"revision {outcome.revision.revision} applied")
             self.events.emit(
@@ -220,7 +221,7 @@ class Engine:
             if confirm_within is not None:
                 deadline = self.clock() + confirm_within
                 pending = Pending(outcome.revision.revision, plan.base_revision, deadline)
-                await asyncio.to_thread(self.store.set_pending, pending)
+                await durable(self.store.set_pending, pending)
                 outcome.confirm_deadline = deadline
                 self._arm_confirm_timer(pending, confirm_within)
             return outcome
@@ -287,7 +288,7 @@ class Engine:
             pending = self.store.pending()
             if pending is None or pending.revision != self.store.head():
                 raise Conflict("no change is waiting for confirmation")
-            await asyncio.to_thread(self.store.clear_pending)
+            await durable(self.store.clear_pending)
             if self._confirm_task is not None:
                 self._confirm_task.cancel()
                 self._confirm_task = None
@@ -314,7 +315,7 @@ class Engine:
             current = self.store.current()
             target = self.store.load(pending.previous) if pending.previous else None
             if current is None or target is None:
-                await asyncio.to_thread(self.store.clear_pending)
+                await durable(self.store.clear_pending)
                 return
             try:
                 await self._apply_with_rollback(current.state, target.state)
@@ -323,14 +324,12 @@ class Engine:
                     "config.auto-rollback-failed", exc.message, level=logging.ERROR
                 )
                 self._record_converge(False, exc.message)
-                await asyncio.to_thread(self.store.clear_pending)
+                await durable(self.store.clear_pending)
                 return
-            meta = self.store.commit(
-                target.state,
-                source="auto-rollback",
-                comment=f"revision {pending.revision} was not confirmed in time",
-            )
-            await asyncio.to_thread(self.store.clear_pending)
+            meta = await durable(
+                self.store.commit, target.state, source="auto-rollback",
+                comment=f"revision {pending.revision} was not confirmed in time")
+            await durable(self.store.clear_pending)
             self._record_converge(True, f"revision {meta.revision} applied")
             self.events.emit(
                 "config.auto-rolled-back",

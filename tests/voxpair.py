@@ -33,6 +33,7 @@ from tests.halab import (
     PairLab,
     other,
 )
+from tests.loopguard import problems_in_log
 
 BIN = Path(sys.executable).parent
 
@@ -166,6 +167,17 @@ class VoxnodePair:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
         return at
+
+    def loop_problems(self) -> list[str]:
+        """Stalls of the agents' event loops and durable writes on them, from their logs
+        (the tests start the agents with tests/loopguard.py's environment)."""
+        found = []
+        for node in self.procs:
+            log = self.dir(node) / "agent.log"
+            with contextlib.suppress(FileNotFoundError):
+                found += [f"{node}: {line}" for line in problems_in_log(log.read_text(
+                    errors="replace"))]
+        return found
 
     def stop(self) -> None:
         for node, proc in self.procs.items():

@@ -29,6 +29,7 @@ from agent.errors import Conflict, InvalidInput, NotFound, Problem, StoreError, 
 from agent.events import EventLog
 from agent.jobs.model import Job, JobState, JobStep, StepState
 from agent.jobs.store import JobStore
+from agent.ports.files import durable
 
 log = logging.getLogger("voxnode.jobs")
 
@@ -102,6 +103,10 @@ class JobRunner:
         self._next_id = 1
         self._recovered = False
         self._wake = asyncio.Event()
+        # records waiting to be written (None: to be deleted), newest state per job: the
+        # writes fsync, so they run in a worker thread, never on the event loop
+        self._unsaved: dict[int, bytes | None] = {}
+        self._writer: asyncio.Task[None] | None = None
 
     # --- kinds and queries --------------------------------------------------------------------
 
@@ -145,7 +150,7 @@ class JobRunner:
 
     # --- operator requests --------------------------------------------------------------------
 
-    def schedule(self, name: str, at: float | None = None) -> Job:
+    async def schedule(self, name: str, at: float | None = None) -> Job:
         """Record a job of kind ``name`` to run now (``at`` None) or at unix time ``at``."""
         if not self._recovered:
             raise RuntimeError("JobRunner.recover() must run before jobs are scheduled")
@@ -169,7 +174,8 @@ class JobRunner:
         job = Job(id=self._next_id, name=name, title=kind.title, state=JobState.SCHEDULED,
                   created=now, scheduled_at=at,
                   steps=[JobStep(s.name, s.title) for s in kind.steps])
-        self.store.save(job)  # refused before it exists: the operator sees StoreError
+        # written before it exists: a disk that refuses it refuses the request (StoreError)
+        await durable(self.store.save, job)
         self._next_id += 1
         self._jobs[job.id] = job
         due = f"for {format_time(at)}" if at is not None else "to run now"
@@ -277,11 +283,42 @@ class JobRunner:
     # --- record keeping -----------------------------------------------------------------------
 
     def _save(self, job: Job) -> None:
-        """Persist a running job; a disk problem is reported but does not stop the job."""
+        """Persist a job's new state: taken now, written by the writer task; a disk problem
+        is reported but does not stop the job."""
+        self._unsaved[job.id] = self.store.encode(job)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            return
         try:
-            self.store.save(job)
-        except StoreError as exc:
-            self.events.emit("job.store-failed", exc.message, level=logging.ERROR)
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_now()  # synchronous use (start-up recovery)
+            return
+        self._writer = loop.create_task(self._write_behind(), name="job-records")
+
+    def _write_now(self) -> None:
+        batch, self._unsaved = self._unsaved, {}
+        self._write_batch(batch)
+
+    def _write_batch(self, batch: dict[int, bytes | None]) -> None:
+        for job_id, data in batch.items():
+            try:
+                self.store.write(job_id, data)
+            except StoreError as exc:
+                self.events.emit("job.store-failed", exc.message, level=logging.ERROR)
+
+    async def _write_behind(self) -> None:
+        while self._unsaved:
+            # the batch is taken here, on the loop: the thread never sees the dict change
+            batch, self._unsaved = self._unsaved, {}
+            await durable(self._write_batch, batch)
+
+    async def flushed(self) -> None:
+        """Wait until every record taken so far is on disk."""
+        while self._writer is not None and not self._writer.done():
+            await self._writer
 
     @staticmethod
     def _skip_rest(job: Job, reason: str) -> None:
@@ -319,5 +356,8 @@ class JobRunner:
         self._prune()
 
     def _prune(self) -> None:
-        for job in self.store.prune(list(self._jobs.values())):
+        for job in self.store.doomed(list(self._jobs.values())):
             del self._jobs[job.id]
+            self._unsaved[job.id] = None
+        if self._unsaved:
+            self._kick()

@@ -77,24 +77,39 @@ class JobStore:
                              f"{exc.strerror or exc}") from exc
         return max(ids, default=0)
 
-    def save(self, job: Job) -> None:
-        data = (json.dumps(job.to_dict(), indent=2) + "\n").encode()
-        try:
-            atomic_write(self._path(job.id), data, mode=0o640)
-        except OSError as exc:
-            raise StoreError(f"cannot write job {job.id} to {self.dir}: "
-                             f"{exc.strerror or exc}") from exc
+    @staticmethod
+    def encode(job: Job) -> bytes:
+        """The record of ``job`` as it is now (taken on the loop, written later)."""
+        return (json.dumps(job.to_dict(), indent=2) + "\n").encode()
 
-    def prune(self, jobs: list[Job]) -> list[Job]:
-        """Delete the jobs that finished first beyond ``keep``; return the ones deleted."""
-        finished = sorted((j for j in jobs if not j.active),
-                          key=lambda j: (j.finished or j.created, j.id))
-        doomed = finished[: max(0, len(finished) - self.keep)]
-        for job in doomed:
+    def save(self, job: Job) -> None:
+        self.write(job.id, self.encode(job))
+
+    def write(self, job_id: int, data: bytes | None) -> None:
+        """Write one record (``None``: delete it). Blocks (fsync): off the loop."""
+        if data is None:
             try:
-                self._path(job.id).unlink()
+                self._path(job_id).unlink()
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("jobs: cannot prune job %d: %s", job.id, exc.strerror or exc)
+                log.warning("jobs: cannot prune job %d: %s", job_id, exc.strerror or exc)
+            return
+        try:
+            atomic_write(self._path(job_id), data, mode=0o640)
+        except OSError as exc:
+            raise StoreError(f"cannot write job {job_id} to {self.dir}: "
+                             f"{exc.strerror or exc}") from exc
+
+    def doomed(self, jobs: list[Job]) -> list[Job]:
+        """The jobs that finished first beyond ``keep`` (to be deleted)."""
+        finished = sorted((j for j in jobs if not j.active),
+                          key=lambda j: (j.finished or j.created, j.id))
+        return finished[: max(0, len(finished) - self.keep)]
+
+    def prune(self, jobs: list[Job]) -> list[Job]:
+        """Delete the jobs that finished first beyond ``keep``; return the ones deleted."""
+        doomed = self.doomed(jobs)
+        for job in doomed:
+            self.write(job.id, None)
         return doomed

@@ -24,8 +24,11 @@ licence to a machine it cannot tell apart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from agent.licence.errors import FingerprintError
 
-__all__ = ["Fingerprint", "FingerprintError", "node_fingerprint"]
+__all__ = ["CachedFingerprint", "Fingerprint", "FingerprintError", "node_fingerprint"]
 
 IMDS_URL = "http://169.254.169.254"
 IMDS_TIMEOUT_S = 2.0
@@ -128,3 +131,39 @@ def node_fingerprint(
     if uuid and mac:
         return Fingerprint(_digest(f"dmi:{uuid}|mac:{mac}"), "dmi")
     return _machine_id(root)
+
+
+class CachedFingerprint:
+    """The fingerprint read once, in a worker thread (on AWS it is an HTTP call to the
+    instance metadata service, which must never block the event loop), and kept. A failure
+    is kept too (so a licence check fails at once rather than waiting on the network) and
+    read again every ``retry_s`` by ``keep_trying``."""
+
+    def __init__(self, read: Callable[[], Fingerprint], retry_s: float = 60.0) -> None:
+        self._read = read
+        self._retry_s = retry_s
+        self._value: Fingerprint | None = None
+        self._error: FingerprintError | None = FingerprintError(
+            "this node's fingerprint has not been read yet")
+
+    async def refresh(self) -> None:
+        try:
+            self._value = await asyncio.to_thread(self._read)
+            self._error = None
+        except FingerprintError as exc:
+            self._error = exc
+            logging.getLogger("voxnode.licence").error("%s", exc.message)
+
+    async def keep_trying(self) -> None:
+        """Until a read succeeds: read again every ``retry_s``."""
+        while self._value is None:
+            await asyncio.sleep(self._retry_s)
+            with contextlib.suppress(Exception):
+                await self.refresh()
+
+    def __call__(self) -> Fingerprint:
+        if self._value is not None:
+            return self._value
+        assert self._error is not None
+        raise self._error
+

@@ -31,7 +31,7 @@ from agent.licence.state import (
     Status,
     evaluate,
 )
-from agent.ports.files import FileTree
+from agent.ports.files import FileTree, durable
 from agent.ports.licence import PURE_CLOUD, LicenceView
 from agent.services.catalogue import Catalogue, Facts, Role
 from agent.state.model import DesiredState, LicenseConfig, WorkingMode
@@ -262,7 +262,7 @@ class LicenceManager:
                                remedy="Remove it first with `voxnode license remove`.")
             answer = await self.client().activate(serial, email, self.fingerprint().value)
             record.pending = Pending(serial, email, self.clock())
-            self.store.write_record(record)
+            await durable(self.store.write_record, record)
         self.events.emit("licence.code-sent", f"verification code for {serial} requested; "
                          "it is emailed to the order's address")
         return {"state": LicenceState.CODE_SENT.value, "serial": serial,
@@ -293,13 +293,13 @@ class LicenceManager:
                     remedy="Set them (voxnode network set domain=… public_ip=…), then activate "
                     "again; nothing was installed.")
             before = status.modules
-            self.store.write_licence(text)
+            await durable(self.store.write_licence, text)
             now = self.clock()
             record.pending, record.removed_at, record.available = None, None, None
             record.ever_licensed, record.last_check, record.last_ok = True, now, now
             record.failures, record.failing_since, record.last_error = 0, None, ""
             record.max_seen = max(record.max_seen, now)
-            self.store.write_record(record)
+            await durable(self.store.write_record, record)
             held = ", ".join(sorted(new.enabled_modules)) or "no modules"
             self.events.emit("licence.activated", f"licence {new.serial} version {new.version} "
                              f"installed ({held})")

@@ -35,6 +35,7 @@ from agent.licence.state import (
     LicenceState,
     next_check_at,
 )
+from agent.ports.files import durable
 
 log = logging.getLogger("voxnode.licence")
 
@@ -66,7 +67,7 @@ class SecurityUpdate(LicenceManager):
                 record.failures += 1
                 record.failing_since = record.failing_since or now
                 record.last_error = exc.message
-                self.store.write_record(record)
+                await durable(self.store.write_record, record)
                 if record.failures >= ALARM_AFTER_FAILURES:
                     self.events.emit("licence.check-alarm", f"{record.failures} licence checks "
                                      f"failed in a row: {exc.message}", level=logging.ERROR)
@@ -80,7 +81,7 @@ class SecurityUpdate(LicenceManager):
                                  f"is available ({len(changes)} module changes)")
             else:
                 record.available = None
-            self.store.write_record(record)
+            await durable(self.store.write_record, record)
         how = "automatic" if automatic else "manual"
         return {"check": how, "installed_version": licence.version, "server_version": version,
                 "update_available": newer.version > licence.version,
@@ -130,9 +131,9 @@ class SecurityUpdate(LicenceManager):
             record.assignments = {m: [h for h in hs if h not in dropped]
                                   for m, hs in record.assignments.items()}
             record.assignments = {m: hs for m, hs in record.assignments.items() if hs}
-            self.store.write_licence(record.available)
+            await durable(self.store.write_licence, record.available)
             record.available = None
-            self.store.write_record(record)
+            await durable(self.store.write_record, record)
             self.events.emit("licence.updated", f"licence {new.serial} version {new.version} "
                              f"applied ({len(changed)} module changes)")
             effects = await self.apply_effects(before)
@@ -149,7 +150,7 @@ class SecurityUpdate(LicenceManager):
             answer = await self.client().release(licence.serial, self.fingerprint().value)
             record.removed_at = self.clock()
             record.available = None
-            self.store.write_record(record)
+            await durable(self.store.write_record, record)
         self.events.emit("licence.removed", f"licence {licence.serial} removed; the node works "
                          "unlicensed for 30 days", level=logging.WARNING)
         return {"licence": self.show(), "notice_sent_to": answer.get("notice_sent_to")}
@@ -181,7 +182,7 @@ class SecurityUpdate(LicenceManager):
             record.assignments[module] = holders + new
             if not record.assignments[module]:
                 del record.assignments[module]
-            self.store.write_record(record)
+            await durable(self.store.write_record, record)
         return self.assignments()
 
     def assignments(self) -> dict[str, Any]:
@@ -198,7 +199,7 @@ class SecurityUpdate(LicenceManager):
         now = self.clock()
         if now > record.max_seen + 60:
             record.max_seen = now
-            self.store.write_record(record)
+            await durable(self.store.write_record, record)
         if self.applied_modules is None:
             self.applied_modules = status.modules
         elif status.modules != self.applied_modules:

@@ -23,7 +23,7 @@ from agent.mcs.ovpn import read_directives
 from agent.mcs.pem import certificate_summary
 from agent.mcs.tunnel import TunnelPort
 from agent.paths import MCS_CERT_DIR, MCS_CLIENT_CONF
-from agent.ports.files import FileTree
+from agent.ports.files import FileTree, durable
 from agent.ports.systemd import JOB_DONE
 from agent.services.catalogue import Condition, UnitDecision
 from agent.state.model import DesiredState, WorkingMode
@@ -70,14 +70,15 @@ class McsClient:
                      dry_run: bool = False) -> dict[str, Any]:
         """Validate, install (certificates first, configuration last) and (re)start."""
         self._refuse_in_pure_cloud()
-        bundle = load_bundle(name, data, extra, self._clock())
+        # parsing certificates and archives is CPU work: off the event loop too
+        bundle = await durable(load_bundle, name, data, extra, self._clock())
         if dry_run:
             return {"dry_run": True, "summary": bundle.summary,
                     "would_write": [*bundle.files, MCS_CLIENT_CONF], "ignored": bundle.ignored}
         async with self._lock:
             self._refuse_in_pure_cloud()  # the mode may have changed while we validated
-            changed = self._install(bundle)
-            stopped = self._files.remove(MCS_STOP_FLAG)
+            changed = await durable(self._install, bundle)
+            stopped = await durable(self._files.remove, MCS_STOP_FLAG)
             self.events.emit("mcs.installed", f"MCS client configuration installed from "
                              f"{bundle.summary['source']} (remote {bundle.summary['remote']}, "
                              f"certificate {bundle.summary['subject_cn']})")
@@ -124,7 +125,8 @@ class McsClient:
                 "working through MCS stops until a bundle is uploaded again")
         async with self._lock:
             unit = await self._stop_unit()
-            removed = [p for p in (MCS_CLIENT_CONF, MCS_CERT_DIR) if self._files.remove(p)]
+            removed = [p for p in (MCS_CLIENT_CONF, MCS_CERT_DIR)
+                       if await durable(self._files.remove, p)]
             if removed:
                 self.events.emit("mcs.removed", "MCS client configuration removed by the "
                                  "operator")
@@ -138,8 +140,8 @@ class McsClient:
         async with self._lock:
             if not self.operator_stopped:
                 when = self._clock().isoformat(timespec="seconds")
-                self._files.write_if_changed(MCS_STOP_FLAG, f"stopped by the operator at "
-                                             f"{when}\n", 0o600)
+                await durable(self._files.write_if_changed, MCS_STOP_FLAG,
+                              f"stopped by the operator at {when}\n", 0o600)
             unit = await self._stop_unit()
             self.events.emit("mcs.stopped", "MCS client stopped by the operator")
         return {"operator_stopped": True, "unit": unit}
@@ -149,12 +151,12 @@ class McsClient:
         it; if it does not (no licence, wrong mode or role), refuse and change nothing."""
         self._require_configured()
         async with self._lock:
-            was_stopped = self._files.remove(MCS_STOP_FLAG)
+            was_stopped = await durable(self._files.remove, MCS_STOP_FLAG)
             decision = await self._decision()
             if decision is not None and not decision.wanted:
                 if was_stopped:
-                    self._files.write_if_changed(MCS_STOP_FLAG, "stopped by the operator\n",
-                                                 0o600)
+                    await durable(self._files.write_if_changed, MCS_STOP_FLAG,
+                                  "stopped by the operator\n", 0o600)
                 raise Conflict(f"the MCS client cannot run on this node: {decision.reason}",
                                remedy="START only starts a client the service catalogue "
                                "allows; see `voxnode services list`.")

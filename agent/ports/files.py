@@ -1,14 +1,58 @@
-"""Rendered files under the node's root directory, written atomically and only if changed."""
+"""Durable writes: the one atomic-write implementation of the agent, and the rendered files
+under the node's root directory (written atomically and only if changed).
+
+Every store of the agent (revisions, the pair's state and key, licence and job records,
+rendered configuration files, the MCS bundle) writes through ``atomic_write``: temp file,
+fsync, rename, fsync of the directory. An fsync can take seconds on a busy or failing disk,
+so none of this may run on the event loop the failover heartbeats share: async code calls
+``await durable(fn, ...)`` (a worker thread). ``atomic_write`` checks where it runs: on the
+loop it logs a warning once per call site, and with ``VOXNODE_STRICT_LOOP=1`` (the test
+tiers set it) it raises ``BlockingOnLoop``, so a blocking write cannot creep back in.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import ParamSpec, TypeVar
 
 from agent.errors import SubsystemError
+
+log = logging.getLogger("voxnode.files")
+STRICT_ENV = "VOXNODE_STRICT_LOOP"
+_warned: set[str] = set()
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class BlockingOnLoop(RuntimeError):
+    """A durable write was called on the event loop (strict mode only)."""
+
+
+def off_loop(what: str) -> None:
+    """Complain if called on a running event loop: ``what`` blocks (fsync)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # a worker thread, or synchronous code (the CLI, first boot)
+    if os.environ.get(STRICT_ENV) == "1":
+        raise BlockingOnLoop(f"{what} on the event loop: run it with `await durable(...)`")
+    caller = "".join(traceback.format_stack(limit=4)[:1]).strip()
+    if caller not in _warned:
+        _warned.add(caller)
+        log.warning("%s on the event loop (a slow disk would stall the heartbeats): %s",
+                    what, caller)
+
+
+async def durable(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn`` (a durable write, or anything else that blocks) in a worker thread."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 class FileWriteError(SubsystemError):
@@ -26,6 +70,7 @@ def _as_subsystem_error(node_path: str, verb: str) -> Iterator[None]:
 
 
 def fsync_dir(path: Path) -> None:
+    off_loop(f"fsync of {path}")
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -38,6 +83,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, gid: int = -1) -> N
 
     A crash at any point leaves either the old or the new content, never a mix.
     """
+    off_loop(f"atomic write of {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -123,6 +169,7 @@ class FileTree:
 
     def remove(self, node_path: str) -> bool:
         """Delete a file or a whole directory; True if something was there."""
+        off_loop(f"removal of {node_path}")
         with _as_subsystem_error(node_path, "remove"):
             return self._remove(self.path(node_path))
 

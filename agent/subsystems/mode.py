@@ -22,7 +22,7 @@ from agent.paths import (
     TURN_SECRET,
     WORKING_MODE_JSON,
 )
-from agent.ports.files import FileTree
+from agent.ports.files import FileTree, durable
 from agent.ports.licence import PURE_CLOUD, LicencePort
 from agent.render.mode import (
     SIP_TLS_PORT,
@@ -161,6 +161,10 @@ class ModeSubsystem:
         ]
 
     async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
+        # the writes fsync: off the event loop the failover heartbeats share
+        return await durable(self._write, old, new)
+
+    def _write(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
         changes: list[Change] = []
         try:
             if settings_for(new.mode).turn_stun_server:

@@ -13,7 +13,7 @@ import contextlib
 from typing import Any
 
 from agent.errors import Problem, SubsystemError
-from agent.ports.files import FileTree
+from agent.ports.files import FileTree, durable
 from agent.ports.hostname import HostnamePort
 from agent.ports.netlink import (
     Address,
@@ -88,7 +88,7 @@ class NetworkSubsystem:
         changes += await self._remove_stale(previous, net)
         changes += await self._converge_routes(previous, net)
         changes += await self._converge_hostname(net)
-        changes += self._write_files(net)
+        changes += await durable(self._write_files, net)
         return changes
 
     async def _converge_link(self, link: Link, iface: InterfaceConfig) -> list[Change]:

@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from tests.loopguard import export_agent_env, problems_in_log
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 VOXNODE = BIN / "voxnode"
@@ -95,6 +97,9 @@ def netns() -> Iterator[Netns]:
 
 
 # --- the real agent in a namespace -----------------------------------------------------------
+
+
+export_agent_env()  # every agent these tests start watches its loop (tests/loopguard.py)
 
 
 class Agent:
@@ -218,6 +223,8 @@ class Agent:
                     problems.append(f"voxnode-agent left its socket {self.socket} behind")
         except AssertionError as exc:
             problems.append(str(exc))
+        else:
+            problems += problems_in_log(self.log())
         finally:
             for proc in self._spawned:
                 if proc.poll() is None:

@@ -36,6 +36,7 @@ def pair() -> Iterator[VoxnodePair]:
             yield voxnode
         finally:
             voxnode.stop()
+        assert voxnode.loop_problems() == []
 
 
 def start(pair: VoxnodePair) -> str:
@@ -287,6 +288,7 @@ def cloud_pair() -> Iterator[VoxnodePair]:
             yield voxnode
         finally:
             voxnode.stop()
+        assert voxnode.loop_problems() == []
 
 
 def test_cloud_pair_switches_only_by_hand_step_by_step(cloud_pair: VoxnodePair) -> None:

@@ -48,6 +48,7 @@ def pair() -> Iterator[VoxnodePair]:
             yield voxnode
         finally:
             voxnode.stop()
+        assert voxnode.loop_problems() == []
 
 
 def start(pair: VoxnodePair) -> str:
@@ -377,6 +378,7 @@ def arbiter_pair() -> Iterator[tuple[VoxnodePair, subprocess.Popen[bytes]]]:
             yield voxnode, arbiter
         finally:
             voxnode.stop()
+        assert voxnode.loop_problems() == []
 
 
 def test_a_cut_between_only_the_two_nodes_keeps_one_master(

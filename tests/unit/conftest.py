@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gc
+import inspect
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from agent.ports.files import STRICT_ENV
+from tests.loopguard import watch_loop
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
@@ -30,6 +35,32 @@ def _no_real_machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(socket, "socket", GuardedSocket)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _strict_durable_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A durable write on a running event loop raises (agent.ports.files.off_loop)."""
+    monkeypatch.setenv(STRICT_ENV, "1")
+
+
+@pytest.fixture
+async def _loop_watch() -> AsyncIterator[None]:
+    # what earlier tests left is moved out of the collector's reach: a full collection of
+    # this long-lived test process takes ~90 ms, a pause of the test process, not of the
+    # code under test (the agent freezes its start-up heap the same way)
+    gc.freeze()
+    async with watch_loop() as slow:
+        yield
+    if slow.reports:
+        pytest.fail("a callback blocked the event loop for more than 50 ms: "
+                    + "; ".join(slow.reports[:3]))
+
+
+@pytest.fixture(autouse=True)
+def _no_loop_stalls(request: pytest.FixtureRequest) -> None:
+    """Every async test runs its loop in debug mode and fails if a callback stalls it."""
+    if inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("_loop_watch")
 
 
 class Golden:

@@ -236,7 +236,7 @@ async def test_marker_for_a_commit_that_never_happened_is_dropped(
 ) -> None:
     engine = make_engine(store, machine)
     await engine.apply(state("pbx1"))
-    store.set_pending(Pending(2, 1, 9e9))  # killed between marker and commit
+    await asyncio.to_thread(store.set_pending, Pending(2, 1, 9e9))  # killed before commit
     await make_engine(store, machine).start()
     assert store.pending() is None and store.head() == 1
 

@@ -118,6 +118,7 @@ class Harness:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
+        await self.runner.flushed()
 
     async def settle(self, job_id: int) -> Job:
         for _ in range(1000):
@@ -135,7 +136,8 @@ class Harness:
             await asyncio.sleep(0)
         raise AssertionError(f"step {step} of job {job_id} never became {state}")
 
-    def on_disk(self, job_id: int) -> dict[str, object]:
+    async def on_disk(self, job_id: int) -> dict[str, object]:
+        await self.runner.flushed()  # records are written behind, in a worker thread
         data: dict[str, object] = json.loads(
             (self.tmp_path / "state" / "jobs" / f"{job_id:08d}.json").read_text())
         return data
@@ -158,14 +160,14 @@ def states(job: Job) -> list[str]:
 async def test_steps_run_in_order_with_progress(h: Harness) -> None:
     release = h.steps.block["second"] = asyncio.Event()
     h.start()
-    job = h.runner.schedule("demo")
+    job = (await h.runner.schedule("demo"))
     assert job.state is JobState.SCHEDULED and job.scheduled_at is None
     running = await h.until(job.id, StepState.RUNNING, 1)
     assert running.state is JobState.RUNNING
     assert states(running) == ["succeeded", "running", "pending"]
     assert running.steps[1].progress == 40 and running.steps[1].message == "second half-way"
     assert running.progress == (100 + 40 + 0) // 3
-    assert h.on_disk(job.id)["state"] == "running"  # saved while it runs
+    assert (await h.on_disk(job.id))["state"] == "running"  # saved while it runs
     release.set()
     done = await h.settle(job.id)
     assert h.steps.calls == ["first", "second", "third"]
@@ -173,7 +175,7 @@ async def test_steps_run_in_order_with_progress(h: Harness) -> None:
     assert [s.message for s in done.steps] == ["first ok", "second ok", "third ok"]
     assert done.result == "3 steps done" and done.error == ""
     assert done.started == T0 and done.finished == T0
-    assert h.on_disk(job.id)["state"] == "succeeded"
+    assert (await h.on_disk(job.id))["state"] == "succeeded"
     kinds = [e.kind for e in h.events.recent()]
     assert kinds == ["job.scheduled", "job.started", "job.step", "job.step", "job.step",
                      "job.succeeded"]
@@ -183,7 +185,7 @@ async def test_steps_run_in_order_with_progress(h: Harness) -> None:
 async def test_a_failed_step_stops_the_job_and_skips_the_rest(h: Harness) -> None:
     h.steps.fail["second"] = SubsystemError("systemd could not restart x.service")
     h.start()
-    job = await h.settle(h.runner.schedule("demo").id)
+    job = await h.settle((await h.runner.schedule("demo")).id)
     assert h.steps.calls == ["first", "second"]
     assert job.state is JobState.FAILED
     assert states(job) == ["succeeded", "failed", "skipped"]
@@ -199,19 +201,19 @@ async def test_a_failed_step_stops_the_job_and_skips_the_rest(h: Harness) -> Non
 async def test_skipped_steps_and_unexpected_errors(h: Harness) -> None:
     h.steps.fail["first"] = StepSkipped("not licensed here")
     h.start()
-    job = await h.settle(h.runner.schedule("demo").id)
+    job = await h.settle((await h.runner.schedule("demo")).id)
     assert states(job) == ["skipped", "succeeded", "succeeded"]
     assert job.steps[0].message == "not licensed here"
     assert job.state is JobState.SUCCEEDED and job.result == "2 steps done, 1 skipped"
     h.steps.fail = {"third": KeyError("bug")}
-    job = await h.settle(h.runner.schedule("demo").id)
+    job = await h.settle((await h.runner.schedule("demo")).id)
     assert job.state is JobState.FAILED and states(job) == ["succeeded", "succeeded", "failed"]
     assert job.error == "the step hit an internal error; details are in the agent's log"
 
 
 async def test_a_job_runs_when_the_clock_reaches_its_time(h: Harness) -> None:
     h.start()
-    job = h.runner.schedule("demo", at=T0 + 3600)
+    job = (await h.runner.schedule("demo", at=T0 + 3600))
     await asyncio.sleep(0.01)
     assert job.state is JobState.SCHEDULED and h.steps.calls == []
     assert h.clock.sleeps[-1] == 30.0  # capped: wall-clock jumps are noticed
@@ -230,7 +232,7 @@ async def test_a_job_runs_when_the_clock_reaches_its_time(h: Harness) -> None:
 
 async def test_cancel_a_scheduled_job(h: Harness) -> None:
     h.start()
-    job = h.runner.schedule("demo", at=T0 + 60)
+    job = (await h.runner.schedule("demo", at=T0 + 60))
     cancelled = h.runner.cancel(job.id)
     assert cancelled.state is JobState.CANCELLED and cancelled.error == "cancelled by the operator"
     assert states(cancelled) == ["skipped"] * 3
@@ -241,7 +243,7 @@ async def test_cancel_a_scheduled_job(h: Harness) -> None:
     with pytest.raises(Conflict) as info:
         h.runner.cancel(job.id)
     assert info.value.message == "job 1 is cancelled: only a scheduled job can be cancelled"
-    assert h.runner.schedule("demo").id == 2  # a cancelled job no longer conflicts
+    assert (await h.runner.schedule("demo")).id == 2  # a cancelled job no longer conflicts
 
 
 # --- refusals ---------------------------------------------------------------------------------
@@ -249,16 +251,16 @@ async def test_cancel_a_scheduled_job(h: Harness) -> None:
 
 async def test_bad_requests_are_refused_exactly(h: Harness) -> None:
     with pytest.raises(InvalidInput) as bad:
-        h.runner.schedule("mongodb")
+        (await h.runner.schedule("mongodb"))
     assert bad.value.message == "unknown job kind"
     assert bad.value.problems == [Problem("name", "'mongodb' is not a job kind (known: demo)")]
     with pytest.raises(InvalidInput) as past:
-        h.runner.schedule("demo", at=T0 - 60)
+        (await h.runner.schedule("demo", at=T0 - 60))
     assert past.value.problems == [Problem(
         "at", "2026-11-22T22:59:00+01:00 is in the past (it is now 2026-11-22T23:00:00+01:00)")]
-    first = h.runner.schedule("demo", at=T0 + 3600)
+    first = (await h.runner.schedule("demo", at=T0 + 3600))
     with pytest.raises(Conflict) as busy:
-        h.runner.schedule("demo")
+        (await h.runner.schedule("demo"))
     assert busy.value.message == (
         "a demo job is already scheduled (job 1, due at 2026-11-23T00:00:00+01:00)")
     assert busy.value.remedy == "Wait for it to end, or cancel it: voxnode jobs cancel 1"
@@ -271,10 +273,10 @@ async def test_bad_requests_are_refused_exactly(h: Harness) -> None:
 async def test_a_running_job_conflicts_and_cannot_be_cancelled(h: Harness) -> None:
     release = h.steps.block["first"] = asyncio.Event()
     h.start()
-    job = h.runner.schedule("demo")
+    job = (await h.runner.schedule("demo"))
     await h.until(job.id, StepState.RUNNING, 0)
     with pytest.raises(Conflict) as busy:
-        h.runner.schedule("demo")
+        (await h.runner.schedule("demo"))
     assert busy.value.message == "a demo job is already running (job 1)"
     with pytest.raises(Conflict) as running:
         h.runner.cancel(job.id)
@@ -290,11 +292,11 @@ async def test_a_running_job_conflicts_and_cannot_be_cancelled(h: Harness) -> No
 async def test_an_agent_stop_marks_the_running_job_interrupted(h: Harness) -> None:
     h.steps.block["second"] = asyncio.Event()  # never released
     h.start()
-    job = h.runner.schedule("demo")
+    job = (await h.runner.schedule("demo"))
     await h.until(job.id, StepState.RUNNING, 1)
     await h.stop()  # what the daemon does on SIGTERM
     assert job.state is JobState.INTERRUPTED
-    assert h.on_disk(job.id)["state"] == "interrupted"
+    assert (await h.on_disk(job.id))["state"] == "interrupted"
     assert h.new_runner().get(job.id).error == (
         "the agent stopped while step 2 of 3 (the second step) was running; "
         "the job did not finish")
@@ -310,10 +312,11 @@ def _record(job_id: int, state: JobState, steps: list[StepState], at: float | No
 async def test_recovery_after_a_crash(h: Harness) -> None:
     store = JobStore(h.tmp_path / "state")
     pending = [StepState.PENDING] * 3
-    store.save(_record(4, JobState.RUNNING,
-                       [StepState.SUCCEEDED, StepState.RUNNING, StepState.PENDING], None))
-    store.save(_record(5, JobState.SCHEDULED, pending, T0 + 600))
-    store.save(_record(6, JobState.SCHEDULED, pending, T0 - 3600))  # missed by an hour
+    for record in (_record(4, JobState.RUNNING,
+                           [StepState.SUCCEEDED, StepState.RUNNING, StepState.PENDING], None),
+                   _record(5, JobState.SCHEDULED, pending, T0 + 600),
+                   _record(6, JobState.SCHEDULED, pending, T0 - 3600)):  # 6: missed by an hour
+        await asyncio.to_thread(store.save, record)
     (h.tmp_path / "state" / "jobs" / "00000007.json").write_text("{torn")
     (h.tmp_path / "state" / "jobs" / ".00000008.json.x.tmp").write_text("")
     h.runner = h.new_runner()
@@ -334,16 +337,16 @@ async def test_recovery_after_a_crash(h: Harness) -> None:
     h.start()
     h.clock.advance(600)  # the scheduled job was re-armed
     assert (await h.settle(5)).state is JobState.SUCCEEDED
-    assert h.runner.schedule("demo").id == 8  # ids are not reused
+    assert (await h.runner.schedule("demo")).id == 8  # ids are not reused
 
 
 async def test_history_keeps_the_newest_finished_jobs(tmp_path: Path) -> None:
     h = Harness(tmp_path, keep=3)
     h.start()
-    waiting = h.runner.schedule("demo", at=T0 + 3600)
+    waiting = (await h.runner.schedule("demo", at=T0 + 3600))
     for _ in range(4):
         h.runner.cancel(waiting.id)
-        waiting = h.runner.schedule("demo", at=T0 + 3600)
+        waiting = (await h.runner.schedule("demo", at=T0 + 3600))
     await h.stop()
     files = sorted(p.name for p in (tmp_path / "state" / "jobs").iterdir())
     # 4 cancelled + 1 scheduled: the oldest cancelled one is gone, the scheduled one stays
@@ -368,7 +371,7 @@ class Node:
     async def run(self) -> Job:
         task = asyncio.create_task(self.runner.run())
         try:
-            job = self.runner.schedule("mongodb-update")
+            job = (await self.runner.schedule("mongodb-update"))
             for _ in range(1000):
                 if not job.active:
                     return job

@@ -49,9 +49,18 @@ def subsystem(tmp_path: Path) -> tuple[ModeSubsystem, FileTree]:
     return ModeSubsystem(files, LICENSED), files
 
 
+def plant(files: FileTree, node_path: str, text: str, mode: int = 0o644) -> None:
+    """A file the test expects to find (written directly: the durable writer refuses to
+    run on the test's event loop)."""
+    path = files.path(node_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
 def with_mcs_client(files: FileTree) -> None:
-    files.write_if_changed(MCS_CLIENT_CONF, "client\nremote mcs.example.net 1194\n", 0o600)
-    files.write_if_changed(f"{MCS_CERT_DIR}/client.crt", "-----BEGIN CERTIFICATE-----\n", 0o600)
+    plant(files, MCS_CLIENT_CONF, "client\nremote mcs.example.net 1194\n", 0o600)
+    plant(files, f"{MCS_CERT_DIR}/client.crt", "-----BEGIN CERTIFICATE-----\n", 0o600)
 
 
 # --- check ----------------------------------------------------------------------------------
@@ -295,7 +304,7 @@ async def test_pure_cloud_to_standard_removes_coturn_and_keeps_secret(tmp_path: 
 
 async def test_existing_secret_is_kept_and_its_mode_tightened(tmp_path: Path) -> None:
     sub, files = subsystem(tmp_path)
-    files.write_if_changed(TURN_SECRET, "operator-chosen-secret-123\n", 0o644)
+    plant(files, TURN_SECRET, "operator-chosen-secret-123\n", 0o644)
     changes = await sub.apply(None, PURE_CLOUD)
     assert Change("set", TURN_SECRET, "mode 0600") in changes
     assert stat.S_IMODE(files.path(TURN_SECRET).stat().st_mode) == 0o600
@@ -305,7 +314,7 @@ async def test_existing_secret_is_kept_and_its_mode_tightened(tmp_path: Path) ->
 
 async def test_malformed_secret_is_an_error_without_the_secret(tmp_path: Path) -> None:
     sub, files = subsystem(tmp_path)
-    files.write_if_changed(TURN_SECRET, "short secret with spaces\n", 0o600)
+    plant(files, TURN_SECRET, "short secret with spaces\n", 0o600)
     with pytest.raises(SubsystemError) as info:
         await sub.apply(None, PURE_CLOUD)
     assert "spaces" not in json.dumps(info.value.to_dict())
@@ -329,7 +338,7 @@ async def test_apply_repairs_a_drifted_file(tmp_path: Path) -> None:
     sub, files = subsystem(tmp_path)
     await sub.apply(None, STANDARD)
     files.path(PJSIP_VOXNODE_CONF).write_text("; edited by hand\n")
-    files.write_if_changed(COTURN_CONF, "stale\n")
+    plant(files, COTURN_CONF, "stale\n")
     changes = await sub.apply(STANDARD, STANDARD)
     assert [(c.action, c.target) for c in changes] == [
         ("remove", COTURN_CONF),

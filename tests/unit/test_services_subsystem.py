@@ -128,7 +128,7 @@ async def test_roles(tmp_path: Path) -> None:
 async def test_mcs_client_runs_once_configured(tmp_path: Path) -> None:
     node = Node(tmp_path, "lab", StaticLicence(frozenset({"SMART_WORKING"})))
     assert not (await node.reasons())["mcs-vpn"][0]
-    node.files.write_if_changed(MCS_CLIENT_CONF, "client\n", 0o600)
+    await asyncio.to_thread(node.files.write_if_changed, MCS_CLIENT_CONF, "client\n", 0o600)
     assert (await node.reasons())["mcs-vpn"] == (
         True, "licensed (SMART_WORKING); the MCS client is configured; this node is standalone")
 
