@@ -49,11 +49,11 @@ async def _loop_watch() -> AsyncIterator[None]:
     # this long-lived test process takes ~90 ms, a pause of the test process, not of the
     # code under test (the agent freezes its start-up heap the same way)
     gc.freeze()
-    async with watch_loop() as slow:
+    async with watch_loop() as stalls:
         yield
-    if slow.reports:
-        pytest.fail("a callback blocked the event loop for more than 50 ms: "
-                    + "; ".join(slow.reports[:3]))
+    if stalls:
+        pytest.fail("a callback held the event loop for more than 50 ms: "
+                    + "; ".join(stalls[:3]))
 
 
 @pytest.fixture(autouse=True)
