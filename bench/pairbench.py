@@ -9,6 +9,18 @@ does not always land at the same advert phase) and injects one fault:
 - ``graceful``: the implementation's own switchover (keepalived: SIGTERM on the master,
   which sends a priority-0 advert).
 
+Fault cases that must move nothing (``FAULT_CASES``), each held for ``FAULT_HOLD_S``,
+counting the samples where both nodes held the node IP and the holder changes (false
+failovers):
+
+- ``ip-partition``: a ``blackhole`` route to the peer on both nodes (``sendto`` fails;
+  ARP and raw Ethernet still work);
+- ``l2-cut``: a bridge filter that cuts only A<->B, both still reaching the gateway; voxnode
+  runs with its arbiter (``voxnode-arbiter`` on the gateway) for this case;
+- ``flood``: 100,000 packets/s of junk that starts like a voxnode message, half as UDP to
+  the master's heartbeat port, half as broadcast frames of EtherType 0x88B5
+  (``tests/tools/flood.c``).
+
 The client gap is the longest silence between two replies of the 10 ms UDP probe around
 the fault, ending once the other node has answered alone for 1 s. A soak puts 5 % loss and
 50±25 ms jitter on the heartbeat both nodes send (``PairLab.impair_heartbeat``: NFQUEUE,
@@ -44,6 +56,8 @@ if str(REPO) not in sys.path:
 from agent.state.model import HAProfile  # noqa: E402
 from ha.machine import TIMINGS  # noqa: E402
 from tests.halab import (  # noqa: E402
+    GATEWAY_IP,
+    NODE_ADDRESSES,
     NODES,
     KeepalivedPair,
     LabError,
@@ -56,6 +70,10 @@ from tests.halab import (  # noqa: E402
 from tests.voxpair import VoxnodePair  # noqa: E402
 
 CASES = ("crash", "link-down", "graceful")
+FAULT_CASES = ("ip-partition", "l2-cut", "flood")
+FAULT_HOLD_S = 8.0
+ARBITER_PORT = 7412
+FLOOD_SOURCE = REPO / "tests/tools/flood.c"
 SETTLE_S = 1.0
 SOAK_POLL_S = 0.05
 TARGETS_MS = {  # from the issue; checked only for voxnode rows
@@ -139,12 +157,22 @@ class VoxnodeImpl:
     def __init__(self, profile: str) -> None:
         self.profile = profile
         self.name = f"voxnode-{profile}"
+        self.with_arbiter = False  # the l2-cut case runs the pair with its arbiter
         self.heartbeat_interval_s = TIMINGS[HAProfile(profile)].interval
         self.recovery_timeout_s = 10.0
         self._pairs: dict[str, VoxnodePair] = {}
 
     def start(self, lab: PairLab) -> None:
-        pair = VoxnodePair(lab, self.profile)
+        extra = ({"arbiter": {"address": GATEWAY_IP, "port": ARBITER_PORT}}
+                 if self.with_arbiter else None)
+        pair = VoxnodePair(lab, self.profile, extra)
+        if self.with_arbiter:
+            keyfile = lab.workdir / "arbiter.key"
+            keyfile.write_text(pair.key + "\n")
+            keyfile.chmod(0o600)
+            lab.spawn("br", [str(Path(sys.executable).parent / "voxnode-arbiter"), "--listen",
+                             f"{GATEWAY_IP}:{ARBITER_PORT}", "--key-file", str(keyfile)],
+                      helper=True)
         self._pairs[lab.tag] = pair
         pair.start(stagger_s=0.3, timeout=30.0)
 
@@ -241,6 +269,68 @@ def run_trial(impl: PairImpl, case: str, index: int) -> Trial:
             trial.error = str(exc)
         finally:
             impl.stop(lab)
+    return trial
+
+
+@dataclass
+class FaultTrial:
+    case: str
+    impl: str
+    index: int
+    both_held_samples: int | None = None
+    false_failovers: int | None = None  # node IP holder changes during the fault
+    roles_after: dict[str, str | None] = field(default_factory=dict)
+    flood_packets: int | None = None
+    error: str | None = None
+
+
+def flood_binary(out: Path) -> Path:
+    binary = out / "flood"
+    if not binary.exists() or binary.stat().st_mtime < FLOOD_SOURCE.stat().st_mtime:
+        out.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(FLOOD_SOURCE)], check=True)
+    return binary
+
+
+def run_fault(impl: PairImpl, case: str, index: int, flood: Path) -> FaultTrial:
+    trial = FaultTrial(case=case, impl=impl.name, index=index)
+    arbiter = case == "l2-cut" and isinstance(impl, VoxnodeImpl)
+    if isinstance(impl, VoxnodeImpl):
+        impl.with_arbiter = arbiter
+    with _lab(impl) as lab:
+        try:
+            master = _start_steady(impl, lab)
+            at = time.monotonic()
+            floods: list[subprocess.Popen[str]] = []
+            if case == "ip-partition":
+                for node in NODES:
+                    lab.ip(node, "route", "add", "blackhole", f"{NODE_ADDRESSES[other(node)]}/32")
+            elif case == "l2-cut":
+                lab.partition([master], [other(master)])
+            elif case == "flood":
+                ns = lab.node_ns("c")
+                port = str(impl.heartbeat[1] or VoxnodeImpl.heartbeat_port)
+                rate, seconds = "50000", f"{FAULT_HOLD_S:g}"
+                floods = [subprocess.Popen(["ip", "netns", "exec", ns, str(flood), *argv],
+                                           stdout=subprocess.PIPE, text=True)
+                          for argv in (["udp", NODE_ADDRESSES[master], port, rate, seconds],
+                                       ["l2", "eth0", rate, seconds])]
+            else:
+                raise ValueError(f"unknown fault case {case!r} ({', '.join(FAULT_CASES)})")
+            time.sleep(FAULT_HOLD_S)
+            if floods:
+                trial.flood_packets = sum(int(p.communicate(timeout=30)[0].strip() or 0)
+                                          for p in floods)
+            trial.both_held_samples = len(lab.both_held_samples(since=at))
+            trial.false_failovers = lab.holder_changes(at)
+            trial.roles_after = {n: ("master" if impl.master(lab) == n else "other")
+                                 for n in NODES}
+        except (LabError, subprocess.SubprocessError, OSError, ValueError) as exc:
+            trial.error = str(exc)
+        finally:
+            impl.stop(lab)
+            if isinstance(impl, VoxnodeImpl):
+                impl.with_arbiter = False
     return trial
 
 
@@ -353,6 +443,32 @@ def print_report(trials: list[Trial], soaks: list[Soak], impls: list[str]) -> di
     return stats
 
 
+def print_faults(faults: list[FaultTrial], impls: list[str]) -> dict[str, Any]:
+    stats: dict[str, dict[str, Any]] = {}
+    if not faults:
+        return stats
+    print(f"\nfaults held {FAULT_HOLD_S:g} s: samples with both nodes holding the node IP, "
+          "holder changes (false failovers)")
+    print(f"{'case':<13} {'implementation':<18} {'ok/n':>5} {'both-held':>9} "
+          f"{'false failovers':>15}")
+    for case in FAULT_CASES:
+        for impl in impls:
+            rows = [t for t in faults if t.case == case and t.impl == impl]
+            if not rows:
+                continue
+            ok = [t for t in rows if t.error is None]
+            row = {"trials": len(rows), "failed": len(rows) - len(ok),
+                   "both_held_samples": sum(t.both_held_samples or 0 for t in ok),
+                   "false_failovers": sum(t.false_failovers or 0 for t in ok)}
+            stats.setdefault(case, {})[impl] = row
+            print(f"{case:<13} {impl:<18} {len(ok):>2}/{len(rows):<2} "
+                  f"{row['both_held_samples']:>9} {row['false_failovers']:>15}")
+    for trial in faults:
+        if trial.error:
+            print(f"  failed: {trial.case} {trial.impl} #{trial.index}: {trial.error}")
+    return stats
+
+
 def _keepalived_version() -> str | None:
     if shutil.which("keepalived") is None:
         return None
@@ -367,6 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--impl", default=",".join(DEFAULT_IMPLS),
                         help="comma-separated: " + ", ".join([*DEFAULT_IMPLS, *OPTIONAL_IMPLS]))
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--faults", default=",".join(FAULT_CASES),
+                        help="fault cases that must move nothing (empty: none)")
+    parser.add_argument("--fault-trials", type=int, default=2)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--soak-seconds", type=float, default=300.0)
     parser.add_argument("--cpu-seconds", type=float, default=10.0)
@@ -380,7 +499,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = {**DEFAULT_IMPLS, **OPTIONAL_IMPLS}
     names = [n.strip() for n in args.impl.split(",") if n.strip()]
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [n for n in names if n not in registry] + [c for c in cases if c not in CASES]
+    faults_wanted = [c.strip() for c in args.faults.split(",") if c.strip()]
+    unknown = ([n for n in names if n not in registry] + [c for c in cases if c not in CASES]
+               + [c for c in faults_wanted if c not in FAULT_CASES])
     if unknown:
         print(f"bench/failover: unknown {', '.join(unknown)}", file=sys.stderr)
         return 2
@@ -402,6 +523,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{case:<10} {name:<18} #{index}: "
                       + (f"{trial.gap_ms:.0f} ms ({trial.before}->{trial.after})"
                          if trial.gap_ms is not None else f"failed: {trial.error}"), flush=True)
+    faults: list[FaultTrial] = []
+    flood = flood_binary(args.json_out.parent) if "flood" in faults_wanted else Path("/")
+    for case in faults_wanted:
+        for index in range(args.fault_trials):
+            for name, impl in impls.items():
+                fault = run_fault(impl, case, index, flood)
+                faults.append(fault)
+                print(f"{case:<13} {name:<18} #{index}: " + (
+                    f"both-held {fault.both_held_samples}, false failovers "
+                    f"{fault.false_failovers}" if fault.error is None
+                    else f"failed: {fault.error}"), flush=True)
     soaks = []
     if args.soak_seconds > 0 or args.cpu_seconds > 0:
         for name, impl in impls.items():
@@ -409,21 +541,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                   flush=True)
             soaks.append(run_soak(impl, args.soak_seconds, args.cpu_seconds))
     stats = print_report(trials, soaks, names)
+    fault_stats = print_faults(faults, names)
 
     result = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"kernel": platform.release(), "cpus": os.cpu_count(),
                  "keepalived": _keepalived_version()},
         "args": {"impl": names, "cases": cases, "trials": args.trials,
+                 "faults": faults_wanted, "fault_trials": args.fault_trials,
                  "soak_seconds": args.soak_seconds, "cpu_seconds": args.cpu_seconds,
                  "seed": args.seed},
         "duration_s": round(time.monotonic() - started, 1),
         "stats": stats,
+        "fault_stats": fault_stats,
         "trials": [asdict(t) for t in trials],
+        "faults": [asdict(t) for t in faults],
         "soak": [asdict(s) for s in soaks],
     }
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json_out}")
-    failed = sum(t.error is not None for t in trials) + sum(s.error is not None for s in soaks)
+    failed = (sum(t.error is not None for t in trials) + sum(s.error is not None for s in soaks)
+              + sum(t.error is not None for t in faults))
     return 1 if failed else 0

@@ -381,13 +381,20 @@ def arbiter_pair() -> Iterator[tuple[VoxnodePair, subprocess.Popen[bytes]]]:
         assert voxnode.loop_problems() == []
 
 
+def wait_lease(pair: VoxnodePair, node: str, holder: str, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (seen := status(pair, node)["arbiter"]["lease_holder"]) != holder:
+        assert time.monotonic() < deadline, f"{node}: lease held by {seen}, not {holder}"
+        time.sleep(0.1)
+
+
 def test_a_cut_between_only_the_two_nodes_keeps_one_master(
         arbiter_pair: tuple[VoxnodePair, subprocess.Popen[bytes]]) -> None:
     pair, _ = arbiter_pair
     master = start(pair)
     slave = other(master)  # type: ignore[arg-type]
-    assert status(pair, master)["arbiter"]["lease_holder"] == "this node"
-    assert status(pair, slave)["arbiter"]["lease_holder"] == "peer"
+    wait_lease(pair, master, "this node")
+    wait_lease(pair, slave, "peer")  # the slave's next query tells it who holds the lease
     at = pair.lab.partition([master], [slave])  # type: ignore[list-item]
     end = time.monotonic() + 30
     while time.monotonic() < end:
