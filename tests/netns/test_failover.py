@@ -8,14 +8,14 @@ only until its crash: see ``PairLab.both_held_samples``).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.halab import NODES, PairLab, missing_tools, other
+from tests.halab import NODES, other
+from tests.netns.pairs import assert_never_both, codes, start, voxnode_pair
 from tests.voxpair import VoxnodePair
 
 pytestmark = pytest.mark.root
@@ -25,33 +25,8 @@ HEARTBEAT_PORT = 694
 
 @pytest.fixture
 def pair() -> Iterator[VoxnodePair]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"host tools missing: {', '.join(missing)}")
-    with PairLab(assign_node_addresses=False) as lab:
-        voxnode = VoxnodePair(lab)
-        try:
-            yield voxnode
-        finally:
-            voxnode.stop()
-        assert voxnode.loop_problems() == []
-
-
-def start(pair: VoxnodePair) -> str:
-    master = pair.start(stagger_s=0.3)
-    pair.lab.wait_steady(master, for_s=0.3)
-    return master
-
-
-def codes(reasons: list[dict[str, str]]) -> list[str]:
-    return [r["code"] for r in reasons]
-
-
-def assert_never_both(pair: VoxnodePair, since: float = 0.0) -> None:
-    both = pair.lab.both_held_samples(since)
-    assert both == [], f"both nodes held the node IP at {len(both)} samples"
+    with voxnode_pair() as voxnode:
+        yield voxnode
 
 
 def test_first_node_is_master_and_the_second_follows(pair: VoxnodePair) -> None:
@@ -280,15 +255,8 @@ def test_status_without_ha_is_clear(pair: VoxnodePair) -> None:
 
 @pytest.fixture
 def cloud_pair() -> Iterator[VoxnodePair]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    with PairLab(assign_node_addresses=False, probe=False) as lab:
-        voxnode = VoxnodePair(lab, extra_ha={"cloud": True, "shared_ips": []})
-        try:
-            yield voxnode
-        finally:
-            voxnode.stop()
-        assert voxnode.loop_problems() == []
+    with voxnode_pair(probe=False, extra_ha={"cloud": True, "shared_ips": []}) as voxnode:
+        yield voxnode
 
 
 def test_cloud_pair_switches_only_by_hand_step_by_step(cloud_pair: VoxnodePair) -> None:

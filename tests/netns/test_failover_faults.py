@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.halab import GATEWAY_IP, NODE_ADDRESSES, NODE_IP, NODES, PairLab, missing_tools, other
+from tests.halab import GATEWAY_IP, NODE_ADDRESSES, NODE_IP, NODES, PairLab, other
+from tests.netns.pairs import assert_never_both, codes, lab_or_skip, start, voxnode_pair
 from tests.voxpair import VoxnodePair
 
 pytestmark = pytest.mark.root
@@ -31,45 +32,16 @@ ARBITER_PORT = 7412
 FLOOD_SOURCE = Path(__file__).parent.parent / "tools" / "flood.c"
 
 
-def _lab_or_skip() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"host tools missing: {', '.join(missing)}")
-
-
 @pytest.fixture
 def pair() -> Iterator[VoxnodePair]:
-    _lab_or_skip()
-    with PairLab(assign_node_addresses=False) as lab:
-        voxnode = VoxnodePair(lab)
-        try:
-            yield voxnode
-        finally:
-            voxnode.stop()
-        assert voxnode.loop_problems() == []
-
-
-def start(pair: VoxnodePair) -> str:
-    master = pair.start(stagger_s=0.3)
-    pair.lab.wait_steady(master, for_s=0.3)
-    return master
-
-
-def codes(reasons: list[dict[str, str]]) -> list[str]:
-    return [r["code"] for r in reasons]
+    with voxnode_pair() as voxnode:
+        yield voxnode
 
 
 def status(pair: VoxnodePair, node: str) -> dict:  # type: ignore[type-arg]
     data = pair.status(node)  # type: ignore[arg-type]
     assert data is not None, f"no status from {node}"
     return data
-
-
-def assert_never_both(pair: VoxnodePair, since: float = 0.0) -> None:
-    both = pair.lab.both_held_samples(since)
-    assert both == [], f"both nodes held the node IP at {len(both)} samples"
 
 
 def assert_nothing_moved(pair: VoxnodePair, master: str, at: float,
@@ -363,7 +335,7 @@ def test_a_full_state_disk_on_the_slave_ends_in_one_stable_outcome(pair: Voxnode
 
 @pytest.fixture
 def arbiter_pair() -> Iterator[tuple[VoxnodePair, subprocess.Popen[bytes]]]:
-    _lab_or_skip()
+    lab_or_skip()
     with PairLab(assign_node_addresses=False) as lab:
         voxnode = VoxnodePair(lab, extra_ha={"arbiter": {"address": GATEWAY_IP,
                                                          "port": ARBITER_PORT}})
