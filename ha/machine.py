@@ -59,17 +59,18 @@ class Timing:
 
 
 TIMINGS = {
-    # standard: a takeover needs 4 heartbeat periods with neither copy (UDP, Ethernet)
-    # arriving: with 5 % loss per packet that is ~(0.05**2)**4 = 4e-11 per window. An
-    # isolated master lets go at ``guard``: at the latest 350 ms after its link went,
-    # while the slave, whose last heartbeat is at most one period older, takes over 450 ms
-    # after at the earliest. A link blip shorter than guard - interval (200 ms) releases
-    # nothing. A witness counts as reachable for two probe periods and a bit (one lost
+    # standard: a takeover needs 3 heartbeat periods and more with neither copy (UDP,
+    # Ethernet) arriving: with 5 % loss per packet that is ~(0.05**2)**3 = 2e-8 per window.
+    # An isolated master lets go at ``guard``: at the latest 350 ms after its link went,
+    # while the slave, whose last heartbeat is at most one period older, takes over 400 ms
+    # after at the earliest (dead - interval): 50 ms for the release, which a demotion on a
+    # fault does first (ha.manager). A link blip shorter than guard - interval (200 ms)
+    # releases nothing. A witness counts as reachable for two probe periods and a bit (one lost
     # answer changes nothing), less than ``guard``. 150 ms heartbeats keep an idle agent
     # under 1 % of a core (bench/README.md).
     # With an arbiter, leases are renewed every heartbeat and last 450 ms from the request:
     # one lost answer leaves 150 ms, over the 100 ms margin, so it releases nothing.
-    HAProfile.STANDARD: Timing(0.15, 0.6, 0.35, 0.15, 0.32, 1.8, 0.45, 0.1),
+    HAProfile.STANDARD: Timing(0.15, 0.55, 0.35, 0.15, 0.32, 1.8, 0.45, 0.1),
     # fast: the same rules on a 30 ms heartbeat, for LANs that carry it (isolated master
     # gone at 75 ms, slave at 120 ms at the earliest)
     HAProfile.FAST: Timing(0.03, 0.15, 0.075, 0.03, 0.065, 0.6, 0.12, 0.035),

@@ -295,7 +295,7 @@ class HAManager:
             target = self.decision.target
             if target is not None:
                 await self._transition(target, self.decision.reason,
-                                       bump=self.decision.bump_epoch)
+                                       bump=self.decision.bump_epoch, fault=True)
 
     # --- transitions -----------------------------------------------------------------------
 
@@ -305,7 +305,11 @@ class HAManager:
             await self._transition(target, reason, bump=bump, release=release)
 
     async def _transition(self, target: Role, reason: str, *, bump: bool = False,
-                          release: bool = False) -> None:
+                          release: bool = False, fault: bool = False) -> None:
+        """``fault``: decided by the rules (isolation, two masters, a lease running out),
+        not asked by an operator: a demoting master drops the node IP before it stops its
+        units, since the peer may take over at any moment (fail closed). An operator's
+        demotion stops the units first and the peer waits to be told."""
         runtime = self.runtime
         if runtime is None or target is self.role:
             return
@@ -325,7 +329,10 @@ class HAManager:
                 return
             self.promote_held, self.promote_after = None, float("-inf")
         else:
-            if old is Role.MASTER:
+            if old is Role.MASTER and fault:
+                steps += await self._release_ip()
+                steps += await self._demote_units(old, target)
+            elif old is Role.MASTER:
                 steps += await self._demote_units(old, target)
                 steps += await self._release_ip()
             self.role = target

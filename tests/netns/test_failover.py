@@ -250,7 +250,7 @@ def test_status_without_ha_is_clear(pair: VoxnodePair) -> None:
     start(pair)
     data = pair.client("a").get("/v1/ha")
     assert data["running"] is True and data["profile"] == "standard"
-    assert data["timing_ms"]["dead"] == 600
+    assert data["timing_ms"]["dead"] == 550
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ CASES = [
      inputs(Role.SLAVE, peer(Role.MASTER, age=0.7), witness_age=0.9), None,
      "no witness answers"),
     ("slave just under the dead interval waits",
-     inputs(Role.SLAVE, peer(Role.MASTER, age=0.55)), None, "following the master"),
+     inputs(Role.SLAVE, peer(Role.MASTER, age=T.dead - 0.05)), None, "following the master"),
     ("slave takes the release at once", inputs(Role.SLAVE, peer(Role.SLAVE, released=True)),
      Role.MASTER, "handed the node IP over"),
     ("slave in a cloud pair never takes over",
@@ -114,6 +114,9 @@ def test_isolated_master_lets_go_before_the_slave_takes_over() -> None:
     for profile in HAProfile:
         timing = TIMINGS[profile]
         assert timing.guard < timing.dead
+        # the slave's earliest takeover (dead - interval after the master's link went)
+        # comes at least 40 ms after the isolated master's latest release (guard)
+        assert timing.dead - timing.interval - timing.guard >= 0.04
         # a witness counts as reachable for at least two probe periods (one lost answer is
         # not a loss), and less than the guard: a master that let go for lack of witnesses
         # does not count the answer from before as reachable
@@ -162,7 +165,7 @@ def test_with_an_arbiter_a_slave_takes_over_only_with_the_lease() -> None:
 
 
 def test_with_an_arbiter_a_master_without_peer_lets_go_before_its_lease_ends() -> None:
-    lost = peer(Role.SLAVE, age=T.guard + 0.05)
+    lost = peer(Role.SLAVE, age=T.dead + 0.05)
     keeps = lease_inputs(Role.MASTER, lost, lease_left=0.3)
     assert decide(keeps).target is None
     # no new lease arrives: it lets go exactly at lease end - margin
