@@ -48,3 +48,34 @@ async def test_the_role_is_written_off_the_loop(tmp_path: Path,
     assert ran_during(beats, span) >= 3, "the loop stood still meanwhile"
     assert runtime.told == [(Kind.HEARTBEAT, Role.OFF)]  # the peer is told once it is on disk
     assert manager.role is Role.OFF
+
+
+class OrderedNodeIP:
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    async def release(self) -> list[str]:
+        self.order.append("node IP released")
+        return ["removed 10.0.0.10/24 from eth0"]
+
+
+@pytest.mark.parametrize(("fault", "expected"), [
+    (True, ["node IP released", "units stopped"]),  # isolated: the peer may take over now
+    (False, ["units stopped", "node IP released"]),  # the operator's: the peer waits
+])
+async def test_a_demotion_on_a_fault_drops_the_node_ip_first(
+        tmp_path: Path, fault: bool, expected: list[str]) -> None:
+    manager = HAManager(tmp_path / "ha", MemoryNetlink(), EventLog())
+    order: list[str] = []
+    runtime = QuietRuntime(HAStore(tmp_path / "ha"))
+    runtime.node_ip = OrderedNodeIP(order)  # type: ignore[assignment]
+    manager.runtime = runtime  # type: ignore[assignment]
+    manager.role, manager.holds_vip = Role.MASTER, True
+
+    async def units(old: Role, new: Role) -> None:
+        order.append("units stopped")
+
+    manager.hooks.append(units)
+    await manager._transition(Role.SLAVE, "isolated", fault=fault)
+    assert order == expected
+    assert manager.role is Role.SLAVE and not manager.holds_vip
