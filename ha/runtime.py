@@ -30,7 +30,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -496,11 +496,15 @@ class Runtime:
         released = now if msg.kind is Kind.RELEASE else None
         if released is None and old is not None and msg.role is not Role.MASTER:
             released = old.released_at
-        self.peer.view = PeerView(msg.node_id, msg.role, msg.epoch, msg.holds_vip,
-                                  msg.witness_ok, now, released)
-        # decide in this same wake-up: news acted on at once, and a plain "still here"
-        # moves the next deadline on
-        self.on_input()
+        view = PeerView(msg.node_id, msg.role, msg.epoch, msg.holds_vip, msg.witness_ok, now,
+                        released)
+        self.peer.view = view
+        # news is decided on in this same wake-up; a plain "still here" only moves the
+        # deadlines on, and the decision already scheduled reads it when it comes (one
+        # decision per dead or guard interval instead of one per heartbeat)
+        if old is None or replace(old, last_seen=now) != view or now - old.last_seen >= (
+                self.cfg.timing.guard):
+            self.on_input()
 
     def _reject(self, source: str, reason: str, now: float) -> None:
         self.rejected_total += 1
