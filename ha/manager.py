@@ -92,6 +92,8 @@ class HAManager:
         self.problem: str | None = None
         self.decision: Decision | None = None
         self._next_change = float("inf")
+        self._next_check = float("inf")
+        self._waiting: asyncio.Timeout | None = None  # the decision loop's wait, while it waits
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
@@ -127,7 +129,8 @@ class HAManager:
             return done
         runtime = Runtime(cfg, keys, netlink=self.netlink, events=self.events,
                           clock=self.clock, wall=self.wall, local=self.local,
-                          on_input=self.wake, proc_conf=self.proc_conf)
+                          on_input=self.wake, on_pulse=self._after_pulse,
+                          proc_conf=self.proc_conf)
         try:
             await runtime.open()
         except VoxnodeError:
@@ -253,20 +256,22 @@ class HAManager:
         # reading the kernel's addresses is a netlink dump (~ms of Python): the node IP is
         # checked every KERNEL_CHECK_S; decisions are taken when something changes
         clock = self.clock
-        next_check = clock() + KERNEL_CHECK_S
+        self._next_check = clock() + KERNEL_CHECK_S
         while self.runtime is runtime:
             now = clock()
-            wake_at = min(self._next_change, next_check,
-                          now + IDLE_DECISIONS * runtime.cfg.timing.interval)
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, wake_at - now) + WAKE_LATE_S):
-                        await self._wake.wait()
+                    async with asyncio.timeout(self._wait_for(runtime, now)) as waiting:
+                        self._waiting = waiting
+                        try:
+                            await self._wake.wait()
+                        finally:
+                            self._waiting = None
             self._wake.clear()
             try:
                 await self.tick()
-                if clock() >= next_check:
-                    next_check = clock() + KERNEL_CHECK_S
+                if clock() >= self._next_check:
+                    self._next_check = clock() + KERNEL_CHECK_S
                     await runtime.maintain()
                     if self.role is Role.MASTER:
                         await self.ensure_node_ip()
@@ -278,6 +283,32 @@ class HAManager:
                 self.events.emit("ha.step-failed", text, level=logging.ERROR)
                 self._next_change = clock()
                 await asyncio.sleep(runtime.cfg.timing.dead)
+
+    def _wait_for(self, runtime: Runtime, now: float) -> float:
+        """Seconds until the loop must decide again with no news."""
+        wake_at = min(self._next_change, self._next_check,
+                      now + IDLE_DECISIONS * runtime.cfg.timing.interval)
+        return max(0.0, wake_at - now) + WAKE_LATE_S
+
+    def _after_pulse(self) -> None:
+        """After each heartbeat (the timer woke the daemon anyway): look again at what the
+        node knows. News wakes the decision; otherwise the decision's wait is moved to the
+        new deadline, so an idle pair is not woken once more per period for nothing (the
+        witness answers read with the heartbeat push their deadline on)."""
+        runtime, waiting = self.runtime, self._waiting
+        if runtime is None or waiting is None or self.lock.locked():
+            return
+        inputs = self.inputs(runtime)
+        decision = decide(inputs)
+        if (decision.target is not None or self.decision is None
+                or decision.blockers != self.decision.blockers):
+            self.wake()
+            return
+        self._next_change = min(
+            next_change(inputs),
+            self.hold_off_until if self.hold_off_until > inputs.now else float("inf"))
+        loop = asyncio.get_running_loop()
+        waiting.reschedule(loop.time() + self._wait_for(runtime, inputs.now))
 
     async def tick(self) -> None:
         """Decide and act in one step under the transition lock, so a decision is never

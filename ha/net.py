@@ -198,12 +198,13 @@ READ_BUDGET = 64
 
 def waiting_frames(sock: socket.socket, what: str, budget: int = READ_BUDGET
                    ) -> Iterator[bytes]:
-    """The frames queued on a raw socket now (at most ``budget``), without blocking, except
-    the ones this host sent (the BPF filter drops those already; this covers a kernel
-    without the filter)."""
+    """The frames queued on a raw socket now (at most ``budget``), without blocking. The
+    ones this host sent never get here: every raw socket of the daemon carries a BPF
+    filter that drops them (``not_outgoing``). ``recv``, not ``recvfrom``: CPython turns an
+    AF_PACKET source address into an interface name with one more system call per frame."""
     for _ in range(budget):
         try:
-            frame, address = sock.recvfrom(2048)
+            frame = sock.recv(2048)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -211,8 +212,7 @@ def waiting_frames(sock: socket.socket, what: str, budget: int = READ_BUDGET
             # itself when it comes back up.
             log.debug("%s: %s", what, os.strerror(exc.errno or 0))
             return
-        if address[2] != socket.PACKET_OUTGOING:
-            yield frame
+        yield frame
 
 
 def send_frame(sock: socket.socket, frame: bytes, what: str) -> bool:

@@ -176,6 +176,7 @@ class Runtime:
     def __init__(self, cfg: PairConfig, keys: Keyring, *, netlink: NetlinkPort,
                  events: EventLog, clock: Callable[[], float], wall: Callable[[], float],
                  local: Callable[[], Local], on_input: Callable[[], None],
+                 on_pulse: Callable[[], None] | None = None,
                  proc_conf: Path = Path("/proc/sys/net/ipv4/conf")) -> None:
         self.cfg = cfg
         self.keys = keys
@@ -185,6 +186,7 @@ class Runtime:
         self.wall = wall
         self.local = local
         self.on_input = on_input
+        self.on_pulse = on_pulse  # called after each heartbeat goes out
         self.proc_conf = proc_conf
         self.boot_id = new_boot_id()
         self.seq = 0
@@ -413,6 +415,8 @@ class Runtime:
         self.send()
         if self.arbiter is not None:
             self.arbiter.request(self._wants_lease(), self.local())
+        if self.on_pulse is not None:
+            self.on_pulse()
 
     def _wants_lease(self) -> bool:
         """The master always renews; another node asks only once the peer has been silent
