@@ -31,6 +31,7 @@ from typing import Any
 
 from agent.errors import Conflict, VoxnodeError
 from agent.events import EventLog
+from agent.ports.files import durable
 from agent.ports.netlink import NetlinkPort
 from agent.state.model import DesiredState, HAConfig
 from ha.config import PairConfig
@@ -79,6 +80,9 @@ class HAManager:
         self.wall = wall
         self.proc_conf = proc_conf
         self.persisted: Persisted = self.store.load()
+        self._on_disk = replace(self.persisted)  # what the last successful write holds
+        self._save_lock = asyncio.Lock()
+        self._reserving = False
         self.role = Role.INIT
         self.holds_vip = False
         self.hold_off_until = 0.0  # just handed the node IP over: no election win
@@ -319,6 +323,7 @@ class HAManager:
             if runtime is None:
                 return
             inputs = self.inputs(runtime)
+            self._reserve_ahead(runtime)
             self.decision = decide(inputs)
             self._next_change = min(
                 next_change(inputs),
@@ -391,21 +396,23 @@ class HAManager:
 
     async def _promote(self, runtime: Runtime, bump: bool) -> list[str]:
         old = self.role
-        # the epoch and role are saved before anything is taken: a disk that refuses them
-        # must not leave a master that forgets its epoch, nor a node IP taken and dropped
-        epoch = self.persisted.epoch
-        if bump:
-            # above every epoch seen in the pair, so a later two-masters meeting keeps us
-            view = runtime.peer.view
-            epoch = max(epoch, view.epoch if view is not None else 0) + 1
-        try:
-            await self._save(Persisted(epoch, Role.MASTER))
-        except OSError as exc:
-            raise PromotionFailed(Reason(
-                "state-unsaved", f"the pair's state cannot be saved "
-                f"({os.strerror(exc.errno or 0)}): not taking the node IP")) from exc
-        self.persisted = Persisted(epoch, Role.MASTER)
-        steps = [f"PROMOTING: epoch {epoch} saved", "PROMOTING: taking the node IP"]
+        # the new epoch must be on disk before anything is taken (a master must never
+        # forget its epoch): reserved ahead it already is, and nothing waits for the disk;
+        # otherwise it is written first, and a disk that refuses it stops the promotion
+        # before any node IP is taken or announced
+        epoch = self._next_epoch(runtime) if bump else self.persisted.epoch
+        if epoch > self._on_disk.reserved:
+            try:
+                await self._write_state(Persisted(epoch, Role.MASTER, epoch))
+            except OSError as exc:
+                raise PromotionFailed(Reason(
+                    "state-unsaved", f"the pair's state cannot be saved "
+                    f"({os.strerror(exc.errno or 0)}): not taking the node IP")) from exc
+            steps = [f"PROMOTING: epoch {epoch} saved"]
+        else:
+            steps = [f"PROMOTING: epoch {epoch} (reserved ahead)"]
+        self.persisted = Persisted(epoch, Role.MASTER, max(epoch, self._on_disk.reserved))
+        steps.append("PROMOTING: taking the node IP")
         try:
             steps += await runtime.node_ip.take()
             held = await runtime.node_ip.held()
@@ -428,6 +435,8 @@ class HAManager:
         self._announcer = asyncio.create_task(self._repeat_announce(runtime))
         runtime.take_release()
         steps.append(f"PROMOTING: master with epoch {epoch}")
+        if self._on_disk.role is not Role.MASTER or self._on_disk.epoch != epoch:
+            self._spawn(self._save_in_background())
         steps += await self._run_hooks(old, Role.MASTER)
         return steps
 
@@ -506,17 +515,54 @@ class HAManager:
                 self.events.emit("ha.units-failed", text, level=logging.ERROR)
         return steps
 
-    async def _save(self, persisted: Persisted) -> None:
-        # fsync in a worker thread: on a busy disk it can take longer than the dead
-        # interval, and the heartbeats (this loop) must go on meanwhile
-        await asyncio.to_thread(self.store.save, replace(persisted))
+    def _next_epoch(self, runtime: Runtime) -> int:
+        """Above every epoch seen in the pair, so a later two-masters meeting keeps us."""
+        view = runtime.peer.view
+        return max(self.persisted.epoch, view.epoch if view is not None else 0) + 1
+
+    async def _write_state(self, wanted: Persisted) -> None:
+        """The one writer of the pair's state file (fsync, in a worker thread: on a busy
+        disk it can take longer than the dead interval, and the heartbeats share this
+        loop). Writes never lower the epoch or the reservation on disk."""
+        async with self._save_lock:
+            body = Persisted(max(wanted.epoch, self._on_disk.epoch), wanted.role,
+                             max(wanted.reserved, self._on_disk.reserved, wanted.epoch))
+            await durable(self.store.save, body)
+            self._on_disk = body
+
+    def _reserve_ahead(self, runtime: Runtime) -> None:
+        """Write the next epoch ahead, off the promotion's path, when it grew."""
+        wanted = self._next_epoch(runtime)
+        if wanted <= self._on_disk.reserved or self._reserving:
+            return
+        self._reserving = True
+
+        async def reserve() -> None:
+            try:
+                await self._write_state(Persisted(self.persisted.epoch, self.role, wanted))
+            except OSError as exc:
+                self.events.emit("ha.state-unsaved", f"the next epoch cannot be reserved "
+                                 f"({os.strerror(exc.errno or 0)}): a takeover will have to "
+                                 "write it first", level=logging.WARNING)
+            finally:
+                self._reserving = False
+        self._spawn(reserve())
+
+    async def _save_in_background(self) -> None:
+        try:
+            await self._write_state(Persisted(self.persisted.epoch, self.role,
+                                              self.persisted.reserved))
+        except OSError as exc:
+            self.events.emit("ha.state-unsaved", f"the pair's role cannot be saved "
+                             f"({os.strerror(exc.errno or 0)}); the epoch is: the node keeps "
+                             "serving", level=logging.ERROR)
 
     async def _save_quietly(self) -> None:
         """Save the role after a demotion: it is done whatever the disk says (an event
         tells when the disk refused)."""
-        self.persisted = Persisted(self.persisted.epoch, self.role)
+        self.persisted = Persisted(self.persisted.epoch, self.role, self.persisted.reserved)
         try:
-            await self._save(self.persisted)
+            await self._write_state(self.persisted)
         except OSError as exc:
             self.events.emit("ha.state-unsaved", f"the pair's state cannot be saved: "
                              f"{os.strerror(exc.errno or 0)}", level=logging.ERROR)

@@ -2,7 +2,8 @@
 
 Under ``<state-dir>/ha/``: ``pair.key`` (0600, 64 hex digits, never logged), during a rekey
 ``pair.key.previous`` (0600: the previous key and until when it is accepted), ``state.json``
-(epoch and last role, so an epoch only grows, even across restarts) and ``events.jsonl``
+(epoch, last role and the epoch reserved ahead, so an epoch only grows, even across
+restarts) and ``events.jsonl``
 (one transition per line; the newest are read back for ``voxnode ha events``).
 """
 
@@ -26,6 +27,10 @@ KEEP_EVENTS = 1000
 class Persisted:
     epoch: int = 0
     role: Role = Role.INIT
+    # the highest epoch this node may take without writing first: written ahead, off the
+    # promotion's path, so a takeover needs no fsync before the node IP comes up and a disk
+    # that fills up later does not stop it (the epoch still only grows)
+    reserved: int = 0
 
 
 class HAStore:
@@ -83,13 +88,15 @@ class HAStore:
     def load(self) -> Persisted:
         try:
             raw = json.loads(self.state_file.read_text())
-            return Persisted(int(raw["epoch"]), Role(raw["role"]))
+            epoch = int(raw["epoch"])
+            return Persisted(epoch, Role(raw["role"]), max(epoch, int(raw.get("reserved", 0))))
         except (OSError, ValueError, KeyError, TypeError):
             return Persisted()
 
     def save(self, persisted: Persisted) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        body = {"epoch": persisted.epoch, "role": persisted.role.value}
+        body = {"epoch": persisted.epoch, "role": persisted.role.value,
+                "reserved": max(persisted.epoch, persisted.reserved)}
         atomic_write(self.state_file, (json.dumps(body) + "\n").encode(), 0o600)
 
     # --- events ----------------------------------------------------------------------------
