@@ -372,12 +372,16 @@ class HAManager:
                 steps += await self._demote_units(old, target)
                 steps += await self._release_ip()
             self.role = target
-            await self._save_quietly()
             if release:
+                # a hand-over: the peer first (the node IP is gone, it takes over now), then
+                # the role on disk, which the takeover does not wait for
                 for _ in range(3):
                     runtime.send(Kind.RELEASE)
                 steps.append("told the peer to take over")
+                await self._save_quietly()
             else:
+                # the role on disk first: a node set off stays off across a restart
+                await self._save_quietly()
                 runtime.announce_now()
                 steps.append("told the peer")
             if old is not Role.MASTER:
