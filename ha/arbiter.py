@@ -14,6 +14,10 @@ current master, which renews all the time, keeps it. Its answer echoes the reque
 id and sequence number, so an answer cannot be replayed to the node; requests of one node
 are taken only in increasing order, and never from an earlier start of its agent.
 
+A restarted arbiter knows nothing of the leases it granted before: it answers queries but
+grants nothing for ``MAX_LEASE_MS`` (the longest lease it grants), so no lease it granted
+before can still run when it grants the next one.
+
 ``ArbiterClient`` is the node's side (in the agent), ``Arbiter`` and ``main`` the server
 (``voxnode-arbiter --listen ADDR:PORT --key-file FILE``).
 """
@@ -201,6 +205,9 @@ class Arbiter:
         self.clock = clock
         self.holder: str | None = None
         self.until = float("-inf")
+        # a restarted arbiter does not know who held the lease: it grants none until every
+        # lease the previous process could have granted has ended (queries are answered)
+        self.quiet_until = clock() + MAX_LEASE_MS / 1000
         self.nodes: dict[str, _Node] = {}
         self.refused = 0
 
@@ -226,7 +233,7 @@ class Arbiter:
             log.info("lease of %s ended", self.holder)
             self.holder = None
         granted = False
-        if want and self.holder in (None, node_id):
+        if want and self.holder in (None, node_id) and now >= self.quiet_until:
             if self.holder is None:
                 log.info("lease granted to %s", node_id)
             self.holder = node_id

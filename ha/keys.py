@@ -1,18 +1,20 @@
 """The pair keys in force: the current one, and during a rekey the previous one.
 
 A rekey (``voxnode ha pair-key generate|set`` on a running pair) must not make the nodes
-lose each other while the operator carries the new key to the other node: for a window
-(``REKEY_WINDOW_S``) every message is signed with both keys and accepted under either, so
-a peer that still has only the old key, or already only the new one, goes on hearing this
-node. The window closes early once the peer's messages verify under the new key (it has
-it), or when it runs out: then only the new key is used.
+lose each other while the operator carries the new key to the other node: until the peer's
+messages verify under the new key (it has it), every message is signed with both keys and
+accepted under either, so a peer that still has only the old key, or already only the new
+one, goes on hearing this node. The window has no time limit: ending it while the peer
+still uses the old key would make two masters; status says the rekey is pending until the
+peer has the key. A second rekey during the window keeps the previous key (the one the
+peer has), not the unconfirmed one in between.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-REKEY_WINDOW_S = 3600.0
+REKEY_WINDOW_S = float("inf")  # until the peer uses the new key (see the docstring)
 
 
 class Keyring:
@@ -30,6 +32,7 @@ class Keyring:
             return self.previous
         return None
 
+
     def signing(self) -> list[bytes]:
         """The keys a message is signed with, the current one first."""
         previous = self._previous()
@@ -42,7 +45,13 @@ class Keyring:
     def rekey(self, new: bytes, window: float = REKEY_WINDOW_S) -> None:
         if new == self.current:
             return
-        self.previous, self.current = self.current, new
+        if self._previous() is None:
+            self.previous = self.current
+        # else: a window is open and the peer has not shown it has the current key: keep
+        # the previous one, the key the peer is known to have
+        self.current = new
+        if self.previous == new:
+            self.previous = None
         self.previous_until = self._wall() + window
         self._changed()
 

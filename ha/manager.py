@@ -35,7 +35,7 @@ from agent.ports.files import durable
 from agent.ports.netlink import NetlinkPort
 from agent.state.model import DesiredState, HAConfig
 from ha.config import PairConfig
-from ha.keys import REKEY_WINDOW_S, Keyring
+from ha.keys import Keyring
 from ha.machine import Decision, Inputs, Reason, decide, next_change
 from ha.protocol import Kind, Role, parse_key
 from ha.runtime import Local, Runtime
@@ -204,8 +204,8 @@ class HAManager:
         runtime = self.runtime
         if runtime is not None:
             runtime.keys.rekey(new)
-            note = (f"the pair goes on: both keys are accepted until the peer uses the new "
-                    f"one (at most {REKEY_WINDOW_S / 60:.0f} min); set it on the peer now")
+            note = ("the pair goes on: both keys are accepted until the peer uses the new "
+                    "one; set it on the peer now")
         elif self.last_state is not None:
             note = "; ".join(await self.configure(self.last_state)) or "nothing to run"
         else:

@@ -420,11 +420,16 @@ class Runtime:
 
     def _wants_lease(self) -> bool:
         """The master always renews; another node asks only once the peer has been silent
-        for the guard interval (so the current master is the one that keeps the lease)."""
+        for the guard interval (so the current master is the one that keeps the lease), and
+        only while it reaches a witness (a node that could not take over must not hold the
+        lease: the other could then not take over either)."""
         if self.local().role is Role.MASTER:
             return True
+        now = self.clock()
+        if self.witness is not None and self.witness_age(now) >= self.cfg.timing.witness_within:
+            return False
         view = self.peer.view
-        return view is None or self.clock() - view.last_seen >= self.cfg.timing.guard
+        return view is None or now - view.last_seen >= self.cfg.timing.guard
 
     def _on_udp(self, payload: bytes, source: str) -> None:
         self._receive(payload, self.udp_state, source, None,
@@ -605,9 +610,9 @@ class Runtime:
                                     f"{address} ({count} times): ignored"))
         pending = self.keys.pending_until()
         if pending is not None:
-            found.append(Reason("rekey-pending", "The peer has not yet used the new pair key; "
-                                f"the previous one is accepted for {pending - self.wall():.0f} s"
-                                " more"))
+            found.append(Reason("rekey-pending", "The peer has not yet used the new pair key: "
+                                "both keys are accepted until it does (set the key on the "
+                                "peer)"))
         if self.cfg.arbiter is not None and self.arbiter is None:
             found.append(Reason("arbiter-client-down", "The arbiter cannot be asked (see the "
                                 "events)"))

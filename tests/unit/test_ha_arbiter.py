@@ -38,6 +38,7 @@ def answer(arbiter: Arbiter, data: bytes) -> dict[str, object] | None:
 def test_one_holder_at_a_time_until_its_lease_ends() -> None:
     clock = Clock()
     arbiter = Arbiter([KEY], clock)
+    clock.t += 5  # past the quiet period of a new arbiter
     first = answer(arbiter, request("10.0.0.11", 1))
     assert first is not None and first["granted"] is True and first["ms_left"] == 450
     refused = answer(arbiter, request("10.0.0.12", 1))
@@ -83,8 +84,19 @@ def test_replayed_requests_are_refused() -> None:
     assert arbiter.handle(request("n", 9, boot="b")) is None  # its earlier start: a replay
 
 
+def test_a_new_arbiter_grants_nothing_until_any_earlier_lease_has_ended() -> None:
+    clock = Clock()
+    arbiter = Arbiter([KEY], clock)
+    early = answer(arbiter, request("10.0.0.11", 1))
+    assert early is not None and early["granted"] is False and early["holder"] is None
+    clock.t += 5
+    assert answer(arbiter, request("10.0.0.11", 2))["granted"] is True  # type: ignore[index]
+
+
 def test_a_lease_is_capped() -> None:
-    arbiter = Arbiter([KEY], Clock())
+    clock = Clock()
+    arbiter = Arbiter([KEY], clock)
+    clock.t += 5
     got = answer(arbiter, request("n", 1, lease_ms=10**9))
     assert got is not None and got["ms_left"] == 5000
 
@@ -110,6 +122,7 @@ def test_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 async def test_the_client_holds_the_lease_of_a_real_arbiter() -> None:
     loop = asyncio.get_running_loop()
     arbiter = Arbiter([KEY])
+    arbiter.quiet_until = float("-inf")  # as if it had run for a while
     transport, _ = await loop.create_datagram_endpoint(
         lambda: _ArbiterProtocol(arbiter), local_addr=("127.0.0.1", 0))
     port = transport.get_extra_info("sockname")[1]
