@@ -107,13 +107,18 @@ class ArbiterClient:
             raise net_error(f"open a socket for the arbiter on {local_ip}", exc) from exc
         return cls(sock, address, port, **kwargs)
 
-    def request(self, want: bool, local: _Local) -> None:
+    def request(self, want: bool, local: _Local, *, give_up: bool = False) -> None:
+        """Ask for (``want``) or about the lease; ``give_up``: hand it back (this node just
+        handed the node IP over: the peer, now master, gets the lease at its next ask)."""
         self._seq += 1
         now = self._clock()
         self._sent.append((self._seq, now))
         body = {"kind": "lease-request", "node_id": self.node_id, "boot_id": self.boot_id,
                 "seq": self._seq, "role": str(local.role), "epoch": local.epoch,
-                "want": want, "lease_ms": self._lease_ms}
+                "want": want and not give_up, "lease_ms": self._lease_ms,
+                "give_up": give_up}
+        if give_up:
+            self.lease_until = float("-inf")
         try:
             self._sock.sendto(seal(body, self._keys.signing()), (str(self.address), self.port))
         except OSError as exc:
@@ -232,6 +237,9 @@ class Arbiter:
         if self.holder is not None and now >= self.until:
             log.info("lease of %s ended", self.holder)
             self.holder = None
+        if body.get("give_up") is True and self.holder == node_id:
+            log.info("lease handed back by %s", node_id)
+            self.holder, self.until = None, float("-inf")
         granted = False
         if want and self.holder in (None, node_id) and now >= self.quiet_until:
             if self.holder is None:

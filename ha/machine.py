@@ -98,6 +98,7 @@ class PeerView:
     witness_ok: bool
     last_seen: float  # local monotonic time of the last authentic message
     released_at: float | None = None  # when it announced a graceful release
+    dead: float = 0.0  # the peer's own dead interval (its profile may be slower than ours)
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,14 @@ def _order(node_id: str) -> tuple[int, int | str]:
         return (1, node_id)
 
 
+def peer_dead_after(i: Inputs) -> float:
+    """How long the peer may be silent before it counts as lost: our dead interval, or its
+    own if it runs a slower profile (the two nodes are reconfigured one after the other)."""
+    return max(i.timing.dead, i.peer.dead) if i.peer is not None else i.timing.dead
+
+
 def peer_alive(i: Inputs) -> bool:
-    return i.peer is not None and i.now - i.peer.last_seen < i.timing.dead
+    return i.peer is not None and i.now - i.peer.last_seen < peer_dead_after(i)
 
 
 def blockers(i: Inputs) -> tuple[Reason, ...]:
@@ -330,7 +337,7 @@ def next_change(i: Inputs) -> float:
     t = i.timing
     candidates = [i.started + t.init_wait]
     if i.peer is not None:
-        candidates += [i.peer.last_seen + t.guard, i.peer.last_seen + t.dead]
+        candidates += [i.peer.last_seen + t.guard, i.peer.last_seen + peer_dead_after(i)]
     if i.witness_age != float("inf"):
         answered = i.now - i.witness_age
         candidates += [answered + t.witness_within, answered + t.guard]

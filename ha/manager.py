@@ -374,7 +374,9 @@ class HAManager:
             self.role = target
             if release:
                 # a hand-over: the peer first (the node IP is gone, it takes over now), then
-                # the role on disk, which the takeover does not wait for
+                # the role on disk, which the takeover does not wait for; the lease goes
+                # back to the arbiter so the new master gets it at its first ask
+                runtime.give_up_lease()
                 for _ in range(3):
                     runtime.send(Kind.RELEASE)
                 steps.append("told the peer to take over")
@@ -475,6 +477,7 @@ class HAManager:
         steps = await self._demote_units(old, Role.SLAVE)
         steps += await self._release_ip()
         if self.runtime is not None:
+            self.runtime.give_up_lease()
             self.runtime.send(Kind.RELEASE)
         await self._save_quietly()
         await self._record(old, Role.SLAVE, reason, steps, 0.0)

@@ -84,6 +84,8 @@ class Message:
     witness_ok: bool
     sent_at: float  # the sender's wall clock (seconds since the epoch): for reporting only
     ack: str = ""  # boot id of the last authentic message the sender heard from us
+    dead_ms: int = 0  # the sender's dead interval: a receiver with a faster profile waits
+    #                   at least this long before it counts the sender as lost
 
     def to_body(self) -> dict[str, Any]:
         # spelled out rather than dataclasses.asdict: this runs for every heartbeat, and
@@ -92,7 +94,7 @@ class Message:
             "kind": self.kind.value, "node_id": self.node_id, "boot_id": self.boot_id,
             "seq": self.seq, "role": self.role.value, "epoch": self.epoch,
             "holds_vip": self.holds_vip, "witness_ok": self.witness_ok,
-            "sent_at": self.sent_at, "ack": self.ack,
+            "sent_at": self.sent_at, "ack": self.ack, "dead_ms": self.dead_ms,
         }
 
 
@@ -192,6 +194,7 @@ def decode_with_key(data: bytes, keys: Sequence[bytes]) -> tuple[Message, int]:
             witness_ok=bool(body["witness_ok"]),
             sent_at=float(body["sent_at"]),
             ack=str(body.get("ack", "")),
+            dead_ms=min(60_000, max(0, int(body.get("dead_ms", 0)))),
         ), index
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise BadMessage(f"malformed body: {exc!r}") from None

@@ -67,6 +67,7 @@ RECENT_PAYLOADS = 32  # heartbeats remembered to recognise their copy on the oth
 REOPEN_S = 5.0  # a channel that could not be opened is tried again this often
 REJECTED_WINDOW_S = 60.0  # rejected messages are a health reason this long after the last
 REJECTED_SOURCES = 32  # sources of rejected messages remembered (the oldest is forgotten)
+REJECTED_EVENTS = 10  # events about rejected messages per REJECTED_WINDOW_S, all sources
 CLOCK_DIFFERENCE_S = 2.0  # the peer's clock this far from ours is a health reason
 MAC_RELEARN_S = 5.0  # Ethernet silent this long while UDP works: learn the peer's MAC anew
 
@@ -197,6 +198,8 @@ class Runtime:
         self.l2_state = ChannelState(f"Ethernet heartbeats on {cfg.mgmt_if}")
         self.rejected: dict[str, Rejected] = {}
         self.rejected_total = 0
+        self._reject_events: deque[float] = deque(maxlen=REJECTED_EVENTS)
+        self._unreported = 0  # refused messages no event told of (the budget was spent)
         self.started = clock()
         self.arp: dict[str, ArpEndpoint] = {}
         self.udp: UdpChannel | None = None
@@ -389,6 +392,7 @@ class Runtime:
             epoch=me.epoch, holds_vip=me.holds_vip,
             witness_ok=self.witness_age(self.clock()) < self.cfg.timing.witness_within,
             sent_at=self.wall(), ack=self.peer.boot,
+            dead_ms=round(self.cfg.timing.dead * 1000),
         )
 
     def send(self, kind: Kind = Kind.HEARTBEAT) -> None:
@@ -506,7 +510,7 @@ class Runtime:
         if released is None and old is not None and msg.role is not Role.MASTER:
             released = old.released_at
         view = PeerView(msg.node_id, msg.role, msg.epoch, msg.holds_vip, msg.witness_ok, now,
-                        released)
+                        released, msg.dead_ms / 1000)
         self.peer.view = view
         # news is decided on in this same wake-up; a plain "still here" only moves the
         # deadlines on, and the decision already scheduled reads it when it comes (one
@@ -527,10 +531,19 @@ class Runtime:
         record.recent += 1
         record.last_reason, record.last_at, record.last_wall = reason, now, self.wall()
         if record.reported_at is None or now - record.reported_at >= REJECTED_WINDOW_S:
+            # per source, and REJECTED_EVENTS a minute in all: a flood from ever new MACs
+            # must not flood the log as well
+            budget = self._reject_events
+            if len(budget) == budget.maxlen and now - budget[0] < REJECTED_WINDOW_S:
+                self._unreported += 1
+                return
+            more = (f" ({self._unreported} more from other sources since the last report)"
+                    if self._unreported else "")
             self.events.emit("ha.message-rejected",
-                             f"{record.recent} message(s) from {source} refused: {reason}",
+                             f"{record.recent} message(s) from {source} refused: {reason}{more}",
                              level=logging.WARNING)
-            record.reported_at, record.recent = now, 0
+            budget.append(now)
+            record.reported_at, record.recent, self._unreported = now, 0, 0
 
     def _witness_impostor(self, address: IPv4Address, mac: str) -> None:
         self.events.emit("ha.witness-impostor", f"{mac} answers for the witness {address}, "
@@ -541,8 +554,12 @@ class Runtime:
         """The peer's hand-over was acted on (this node promoted): forget it."""
         view = self.peer.view
         if view is not None and view.released_at is not None:
-            self.peer.view = PeerView(view.node_id, view.role, view.epoch, view.holds_vip,
-                                      view.witness_ok, view.last_seen, None)
+            self.peer.view = replace(view, released_at=None)
+
+    def give_up_lease(self) -> None:
+        """Hand the arbiter's lease back (this node handed the node IP over)."""
+        if self.arbiter is not None:
+            self.arbiter.request(False, self.local(), give_up=True)
 
     def announce_now(self) -> None:
         """Tell the peer at once (after a transition), without waiting for the timer."""
@@ -574,7 +591,7 @@ class Runtime:
 
     def peer_alive(self, now: float) -> bool:
         view = self.peer.view
-        return view is not None and now - view.last_seen < self.cfg.timing.dead
+        return view is not None and now - view.last_seen < max(self.cfg.timing.dead, view.dead)
 
     def health(self, now: float) -> list[Reason]:
         """What is wrong with the pair without stopping a failover (status shows them)."""

@@ -118,20 +118,32 @@ def test_a_dns_change_on_the_master_causes_no_switchover(pair: VoxnodePair) -> N
     assert pair.lab.vip_holders() == {master}
 
 
-def test_a_profile_change_on_the_master_is_applied_in_place(pair: VoxnodePair) -> None:
+def set_profile(pair: VoxnodePair, node: str, profile: str) -> None:
+    client = pair.client(node, timeout=30)  # type: ignore[arg-type]
+    document = client.get("/v1/config")["document"]
+    document["ha"]["profile"] = profile
+    outcome = client.post("/v1/config/apply", {"document": document})
+    [ha_plan] = [p for p in outcome["plan"]["subsystems"] if p["subsystem"] == "ha"]
+    assert "in place" in ha_plan["steps"][0] and not ha_plan["warnings"], ha_plan
+
+
+def test_a_profile_change_one_node_at_a_time_is_applied_in_place(pair: VoxnodePair) -> None:
+    """The operator changes the profile on one node, then (a while later) on the other, in
+    both orders: each node gives a peer on a slower profile its own dead interval (it is in
+    the heartbeat), so nothing moves in between."""
     master = start(pair)
+    slave = other(master)  # type: ignore[arg-type]
     epochs = {n: status(pair, n)["epoch"] for n in NODES}
     at = time.monotonic()
-    for node in (master, other(master)):  # type: ignore[arg-type]
-        client = pair.client(node, timeout=30)  # type: ignore[arg-type]
-        document = client.get("/v1/config")["document"]
-        document["ha"]["profile"] = "fast"
-        outcome = client.post("/v1/config/apply", {"document": document})
-        [ha_plan] = [p for p in outcome["plan"]["subsystems"] if p["subsystem"] == "ha"]
-        assert "in place" in ha_plan["steps"][0] and not ha_plan["warnings"], ha_plan
-    time.sleep(2.0)
+    for first, second, profile in ((slave, master, "fast"), (master, slave, "standard")):
+        set_profile(pair, first, profile)
+        time.sleep(2.0)  # one node fast, the other standard
+        assert_nothing_moved(pair, master, at, epochs)
+        set_profile(pair, second, profile)
+        time.sleep(1.0)
+        assert status(pair, master)["timing_ms"]["dead"] == (150 if profile == "fast"
+                                                               else 550)
     assert_nothing_moved(pair, master, at, epochs)
-    assert status(pair, master)["timing_ms"]["dead"] == 150
 
 
 # --- a hostile LAN ---------------------------------------------------------------------------
@@ -418,6 +430,24 @@ def test_with_the_arbiter_a_master_crash_still_fails_over(
     assert report.recovered and report.after == slave and report.gap_ms < 2000
     assert status(pair, slave)["arbiter"]["lease_holder"] == "this node"
     assert_never_both(pair)
+
+
+def test_with_the_arbiter_a_stopping_master_hands_over_once(
+        arbiter_pair: tuple[VoxnodePair, subprocess.Popen[bytes]]) -> None:
+    """The master's agent stops (SIGTERM): it hands the node IP and the lease over, and the
+    new master keeps both (no release for want of a lease the old master still held)."""
+    pair, _ = arbiter_pair
+    master = start(pair)
+    slave = other(master)  # type: ignore[arg-type]
+    wait_lease(pair, master, "this node")
+    at_wall = time.time()
+    pair.stop_node(master)  # type: ignore[arg-type]
+    pair.wait_role(slave, "master", timeout=3)
+    time.sleep(2.0)
+    assert pair.role(slave) == "master"
+    moves = [e for e in pair.events(slave) if e["time"] > at_wall]
+    assert [(e["from"], e["to"]) for e in moves] == [("slave", "master")], moves
+    wait_lease(pair, slave, "this node")
 
 
 def test_arbiter_down_moves_nothing_and_says_so(

@@ -151,3 +151,15 @@ async def test_the_client_holds_the_lease_of_a_real_arbiter() -> None:
         for client in clients:
             client.close()
         transport.close()
+
+
+def test_a_lease_handed_back_goes_to_the_next_asker_at_once() -> None:
+    clock = Clock()
+    arbiter = Arbiter([KEY], clock)
+    clock.t += 5
+    assert answer(arbiter, request("10.0.0.11", 1))["granted"] is True  # type: ignore[index]
+    back = seal({"kind": "lease-request", "node_id": "10.0.0.11", "boot_id": "b", "seq": 2,
+                 "role": "slave", "epoch": 1, "want": False, "lease_ms": 450,
+                 "give_up": True}, [KEY])
+    assert answer(arbiter, back)["holder"] is None  # type: ignore[index]
+    assert answer(arbiter, request("10.0.0.12", 1))["granted"] is True  # type: ignore[index]

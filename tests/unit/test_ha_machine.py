@@ -281,3 +281,15 @@ def test_a_slave_decides_the_takeover_exactly_at_the_dead_interval() -> None:
         i = replace(i, now=i.now + dt, witness_streak=i.witness_streak + dt)
     assert decide(i).target is Role.MASTER
     assert times[-1] == T.dead  # decided at the threshold, not a tick later
+
+
+def test_a_peer_on_a_slower_profile_is_given_its_own_dead_interval() -> None:
+    """The nodes change profile one after the other: a fast slave whose master still runs
+    the standard profile (a heartbeat every 150 ms) does not take its silence for a loss."""
+    fast = TIMINGS[HAProfile.FAST]
+    slow_master = replace(peer(Role.MASTER, age=0.3), dead=T.dead)
+    given = replace(inputs(Role.SLAVE, slow_master), timing=fast, witness_streak=5.0)
+    assert decide(given).target is None
+    assert decide(replace(given, peer=replace(slow_master, dead=0.0))).target is Role.MASTER
+    lost = replace(given, peer=replace(slow_master, last_seen=NOW - T.dead - 0.01))
+    assert decide(lost).target is Role.MASTER
