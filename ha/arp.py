@@ -53,6 +53,7 @@ ZERO_MAC = b"\x00" * 6
 ANY_IP = IPv4Address(0)
 
 ClaimHandler = Callable[[IPv4Address, str], None]
+REPIN_AFTER_S = 5.0  # the pinned witness MAC silent this long: another may be pinned
 
 _OP, _SPA, _TPA = ETH_HEADER.size + 6, ETH_HEADER.size + 14, ETH_HEADER.size + 24
 # What the endpoint reads: replies (to probes, or a claim in reply form) and gratuitous
@@ -266,7 +267,9 @@ class WitnessMonitor:
                  stale_after: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_back: Callable[[], None] | None = None,
-                 on_impostor: Callable[[IPv4Address, str], None] | None = None) -> None:
+                 on_impostor: Callable[[IPv4Address, str], None] | None = None,
+                 may_repin: Callable[[], bool] | None = None,
+                 on_repin: Callable[[IPv4Address, str, str], None] | None = None) -> None:
         if not witnesses:
             raise ValueError("a witness monitor needs at least one witness address")
         if interval <= 0:
@@ -284,6 +287,10 @@ class WitnessMonitor:
         self._dating: float | None = None  # the time given to answers read by refresh()
         self._on_back = on_back  # called when an answer ends a silence (or is the first)
         self._on_impostor = on_impostor  # called the first time another MAC answers
+        # whether another MAC may be pinned once the pinned one is silent (the runtime: only
+        # while the peer is heard, so an isolated node is never talked into a witness)
+        self._may_repin = may_repin
+        self._on_repin = on_repin
         self._stopping = asyncio.Event()
         self._stop_observing = endpoint.observe(self._answered, self.witnesses)
 
@@ -291,7 +298,15 @@ class WitnessMonitor:
         now = self._dating if self._dating is not None else self._clock()
         sighting = self._seen[address]
         if sighting.mac is None:
-            sighting.mac = mac  # pinned for the life of the monitor
+            sighting.mac = mac  # pinned
+        elif mac != sighting.mac and self._may_repin_now(sighting, now):
+            # the pinned MAC has been silent a while and the peer is heard: a replaced
+            # gateway (or a forger that answered first at start), not an isolated node
+            # being fooled; the new MAC is pinned
+            old = sighting.mac
+            sighting.mac, sighting.impostor_count, sighting.impostor_mac = mac, 0, None
+            if self._on_repin is not None:
+                self._on_repin(address, old, mac)
         elif mac != sighting.mac:
             # a reply naming the witness from another MAC: a forgery (it would keep an
             # isolated master serving) or a replaced device; ignored and reported
@@ -308,6 +323,10 @@ class WitnessMonitor:
             self._up_since = now
             if self._on_back is not None:
                 self._on_back()
+
+    def _may_repin_now(self, sighting: _Sighting, now: float) -> bool:
+        silent = sighting.last_seen is None or now - sighting.last_seen >= REPIN_AFTER_S
+        return silent and self._may_repin is not None and self._may_repin()
 
     def last_answer_age(self, now: float) -> float:
         """Seconds since any witness last answered (inf: none ever did)."""

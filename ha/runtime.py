@@ -284,6 +284,7 @@ class Runtime:
             sender_ip=mgmt if isinstance(mgmt, IPv4Address) else None,
             stale_after=timing.witness_within, clock=self.clock, on_back=self.on_input,
             on_impostor=self._witness_impostor,
+            may_repin=lambda: self.peer_alive(self.clock()), on_repin=self._witness_repinned,
         )
 
     async def _open_arbiter(self) -> None:
@@ -548,6 +549,11 @@ class Runtime:
     def _witness_impostor(self, address: IPv4Address, mac: str) -> None:
         self.events.emit("ha.witness-impostor", f"{mac} answers for the witness {address}, "
                          "which another MAC answered first: its answers are ignored",
+                         level=logging.WARNING)
+
+    def _witness_repinned(self, address: IPv4Address, old: str, new: str) -> None:
+        self.events.emit("ha.witness-repinned", f"the witness {address} answers from {new} "
+                         f"now ({old} has been silent, and the peer is heard)",
                          level=logging.WARNING)
 
     def take_release(self) -> None:

@@ -650,6 +650,34 @@ async def test_the_witness_mac_is_pinned_and_a_forged_answer_ignored() -> None:
     assert monitor.impostors() == [(IPv4Address(W_IP), "02:66:66:66:66:66", 4)]
 
 
+@pytest.mark.parametrize("peer_heard", [True, False])
+async def test_a_silent_pinned_witness_is_replaced_only_while_the_peer_is_heard(
+        peer_heard: bool) -> None:
+    """The gateway was replaced (a new MAC), or a forger answered first at start: once the
+    pinned MAC has been silent for a while, the new one is pinned, but only while the peer
+    is heard; an isolated node is never talked into a witness by a forger."""
+    now = [100.0]
+    repinned: list[tuple[str, str, str]] = []
+    prober = FakeProber({W_IP: "02:00:00:00:00:fe"})
+    monitor = WitnessMonitor(prober, [IPv4Address(W_IP)], interval=0.1, stale_after=0.25,
+                             clock=lambda: now[0], may_repin=lambda: peer_heard,
+                             on_repin=lambda ip, old, new: repinned.append((str(ip), old, new)))
+    monitor.probe_once()
+    prober.macs[W_IP] = "02:00:00:00:00:aa"  # the new gateway
+    now[0] = 102.0
+    monitor.probe_once()  # the old MAC silent for 2 s: not yet
+    assert monitor.last_answer_age(now[0]) == pytest.approx(2.0)
+    now[0] = 105.5
+    monitor.probe_once()
+    [detail] = monitor.details(now[0])
+    if peer_heard:
+        assert repinned == [(W_IP, "02:00:00:00:00:fe", "02:00:00:00:00:aa")]
+        assert detail["mac"] == "02:00:00:00:00:aa" and monitor.last_answer_age(now[0]) == 0
+    else:
+        assert repinned == [] and detail["mac"] == "02:00:00:00:00:fe"
+        assert not monitor.reachable(now[0], 0.25)
+
+
 async def test_witness_rounds_repeat_until_stopped() -> None:
     prober = FakeProber({W_IP: "02:00:00:00:00:fe"})
     monitor = WitnessMonitor(prober, [IPv4Address(W_IP)], interval=0.05)
