@@ -102,13 +102,11 @@ LOOP_STALL_ENV = "VOXNODE_LOOP_STALL_MS"
 
 
 def watch_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """With VOXNODE_LOOP_STALL_MS=N (the namespace tests set it): asyncio debug mode, and a
-    warning in the log for every callback that holds the loop longer than N ms
-    (``agent.loopwatch``)."""
+    """With VOXNODE_LOOP_STALL_MS=N (the namespace tests set it): a warning in the log for
+    every callback that holds the loop longer than N ms (``agent.loopwatch``; cheap, unlike
+    asyncio's debug mode, which the unit tier uses)."""
     value = os.environ.get(LOOP_STALL_ENV, "")
     if value.isdigit() and int(value) > 0:
-        loop.set_debug(True)
-        loop.slow_callback_duration = 3600.0  # asyncio's own report counts waiting for a CPU
         loopwatch.install(int(value) / 1000)
 
 
