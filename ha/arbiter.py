@@ -66,6 +66,8 @@ class _Keys(Protocol):
 
     def verifying(self) -> list[bytes]: ...
 
+    def confirm(self, party: str = "peer") -> bool: ...
+
 
 # --- the node's side -----------------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class ArbiterClient:
     def _take(self, data: bytes, source: str) -> None:
         if source != str(self.address):
             raise BadMessage(f"from {source}, not the arbiter")
-        body, _ = open_sealed(data, self._keys.verifying())
+        body, key_index = open_sealed(data, self._keys.verifying())
         if (body.get("kind") != "lease-answer" or body.get("to") != self.node_id
                 or body.get("boot_id") != self.boot_id):
             raise BadMessage("not an answer to this node")
@@ -159,6 +161,8 @@ class ArbiterClient:
         if not isinstance(granted, bool) or not isinstance(left, int) or left < 0 or not (
                 holder is None or isinstance(holder, str)):
             raise BadMessage("malformed answer")
+        if key_index == 0:
+            self._keys.confirm("arbiter")  # it has the current key (a rekey can close)
         now = self._clock()
         changed = (self.answer_age(now) > 3 * self._lease_ms / 1000 or holder != self.holder
                    or granted != (self.lease_until > now))

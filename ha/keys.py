@@ -18,14 +18,20 @@ REKEY_WINDOW_S = float("inf")  # until the peer uses the new key (see the docstr
 
 
 class Keyring:
+    """``parties``: who must show it has the new key before the previous one goes: the
+    peer, and the arbiter when one is configured (its key file is changed by hand)."""
+
     def __init__(self, current: bytes, previous: bytes | None = None,
                  previous_until: float = 0.0, *, wall: Callable[[], float],
-                 on_change: Callable[[Keyring], None] | None = None) -> None:
+                 on_change: Callable[[Keyring], None] | None = None,
+                 parties: frozenset[str] = frozenset({"peer"})) -> None:
         self.current = current
         self.previous = previous if previous != current else None
         self.previous_until = previous_until  # wall clock: the window survives a restart
         self._wall = wall
         self._on_change = on_change
+        self.parties = parties
+        self.confirmed: set[str] = set()  # parties that used the current key since the rekey
 
     def _previous(self) -> bytes | None:
         if self.previous is not None and self._wall() < self.previous_until:
@@ -53,16 +59,24 @@ class Keyring:
         if self.previous == new:
             self.previous = None
         self.previous_until = self._wall() + window
+        self.confirmed = set()
         self._changed()
 
-    def confirm(self) -> bool:
-        """The peer signed with the current key: the previous one is not needed any more.
-        True if that closed a window."""
+    def confirm(self, party: str = "peer") -> bool:
+        """``party`` signed with the current key; once every party has, the previous key is
+        not needed any more. True if that closed a window."""
         if self.previous is None:
+            return False
+        self.confirmed.add(party)
+        if not self.parties <= self.confirmed:
             return False
         self.previous, self.previous_until = None, 0.0
         self._changed()
         return True
+
+    def waiting_for(self) -> list[str]:
+        """The parties that have not yet used the new key, while a window is open."""
+        return sorted(self.parties - self.confirmed) if self._previous() is not None else []
 
     def pending_until(self) -> float | None:
         """When the window closes, while one is open."""

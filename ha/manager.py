@@ -161,6 +161,8 @@ class HAManager:
                 if gone:
                     steps += await runtime.node_ip.release_some(gone)
             steps += await runtime.reconfigure(cfg)
+            runtime.keys.parties = frozenset(
+                {"peer", "arbiter"} if cfg.arbiter is not None else {"peer"})
             if self.role is Role.MASTER and cfg.shared_ips:
                 steps += await runtime.node_ip.take()
                 runtime.node_ip.announce()
@@ -177,7 +179,9 @@ class HAManager:
         if key is None:
             return None
         previous, until = self.store.previous_key()
-        return Keyring(key, previous, until, wall=self.wall, on_change=self._keys_changed)
+        parties = frozenset({"peer", "arbiter"} if self.config.arbiter is not None else {"peer"})
+        return Keyring(key, previous, until, wall=self.wall, on_change=self._keys_changed,
+                       parties=parties)
 
     def _keys_changed(self, keys: Keyring) -> None:
         # persisted off the loop; a failure only shortens the window at a restart

@@ -499,7 +499,7 @@ class Runtime:
             # every other host's frames out of the socket
             self.peer.mac = mac
             self.l2.only_from(mac)
-        if key_index == 0 and self.keys.confirm():
+        if key_index == 0 and self.keys.confirm("peer"):
             self.events.emit("ha.pair-key", "the peer signs with the new pair key: the previous "
                              "key is no longer accepted")
         if not fresh:
@@ -631,11 +631,15 @@ class Runtime:
             for address, mac, count in self.witness.impostors():
                 found.append(Reason("witness-impostor", f"{mac} answers for the witness "
                                     f"{address} ({count} times): ignored"))
-        pending = self.keys.pending_until()
-        if pending is not None:
+        waiting = self.keys.waiting_for()
+        if "peer" in waiting:
             found.append(Reason("rekey-pending", "The peer has not yet used the new pair key: "
                                 "both keys are accepted until it does (set the key on the "
                                 "peer)"))
+        if "arbiter" in waiting:
+            found.append(Reason("rekey-pending-arbiter", "The arbiter still answers under the "
+                                "previous pair key: put the new key in its key file and "
+                                "restart it (both keys are used until then)"))
         if self.cfg.arbiter is not None and self.arbiter is None:
             found.append(Reason("arbiter-client-down", "The arbiter cannot be asked (see the "
                                 "events)"))

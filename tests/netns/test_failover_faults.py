@@ -450,6 +450,28 @@ def test_with_the_arbiter_a_stopping_master_hands_over_once(
     wait_lease(pair, slave, "this node")
 
 
+def test_a_rekey_with_an_arbiter_keeps_failover_working(
+        arbiter_pair: tuple[VoxnodePair, subprocess.Popen[bytes]]) -> None:
+    """The pair is rekeyed (generate on the master, set on the slave) while the arbiter
+    keeps the old key in its file: both keys stay in use until the arbiter answers under
+    the new one, status says so, and a crash still fails over."""
+    pair, _ = arbiter_pair
+    master = start(pair)
+    slave = other(master)  # type: ignore[arg-type]
+    key = pair.client(master).post("/v1/ha/pair-key", {"generate": True})["key"]  # type: ignore[arg-type]
+    pair.client(slave).post("/v1/ha/pair-key", {"key": key})
+    time.sleep(1.5)
+    for node in NODES:
+        data = status(pair, node)
+        assert "rekey-pending-arbiter" in codes(data["health"]), data["health"]
+        assert "arbiter-unreachable" not in codes(data["failover_blockers"])
+    wait_lease(pair, master, "this node")
+    at = pair.lab.crash(master)  # type: ignore[arg-type]
+    pair.wait_role(slave, "master", timeout=5)
+    assert pair.lab.probe.report(at, time.monotonic() + 0.5).after == slave
+    assert_never_both(pair)
+
+
 def test_arbiter_down_moves_nothing_and_says_so(
         arbiter_pair: tuple[VoxnodePair, subprocess.Popen[bytes]]) -> None:
     pair, arbiter = arbiter_pair

@@ -165,6 +165,15 @@ def test_keys() -> None:
     assert new_boot_id() != new_boot_id()
 
 
+def test_a_rekey_waits_for_the_arbiter_too_when_there_is_one() -> None:
+    ring = Keyring(KEY, wall=lambda: 0.0, parties=frozenset({"peer", "arbiter"}))
+    ring.rekey(OTHER)
+    assert ring.confirm("peer") is False  # the arbiter still has only the old key
+    assert ring.signing() == [OTHER, KEY] and ring.waiting_for() == ["arbiter"]
+    assert ring.confirm("arbiter") is True
+    assert ring.signing() == [OTHER] and ring.waiting_for() == []
+
+
 def test_keyring_window() -> None:
     now = [1000.0]
     changes: list[bytes | None] = []
