@@ -32,7 +32,8 @@ def voxnode_pair(**options: Any) -> Iterator[VoxnodePair]:
             yield voxnode
         finally:
             voxnode.stop()
-        assert voxnode.loop_problems() == []
+        problems = voxnode.loop_problems()
+        assert problems == [], "\n".join(problems)
 
 
 def start(pair: VoxnodePair) -> str:

@@ -388,12 +388,14 @@ def test_pending_confirmation_expired_across_a_restart_rolls_back(agent: Agent) 
 
 
 def test_pending_confirmation_survives_a_restart_before_its_deadline(agent: Agent) -> None:
-    deadline = _set_with_confirm(agent, window="3")
+    # a window the restart fits in with room to spare on a loaded machine (at 3 s it was
+    # sometimes over by the time the restarted agent had re-converged)
+    deadline = _set_with_confirm(agent, window="8")
     agent.restart()
-    assert time.monotonic() < deadline, "the restart took longer than the window"
+    assert time.monotonic() < deadline - 2, "the restart took longer than the window"
     assert converged_status(agent)["pending_confirmation"]["revision"] == 2
     assert inet(agent.ns) == {"10.0.0.21/24"}
-    wait_for("10.0.0.11 back", lambda: inet(agent.ns) == {"10.0.0.11/24"}, 6)
+    wait_for("10.0.0.11 back", lambda: inet(agent.ns) == {"10.0.0.11/24"}, 11)
     assert time.monotonic() > deadline - 0.5, "rolled back before the deadline"
     wait_for("the auto-rollback revision", lambda: len(history(agent)) == 3, 3)
     assert history(agent)[0]["source"] == "auto-rollback"
