@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 LOOP_STALL_ENV = "VOXNODE_LOOP_STALL_MS"
 
 
-def watch_loop(loop: asyncio.AbstractEventLoop) -> None:
+def watch_loop() -> None:
     """With VOXNODE_LOOP_STALL_MS=N (the namespace tests set it): a warning in the log for
     every callback that holds the loop longer than N ms (``agent.loopwatch``; cheap, unlike
     asyncio's debug mode, which the unit tier uses)."""
@@ -239,7 +239,7 @@ async def run(args: argparse.Namespace) -> int:
     notifier = Notifier()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    watch_loop(loop)
+    watch_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 

@@ -161,8 +161,7 @@ class HAManager:
                 if gone:
                     steps += await runtime.node_ip.release_some(gone)
             steps += await runtime.reconfigure(cfg)
-            runtime.keys.parties = frozenset(
-                {"peer", "arbiter"} if cfg.arbiter is not None else {"peer"})
+            runtime.keys.parties = key_parties(cfg.arbiter is not None)
             if self.role is Role.MASTER and cfg.shared_ips:
                 steps += await runtime.node_ip.take()
                 runtime.node_ip.announce()
@@ -179,9 +178,8 @@ class HAManager:
         if key is None:
             return None
         previous, until = self.store.previous_key()
-        parties = frozenset({"peer", "arbiter"} if self.config.arbiter is not None else {"peer"})
         return Keyring(key, previous, until, wall=self.wall, on_change=self._keys_changed,
-                       parties=parties)
+                       parties=key_parties(self.config.arbiter is not None))
 
     def _keys_changed(self, keys: Keyring) -> None:
         # persisted off the loop; a failure only shortens the window at a restart
@@ -292,6 +290,12 @@ class HAManager:
                 self._next_change = clock()
                 await asyncio.sleep(runtime.cfg.timing.dead)
 
+    def _deadline(self, inputs: Inputs) -> float:
+        """When the decision could change with no news: a threshold of the rules, or the
+        end of a hold-off after a hand-over."""
+        hold_off = self.hold_off_until if self.hold_off_until > inputs.now else float("inf")
+        return min(next_change(inputs), hold_off)
+
     def _wait_for(self, runtime: Runtime, now: float) -> float:
         """Seconds until the loop must decide again with no news."""
         wake_at = min(self._next_change, self._next_check,
@@ -312,9 +316,7 @@ class HAManager:
                 or decision.blockers != self.decision.blockers):
             self.wake()
             return
-        self._next_change = min(
-            next_change(inputs),
-            self.hold_off_until if self.hold_off_until > inputs.now else float("inf"))
+        self._next_change = self._deadline(inputs)
         loop = asyncio.get_running_loop()
         waiting.reschedule(loop.time() + self._wait_for(runtime, inputs.now))
 
@@ -329,9 +331,7 @@ class HAManager:
             inputs = self.inputs(runtime)
             self._reserve_ahead(runtime)
             self.decision = decide(inputs)
-            self._next_change = min(
-                next_change(inputs),
-                self.hold_off_until if self.hold_off_until > inputs.now else float("inf"))
+            self._next_change = self._deadline(inputs)
             target = self.decision.target
             if target is not None:
                 await self._transition(target, self.decision.reason,
@@ -682,6 +682,11 @@ class HAManager:
 
     async def recent_events(self, limit: int = 100) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.events, limit)
+
+
+def key_parties(arbiter: bool) -> frozenset[str]:
+    """Who must show it has a new pair key before the previous one goes."""
+    return frozenset({"peer", "arbiter"} if arbiter else {"peer"})
 
 
 def cloud_next_step(role: Role, peer: Role | None) -> str | None:
