@@ -78,6 +78,10 @@ class VoxnodePair:
         return Client(self.socket(node), timeout=timeout)
 
     def start_node(self, node: Node) -> None:
+        agent = BIN / "voxnode-agent"
+        if not agent.exists():
+            raise LabError(f"{agent} is missing: run under the repository's virtual "
+                           "environment (make venv)")
         base = self.dir(node)
         (base / "root/etc/voxnode").mkdir(parents=True, exist_ok=True)
         (base / "root/etc/voxnode/seed.yaml").write_text(seed(node, self.profile, self.extra_ha))
@@ -87,7 +91,7 @@ class VoxnodePair:
         keyfile.chmod(0o600)
         self.procs[node] = self.lab.spawn(node, [
             *self.wrap.get(node, []),
-            str(BIN / "voxnode-agent"), "--state-dir", str(base / "state"),
+            str(agent), "--state-dir", str(base / "state"),
             "--socket", self.socket(node), "--root", str(base / "root"),
         ], log=base / "agent.log")
 

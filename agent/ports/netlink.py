@@ -220,10 +220,12 @@ class PyRoute2Netlink:
             raise refusal(exc.code, action) from exc
 
     async def _index(self, ifname: str) -> int:
-        found = await self._call(f"look up {ifname}", lambda ipr: ipr.link_lookup(ifname=ifname))
-        if not found:
-            raise InterfaceMissing(ifname, [link.name for link in await self.links()])
-        return int(found[0])
+        # one ioctl in this network namespace, not a netlink link dump: a takeover and a
+        # release each look an interface up on their way to the node IP
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            raise InterfaceMissing(ifname, [link.name for link in await self.links()]) from None
 
     async def _until(self, done: Callable[[], Awaitable[bool]], what: str) -> None:
         try:
