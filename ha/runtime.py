@@ -212,6 +212,7 @@ class Runtime:
         self._reopen_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._pulse: Periodic | None = None
+        self._beat_at = float("-inf")  # when this node last sent its periodic heartbeat
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -413,6 +414,7 @@ class Runtime:
                              level=logging.WARNING if exc is not None else logging.INFO)
 
     def _beat(self) -> None:
+        self._beat_at = self.clock()
         # the witness round first: it takes the answers to the last one, so the heartbeat
         # tells the peer what is known now about the witnesses
         if self.witness is not None:
@@ -519,6 +521,25 @@ class Runtime:
         if old is None or replace(old, last_seen=now) != view or now - old.last_seen >= (
                 self.cfg.timing.guard):
             self.on_input()
+        self._follow(msg, now)
+
+    def _follow(self, msg: Message, now: float) -> None:
+        """A node that is not master sends its own heartbeat in the wake-up in which the
+        master's arrives, and its timer steps back to 1.5 periods from now: while the
+        master's heartbeats come, the timer never fires (one wake-up a period instead of
+        two); when they stop, it beats on its own half a period late, then every period.
+        Never faster than every half period of its own (a master of a faster profile): a
+        heartbeat that comes sooner only steps the timer back, so the next one locks on."""
+        pulse, interval = self._pulse, self.cfg.timing.interval
+        if (pulse is None or msg.kind is not Kind.HEARTBEAT or msg.role is not Role.MASTER
+                or self.local().role is Role.MASTER):
+            return
+        pulse.defer(1.5 * interval)
+        if now - self._beat_at >= interval / 2:
+            try:
+                self._beat()
+            except Exception:  # as from the timer: logged, the reading goes on
+                log.exception("heartbeat in step with the master failed")
 
     def _reject(self, source: str, reason: str, now: float) -> None:
         self.rejected_total += 1

@@ -38,6 +38,15 @@ class Periodic:
                     self._next = now + self.interval
                 self._handle = self._loop.call_at(self._next, self._run)
 
+    def defer(self, delay: float) -> None:
+        """The next call ``delay`` seconds from now, then every ``interval`` from there (an
+        owner that just did the periodic work itself, in a wake-up it had anyway)."""
+        if self._handle is None:
+            return
+        self._handle.cancel()
+        self._next = self._loop.time() + delay
+        self._handle = self._loop.call_at(self._next, self._run)
+
     def cancel(self) -> None:
         if self._handle is not None:
             self._handle.cancel()

@@ -8,13 +8,15 @@ only until its crash: see ``PairLab.both_held_samples``).
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.halab import NODES, other
+from tests.halab import NODE_ADDRESSES, NODES, other
 from tests.netns.pairs import assert_never_both, codes, start, voxnode_pair
 from tests.voxpair import VoxnodePair
 
@@ -62,6 +64,54 @@ def test_master_crash_moves_the_node_ip(pair: VoxnodePair) -> None:
         assert time.monotonic() < deadline, pair.lab.vip_holders()
         time.sleep(0.05)
     assert pair.role(survivor) == "master"
+
+
+CAPTURE = r"""
+import json, socket, struct, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+# every protocol: a bridge port hands its frames to the bridge before any IPv4 listener
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+sock.bind(("vp-a", 0))  # node a's bridge port: both directions
+sock.settimeout(0.2)
+seen, end = [], time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        frame = sock.recv(2048)
+    except TimeoutError:
+        continue
+    ip = frame[14:]
+    if frame[12:14] != b"\x08\x00" or ip[9] != 17:
+        continue
+    udp = ip[(ip[0] & 15) * 4:]
+    if struct.unpack("!H", udp[2:4])[0] == port:
+        seen.append([time.monotonic(), socket.inet_ntoa(ip[12:16])])
+print(json.dumps(seen))
+"""
+
+
+def test_the_slave_beats_in_step_with_the_master(pair: VoxnodePair) -> None:
+    """The slave sends its heartbeat when the master's arrives (one wake-up a period, not
+    two), at the master's rate, and keeps beating on its own once the master is gone."""
+    master = start(pair)
+    slave = other(master)
+    interval = 0.15
+    seen = json.loads(pair.lab.nsexec("br", sys.executable, "-I", "-c", CAPTURE,
+                                      str(HEARTBEAT_PORT), "3").stdout)
+    sent = {node: [t for t, ip in seen if ip == NODE_ADDRESSES[node]] for node in NODES}
+    assert len(sent[master]) >= 15, seen
+    # the same rate: one heartbeat of the slave per heartbeat of the master
+    assert abs(len(sent[slave]) - len(sent[master])) <= 2, sent
+    # each within a small part of a period after the master's (a timer of its own would
+    # put them anywhere in the period)
+    delays = sorted(min((s - m for s in sent[slave] if s >= m), default=interval)
+                    for m in sent[master])
+    assert delays[len(delays) // 2] < interval / 5, delays
+    # the master gone: the slave beats on its own
+    pair.lab.crash(master)
+    pair.wait_role(slave, "master", timeout=5)
+    seen = json.loads(pair.lab.nsexec("br", sys.executable, "-I", "-c", CAPTURE,
+                                      str(HEARTBEAT_PORT), "1.5").stdout)
+    assert len([t for t, ip in seen if ip == NODE_ADDRESSES[slave]]) >= 7, seen
 
 
 def test_master_link_down(pair: VoxnodePair) -> None:

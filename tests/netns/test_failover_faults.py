@@ -194,7 +194,10 @@ def test_unauthenticated_heartbeats_do_not_block_a_takeover(pair: VoxnodePair) -
     assert pair.role(slave) == "slave"  # the real master is still heard
     at = pair.lab.crash(master)  # type: ignore[arg-type]
     pair.wait_role(slave, "master", timeout=5)
-    report = pair.lab.probe.report(at, time.monotonic() + 0.5)
+    # the client's replies from the new master, not only its role: the report reads the
+    # probe log as it is now
+    pair.lab.wait_steady(slave, since=at, for_s=0.5)
+    report = pair.lab.probe.report(at, time.monotonic())
     assert report.recovered and report.after == slave
     assert report.gap_ms < 1500, report  # standard profile: ~0.5-0.6 s without spoofing
     assert_never_both(pair)
@@ -429,7 +432,10 @@ def test_with_the_arbiter_a_master_crash_still_fails_over(
     slave = other(master)  # type: ignore[arg-type]
     at = pair.lab.crash(master)  # type: ignore[arg-type]
     pair.wait_role(slave, "master", timeout=5)
-    report = pair.lab.probe.report(at, time.monotonic() + 0.5)
+    # the client's replies from the new master, not only its role: the report reads the
+    # probe log as it is now
+    pair.lab.wait_steady(slave, since=at, for_s=0.5)
+    report = pair.lab.probe.report(at, time.monotonic())
     assert report.recovered and report.after == slave and report.gap_ms < 2000
     assert status(pair, slave)["arbiter"]["lease_holder"] == "this node"
     assert_never_both(pair)
@@ -471,7 +477,11 @@ def test_a_rekey_with_an_arbiter_keeps_failover_working(
     wait_lease(pair, master, "this node")
     at = pair.lab.crash(master)  # type: ignore[arg-type]
     pair.wait_role(slave, "master", timeout=5)
-    assert pair.lab.probe.report(at, time.monotonic() + 0.5).after == slave
+    # the client's replies from the new master, not only its role: the report reads the
+    # probe log as it is now
+    pair.lab.wait_steady(slave, since=at, for_s=0.5)
+    report = pair.lab.probe.report(at, time.monotonic())
+    assert report.after == slave, (report, pair.events(slave)[-4:], status(pair, slave))
     assert_never_both(pair)
 
 

@@ -76,3 +76,36 @@ def test_the_period_must_be_positive() -> None:
         Periodic(0, lambda: None)
     with pytest.raises(ValueError, match="positive"):
         asyncio.run(make())
+
+
+async def test_defer_moves_the_next_call_and_the_grid_follows() -> None:
+    loop = asyncio.get_running_loop()
+    calls: list[float] = []
+    enough = asyncio.Event()
+
+    def beat() -> None:
+        calls.append(loop.time())
+        if len(calls) == 3:
+            enough.set()
+
+    timer = Periodic(0.02, beat)
+    await asyncio.sleep(0)
+    assert len(calls) == 1
+    # the owner did the work itself: the timer stays quiet for the deferral, then runs
+    # every period from there
+    deferred_at = loop.time()
+    timer.defer(0.1)
+    await asyncio.wait_for(enough.wait(), 5)
+    timer.cancel()
+    assert calls[1] - deferred_at >= 0.1 - 1e-3
+    assert calls[2] - calls[1] >= 0.02 - 1e-3
+
+
+async def test_defer_after_cancel_does_not_restart() -> None:
+    calls: list[int] = []
+    timer = Periodic(0.01, lambda: calls.append(1))
+    await asyncio.sleep(0)
+    timer.cancel()
+    timer.defer(0.01)
+    await asyncio.sleep(0.05)
+    assert calls == [1] and not timer.running
