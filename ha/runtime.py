@@ -102,7 +102,9 @@ _SEND_HINTS = {
     errno.EPERM: "dropped by a firewall rule",
     errno.ECONNREFUSED: "rejected by the peer or a firewall",
     errno.ENETDOWN: "the interface is down",
-    errno.ENOBUFS: "the send queue is full",
+    # a raw frame dropped by an egress firewall rule (nftables netdev egress, tc) comes
+    # back as ENOBUFS too, like a full queue
+    errno.ENOBUFS: "the send queue is full or an egress firewall rule dropped it",
     errno.EAGAIN: "the send queue is full",
 }
 
