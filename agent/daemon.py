@@ -23,8 +23,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent import __version__, api_ha, api_jobs, api_licence, api_mcs, api_services, loopwatch
+from agent import __version__, loopwatch
 from agent.api import AgentContext, make_app
+from agent.api import ha as ha_api
+from agent.api import jobs as jobs_api
+from agent.api import licence as licence_api
+from agent.api import mcs as mcs_api
+from agent.api import services as services_api
+from agent.change_options import ChangeOptions
 from agent.engine import Engine
 from agent.errors import StoreError, VoxnodeError
 from agent.events import EventLog
@@ -175,7 +181,8 @@ async def _apply_seed(engine: Engine, files: FileTree, seed: str, events: EventL
     try:
         await engine.apply(
             load_document(text.decode(errors="replace"), seed),
-            source="seed", comment=f"first configuration from {seed}", yes=True,
+            source="seed",
+            options=ChangeOptions(comment=f"first configuration from {seed}", yes=True),
         )
     except VoxnodeError as exc:
         problems = "; ".join(str(p) for p in exc.problems)
@@ -245,11 +252,11 @@ async def run(args: argparse.Namespace) -> int:
 
     app = make_app(ctx)
     if services is not None:
-        api_services.add_routes(app, services)
-    api_ha.add_routes(app, ha)
-    api_jobs.add_routes(app, jobs)
-    api_licence.add_routes(app, licence)
-    api_mcs.add_routes(app, McsClient(
+        services_api.add_routes(app, services)
+    ha_api.add_routes(app, ha)
+    jobs_api.add_routes(app, jobs)
+    licence_api.add_routes(app, licence)
+    mcs_api.add_routes(app, McsClient(
         files, services, lambda: (c.state if (c := store.current()) else None), LocalTunnel(),
         events=events, lock=engine.lock,
     ))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.change_options import DEFAULT_OPTIONS, ChangeOptions
 from agent.errors import (
     ApplyFailed,
     ConfirmationRequired,
@@ -32,8 +33,6 @@ from agent.state.store import Pending, RevisionMeta, Store
 from agent.subsystems.base import Change, Subsystem, SubsystemPlan
 
 log = logging.getLogger("voxnode.engine")
-
-MAX_CONFIRM_WINDOW = 3600
 
 
 @dataclass
@@ -163,39 +162,31 @@ class Engine:
         new: DesiredState,
         *,
         source: str = "apply",
-        comment: str = "",
-        dry_run: bool = False,
-        yes: bool = False,
-        confirm_within: float | None = None,
+        options: ChangeOptions = DEFAULT_OPTIONS,
     ) -> Outcome:
-        if confirm_within is not None and not 0 < confirm_within <= MAX_CONFIRM_WINDOW:
-            raise InvalidInput(
-                "the confirmation window is out of range",
-                problems=[
-                    Problem("confirm_within", f"must be 1-{MAX_CONFIRM_WINDOW} seconds")
-                ],
-            )
+        """Plan ``new`` and, unless ``options.dry_run``, apply and commit it (the options
+        were validated when they were made, limits included)."""
         async with self.lock:
             pending = self.store.pending()
-            if pending is not None and not dry_run:
+            if pending is not None and not options.dry_run:
                 raise Conflict(
                     f"revision {pending.revision} is waiting for confirmation",
                     remedy="Confirm it with `voxnode config confirm`, or wait for it to roll "
                     "back, then retry.",
                 )
             plan = await self.plan(new)
-            outcome = Outcome(plan=plan, dry_run=dry_run)
-            if dry_run:
+            outcome = Outcome(plan=plan, dry_run=options.dry_run)
+            if options.dry_run:
                 return outcome
-            if plan.acknowledge and not yes:
+            if plan.acknowledge and not options.yes:
                 raise ConfirmationRequired(
                     "this change deletes data that cannot be recovered",
                     problems=[Problem("", text) for text in plan.acknowledge],
                 )
             current = self.store.current()
             old = current.state if current else None
-            if confirm_within is not None:
-                deadline = self.clock() + confirm_within
+            if options.confirm_within is not None:
+                deadline = self.clock() + options.confirm_within
                 # written before the commit: a crash in between leaves a marker for a
                 # revision that does not exist, which start() discards
                 marker = Pending(plan.base_revision + 1, plan.base_revision, deadline)
@@ -211,19 +202,19 @@ class Engine:
                 return outcome
             # fsyncs off the loop: heartbeats of the failover daemon share it
             outcome.revision = await durable(
-                self.store.commit, new, source=source, comment=comment)
+                self.store.commit, new, source=source, comment=options.comment)
             self._record_converge(True, f"revision {outcome.revision.revision} applied")
             self.events.emit(
                 "config.applied",
                 f"revision {outcome.revision.revision} ({source})"
-                + (f": {comment}" if comment else ""),
+                + (f": {options.comment}" if options.comment else ""),
             )
-            if confirm_within is not None:
-                deadline = self.clock() + confirm_within
+            if options.confirm_within is not None:
+                deadline = self.clock() + options.confirm_within
                 pending = Pending(outcome.revision.revision, plan.base_revision, deadline)
                 await durable(self.store.set_pending, pending)
                 outcome.confirm_deadline = deadline
-                self._arm_confirm_timer(pending, confirm_within)
+                self._arm_confirm_timer(pending, options.confirm_within)
             return outcome
 
     async def _apply_all(

@@ -9,20 +9,10 @@ from typing import Any
 
 from agent.cli import output
 from agent.cli.client import Client
-from agent.errors import EXIT_OK, InvalidInput, Problem
+from agent.errors import InvalidInput, Problem
 
 Handler = Callable[[Client, argparse.Namespace], int]
 AddCommand = Callable[[Any, str, Handler, str], argparse.ArgumentParser]
-
-
-def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], None]) -> int:
-    if getattr(args, "json", False):
-        import json
-
-        output.write_raw(json.dumps(data, indent=2) + "\n")
-    else:
-        human(data)
-    return EXIT_OK
 
 
 def show_status(d: dict[str, Any]) -> None:
@@ -88,7 +78,7 @@ def _rejected(r: dict[str, Any]) -> str:
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
-    return _emit(args, client.get("/v1/ha"), show_status)
+    return output.show(args, client.get("/v1/ha"), show_status)
 
 
 def cmd_events(client: Client, args: argparse.Namespace) -> int:
@@ -98,17 +88,17 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
             [[output.when(e["time"]), e["from"], e["to"], e["epoch"], e["reason"],
               "; ".join(e["steps"])] for e in d["events"]],
         )
-    return _emit(args, client.get("/v1/ha/events"), human)
+    return output.show(args, client.get("/v1/ha/events"), human)
 
 
 def cmd_set_state(client: Client, args: argparse.Namespace) -> int:
     data = client.post("/v1/ha/state", {"state": args.state})
-    return _emit(args, data, show_status)
+    return output.show(args, data, show_status)
 
 
 def cmd_switchover(client: Client, args: argparse.Namespace) -> int:
     data = client.post("/v1/ha/switchover", {})
-    return _emit(args, data, show_status)
+    return output.show(args, data, show_status)
 
 
 def cmd_key_generate(client: Client, args: argparse.Namespace) -> int:
@@ -118,7 +108,7 @@ def cmd_key_generate(client: Client, args: argparse.Namespace) -> int:
         output.write_raw(d["key"] + "\n")
         output.err.print("Installed. On the other node run: voxnode ha pair-key set - "
                          "(and paste the key), then keep it secret.")
-    return _emit(args, data, human)
+    return output.show(args, data, human)
 
 
 def cmd_key_set(client: Client, args: argparse.Namespace) -> int:
@@ -126,7 +116,7 @@ def cmd_key_set(client: Client, args: argparse.Namespace) -> int:
     if not key:
         raise InvalidInput("no pair key given", problems=[Problem("KEY", "empty")])
     data = client.post("/v1/ha/pair-key", {"key": key})
-    return _emit(args, data, lambda d: output.out.print("Pair key installed."))
+    return output.show(args, data, lambda d: output.out.print("Pair key installed."))
 
 
 def register(subparsers: Any, add: AddCommand) -> None:

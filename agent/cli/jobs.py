@@ -8,7 +8,6 @@ tomorrow if that time has passed) or ISO 8601 (local time unless a zone is given
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from collections.abc import Callable
@@ -62,28 +61,24 @@ def _bad_at(message: str) -> InvalidInput:
     return InvalidInput("bad --at time", problems=[Problem("--at", message)])
 
 
-def _print_json(data: Any) -> None:
-    output.write_raw(json.dumps(data, indent=2) + "\n")
-
-
 def _due(job: dict[str, Any]) -> str:
     return output.when(job["scheduled_at"]) if job["scheduled_at"] else "now"
 
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    data = client.get("/v1/jobs")
-    if args.json:
-        _print_json(data)
-    elif not data["jobs"]:
-        output.out.print("No jobs yet: see `voxnode jobs kinds`, then `voxnode jobs schedule`.")
-    else:
+    def human(d: dict[str, Any]) -> None:
+        if not d["jobs"]:
+            output.out.print("No jobs yet: see `voxnode jobs kinds`, then "
+                             "`voxnode jobs schedule`.")
+            return
         output.table(
             ["id", "job", "state", "due", "started", "finished", "progress", "result"],
             [[j["id"], j["name"], j["state"], _due(j), output.when(j["started"]),
               output.when(j["finished"]), f"{j['progress']}%", j["error"] or j["result"]]
-             for j in data["jobs"]],
+             for j in d["jobs"]],
         )
-    return EXIT_OK
+
+    return output.show(args, client.get("/v1/jobs"), human)
 
 
 def _show_job(job: dict[str, Any]) -> None:
@@ -103,12 +98,7 @@ def _show_job(job: dict[str, Any]) -> None:
 
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
-    job = client.get(f"/v1/jobs/{args.id}")
-    if args.json:
-        _print_json(job)
-    else:
-        _show_job(job)
-    return EXIT_OK
+    return output.show(args, client.get(f"/v1/jobs/{args.id}"), _show_job)
 
 
 def _follow(client: Client, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
@@ -145,44 +135,41 @@ def cmd_schedule(client: Client, args: argparse.Namespace) -> int:
         body["at"] = parse_at(args.at).isoformat()
     job = client.post("/v1/jobs", body)
     if not args.wait:
-        if args.json:
-            _print_json(job)
-        else:
-            when = f"for {_due(job)}" if job["scheduled_at"] else "to run now"
-            output.out.print(f"Job {job['id']} ({job['title']}) scheduled {when}; follow it "
-                             f"with `voxnode jobs show {job['id']}`.")
-        return EXIT_OK
+        return output.show(args, job, _scheduled)
     job = _follow(client, job, args.json)
-    if args.json:
-        _print_json(job)
-    elif job["state"] == "succeeded":
+    output.show(args, job, _ended)
+    return EXIT_OK if job["state"] == "succeeded" else EXIT_APPLY_FAILED
+
+
+def _scheduled(job: dict[str, Any]) -> None:
+    when = f"for {_due(job)}" if job["scheduled_at"] else "to run now"
+    output.out.print(f"Job {job['id']} ({job['title']}) scheduled {when}; follow it "
+                     f"with `voxnode jobs show {job['id']}`.")
+
+
+def _ended(job: dict[str, Any]) -> None:
+    if job["state"] == "succeeded":
         output.out.print(f"[bold green]Job {job['id']} succeeded:[/] {job['result']}.")
     else:
         output.err.print(f"[bold red]Job {job['id']} {job['state']}:[/] {job['error']}")
-    return EXIT_OK if job["state"] == "succeeded" else EXIT_APPLY_FAILED
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.post(f"/v1/jobs/{args.id}/cancel", {})
-    if args.json:
-        _print_json(job)
-    else:
-        output.out.print(f"Job {job['id']} ({job['title']}) cancelled.")
-    return EXIT_OK
+    return output.show(
+        args, job, lambda j: output.out.print(f"Job {j['id']} ({j['title']}) cancelled."))
 
 
 def cmd_kinds(client: Client, args: argparse.Namespace) -> int:
-    data = client.get("/v1/jobs/kinds")
-    if args.json:
-        _print_json(data)
-        return EXIT_OK
-    if not data["kinds"]:
-        output.out.print("This node has no job kinds.")
-    for kind in data["kinds"]:
-        output.out.print(f"[bold]{kind['name']}[/] ({kind['title']}): {kind['description']}")
-        for i, step in enumerate(kind["steps"], start=1):
-            output.out.print(f"  {i}. {step['title']}", markup=False)
-    return EXIT_OK
+    def human(d: dict[str, Any]) -> None:
+        if not d["kinds"]:
+            output.out.print("This node has no job kinds.")
+        for kind in d["kinds"]:
+            output.out.print(f"[bold]{kind['name']}[/] ({kind['title']}): {kind['description']}")
+            for i, step in enumerate(kind["steps"], start=1):
+                output.out.print(f"  {i}. {step['title']}", markup=False)
+
+    return output.show(args, client.get("/v1/jobs/kinds"), human)
 
 
 def register(subparsers: Any, add: AddCommand) -> None:

@@ -9,7 +9,6 @@ who holds counted modules.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -21,10 +20,6 @@ from agent.licence import errors as _licence_errors  # noqa: F401  (exit statuse
 
 Handler = Callable[[Client, argparse.Namespace], int]
 AddCommand = Callable[[Any, str, Handler, str], argparse.ArgumentParser]
-
-
-def _print_json(data: Any) -> None:
-    output.write_raw(json.dumps(data, indent=2) + "\n")
 
 
 def _confirm(args: argparse.Namespace, question: str) -> bool:
@@ -77,23 +72,21 @@ def _human_effects(d: dict[str, Any]) -> None:
 
 def cmd_activate(client: Client, args: argparse.Namespace) -> int:
     d = client.post("/v1/licence/activate", {"serial": args.serial, "email": args.email})
-    if args.json:
-        _print_json(d)
-    else:
-        output.out.print(f"A verification code for {d['serial']} was emailed to "
-                         f"{d['sent_to'] or 'the order address'} (valid "
-                         f"{d['expires_in'] // 60} min): run `voxnode license verify --code C`.")
-    return EXIT_OK
+    return output.show(args, d, lambda d: output.out.print(
+        f"A verification code for {d['serial']} was emailed to "
+        f"{d['sent_to'] or 'the order address'} (valid "
+        f"{d['expires_in'] // 60} min): run `voxnode license verify --code C`."))
 
 
 def cmd_verify(client: Client, args: argparse.Namespace) -> int:
     d = client.post("/v1/licence/verify", {"code": args.code})
-    if args.json:
-        _print_json(d)
-    else:
-        _human_show(d["licence"])
-        _human_effects(d)
+    output.show(args, d, _human_installed)
     return _restart_status(d)
+
+
+def _human_installed(d: dict[str, Any]) -> None:
+    _human_show(d["licence"])
+    _human_effects(d)
 
 
 def _restart_status(d: dict[str, Any]) -> int:
@@ -102,63 +95,65 @@ def _restart_status(d: dict[str, Any]) -> int:
 
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
-    d = client.get("/v1/licence")
-    _print_json(d) if args.json else _human_show(d)
-    return EXIT_OK
+    return output.show(args, client.get("/v1/licence"), _human_show)
 
 
 def cmd_check(client: Client, args: argparse.Namespace) -> int:
-    d = client.post("/v1/licence/check", {})
-    if args.json:
-        _print_json(d)
-    elif d["update_available"]:
+    return output.show(args, client.post("/v1/licence/check", {}), _human_check)
+
+
+def _human_check(d: dict[str, Any]) -> None:
+    if d["update_available"]:
         output.out.print(f"Licence version {d['server_version']} is available (installed "
                          f"{d['installed_version']}); changed modules:")
         _human_effects({"modules": d["modules"]})
         output.out.print("Apply it with `voxnode license update`.")
     else:
         output.out.print(f"The licence is up to date (version {d['installed_version']}).")
-    return EXIT_OK
 
 
 def cmd_update(client: Client, args: argparse.Namespace) -> int:
     release = [r for r in (args.release or "").split(",") if r]
     review = client.post("/v1/licence/update", {"apply": False, "release": release})
     if not args.json:
-        output.out.print(f"Licence update: version {review['version']['installed']} → "
-                         f"{review['version']['new']}")
-        _human_effects(review)
-        output.out.print("Applying interrupts service: the units above restart." if
-                         review["interruption"] else "No service interruption: no unit "
-                         "starts or stops.")
-        for r in review["reductions"]:
-            output.out.print(f"[bold red]reduction:[/] {r['path']}: {r['message']}")
+        _human_review(review)
     if not review["reductions"] and not _confirm(args, "Apply the licence update?"):
-        if args.json:
-            _print_json({"applied": False, **review})
+        # a person saw the review above; a script gets it with the answer
+        output.show(args, {"applied": False, **review}, lambda _: None)
         return EXIT_REFUSED
     d = client.post("/v1/licence/update", {"apply": True, "release": release})
-    if args.json:
-        _print_json(d)
-    else:
-        if d.get("restart") and not isinstance(d["restart"], dict):
-            output.out.print(f"Restart {d['restart']}.")
-        elif isinstance(d.get("restart"), dict):
-            _human_effects({"restart": d["restart"]})
-        output.out.print(f"[bold green]Licence version {d['version']['new']} applied.[/]")
+    output.show(args, d, _human_updated)
     return _restart_status(d)
+
+
+def _human_review(review: dict[str, Any]) -> None:
+    output.out.print(f"Licence update: version {review['version']['installed']} → "
+                     f"{review['version']['new']}")
+    _human_effects(review)
+    output.out.print("Applying interrupts service: the units above restart." if
+                     review["interruption"] else "No service interruption: no unit "
+                     "starts or stops.")
+    for r in review["reductions"]:
+        output.out.print(f"[bold red]reduction:[/] {r['path']}: {r['message']}")
+
+
+def _human_updated(d: dict[str, Any]) -> None:
+    if d.get("restart") and not isinstance(d["restart"], dict):
+        output.out.print(f"Restart {d['restart']}.")
+    elif isinstance(d.get("restart"), dict):
+        _human_effects({"restart": d["restart"]})
+    output.out.print(f"[bold green]Licence version {d['version']['new']} applied.[/]")
 
 
 def cmd_remove(client: Client, args: argparse.Namespace) -> int:
     if not _confirm(args, "Remove the licence? The node works unlicensed for 30 days."):
         return EXIT_REFUSED
-    d = client.post("/v1/licence/remove", {})
-    if args.json:
-        _print_json(d)
-    else:
-        _human_show(d["licence"])
-        output.out.print(f"Removal notice emailed to {d['notice_sent_to'] or 'the order address'}.")
-    return EXIT_OK
+    return output.show(args, client.post("/v1/licence/remove", {}), _human_removed)
+
+
+def _human_removed(d: dict[str, Any]) -> None:
+    _human_show(d["licence"])
+    output.out.print(f"Removal notice emailed to {d['notice_sent_to'] or 'the order address'}.")
 
 
 def cmd_assignments(client: Client, args: argparse.Namespace) -> int:
@@ -171,13 +166,10 @@ def cmd_assignments(client: Client, args: argparse.Namespace) -> int:
             "unassign": _split(args.unassign)})
     else:
         d = client.get("/v1/licence/assignments")
-    if args.json:
-        _print_json(d)
-    else:
-        output.table(["module", "limit", "assigned", "holders"],
-                     [[a["module"], "unlimited" if a["limit"] is None else a["limit"],
-                       len(a["holders"]), a["holders"]] for a in d["assignments"]])
-    return EXIT_OK
+    return output.show(args, d, lambda d: output.table(
+        ["module", "limit", "assigned", "holders"],
+        [[a["module"], "unlimited" if a["limit"] is None else a["limit"],
+          len(a["holders"]), a["holders"]] for a in d["assignments"]]))
 
 
 def _split(text: str | None) -> list[str]:

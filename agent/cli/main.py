@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from agent.cli import licence as licence_cli
 from agent.cli import mcs as mcs_cli
 from agent.cli import output
 from agent.cli import services as services_cli
+from agent.cli.change_flags import add_change_flags, change_options
 from agent.cli.client import Client
 from agent.errors import (
     EXIT_OK,
@@ -58,35 +58,9 @@ class _Parser(argparse.ArgumentParser):
 Handler = Callable[[Client, argparse.Namespace], int]
 
 
-def _apply_options(p: argparse.ArgumentParser, confirm: bool = True) -> None:
-    p.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
-    p.add_argument(
-        "--yes", action="store_true",
-        help="accept losses the plan lists as irrecoverable (e.g. the MCS client config)",
-    )
-    if confirm:
-        p.add_argument(
-            "--confirm-within", type=float, metavar="SECONDS",
-            help="roll back automatically unless `voxnode config confirm` arrives in time "
-            "(use it for network changes that could lock you out)",
-        )
-    p.add_argument("--comment", default="", help="note kept with the revision")
-
-
-def _opts(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"dry_run": args.dry_run, "yes": args.yes, "comment": args.comment}
-    window = getattr(args, "confirm_within", None)
-    if window is not None:
-        body["confirm_within"] = window
-    return body
-
-
-def _show(args: argparse.Namespace, data: Any, human: Callable[[Any], None]) -> int:
-    if args.json:
-        output.write_raw(json.dumps(data, indent=2) + "\n")
-    else:
-        human(data)
-    return EXIT_OK
+def _changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The change options of the command line, as the request body carries them."""
+    return change_options(args).to_wire()
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -149,7 +123,7 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
                 title="Recent events",
             )
 
-    return _show(args, client.get("/v1/status"), human)
+    return output.show(args, client.get("/v1/status"), human)
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -170,22 +144,22 @@ def _read_file(name: str) -> str:
 
 def cmd_config_show(client: Client, args: argparse.Namespace) -> int:
     path = f"/v1/config/revisions/{args.revision}" if args.revision else "/v1/config"
-    data = client.get(path)
-    if args.json:
-        return _show(args, data, lambda d: None)
-    if data["document"] is None:
-        output.err.print("No configuration yet: apply one with `voxnode config apply FILE`.")
-        return EXIT_OK
-    rev = data["revision"]
-    output.write_raw(f"# revision {rev['revision']} ({rev['source']}, {rev['created']})\n")
-    output.write_raw(yaml.safe_dump(data["document"], sort_keys=False))
-    return EXIT_OK
+
+    def human(d: dict[str, Any]) -> None:
+        if d["document"] is None:
+            output.err.print("No configuration yet: apply one with `voxnode config apply FILE`.")
+            return
+        rev = d["revision"]
+        output.write_raw(f"# revision {rev['revision']} ({rev['source']}, {rev['created']})\n")
+        output.write_raw(yaml.safe_dump(d["document"], sort_keys=False))
+
+    return output.show(args, client.get(path), human)
 
 
 def cmd_config_validate(client: Client, args: argparse.Namespace) -> int:
     source = "<stdin>" if args.file == "-" else args.file
     state = load_document(_read_file(args.file), source)
-    return _show(
+    return output.show(
         args, {"valid": True, "document": state.to_document()},
         lambda d: output.out.print(f"{source}: valid (schema version 1)"),
     )
@@ -193,13 +167,13 @@ def cmd_config_validate(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_config_apply(client: Client, args: argparse.Namespace) -> int:
     source = "<stdin>" if args.file == "-" else args.file
-    body = {"yaml": _read_file(args.file), "source": source, **_opts(args)}
-    return _show(args, client.post("/v1/config/apply", body), output.outcome)
+    body = {"yaml": _read_file(args.file), "source": source, **_changes(args)}
+    return output.show(args, client.post("/v1/config/apply", body), output.outcome)
 
 
 def cmd_config_confirm(client: Client, args: argparse.Namespace) -> int:
     data = client.post("/v1/config/confirm", {})
-    return _show(
+    return output.show(
         args, data,
         lambda d: output.out.print(f"Revision {d['confirmed']['revision']} confirmed; it stays."),
     )
@@ -207,7 +181,7 @@ def cmd_config_confirm(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_config_history(client: Client, args: argparse.Namespace) -> int:
     data = client.get("/v1/config/history")
-    return _show(
+    return output.show(
         args, data,
         lambda d: output.table(
             ["revision", "created", "source", "comment"],
@@ -217,8 +191,8 @@ def cmd_config_history(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_config_rollback(client: Client, args: argparse.Namespace) -> int:
-    body = {"revision": args.revision, **_opts(args)}
-    return _show(args, client.post("/v1/config/rollback", body), output.outcome)
+    body = {"revision": args.revision, **_changes(args)}
+    return output.show(args, client.post("/v1/config/rollback", body), output.outcome)
 
 
 # --- network ---------------------------------------------------------------------------------
@@ -244,7 +218,7 @@ def cmd_network_show(client: Client, args: argparse.Namespace) -> int:
         for drift in obs.get("drift", []):
             output.out.print(f"[yellow]drift:[/] {drift}")
 
-    return _show(args, client.get("/v1/network"), human)
+    return output.show(args, client.get("/v1/network"), human)
 
 
 def _parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -262,8 +236,8 @@ def _parse_assignments(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_network_set(client: Client, args: argparse.Namespace) -> int:
-    body = {"set": _parse_assignments(args.settings), "unset": args.unset, **_opts(args)}
-    return _show(args, client.post("/v1/network", body), output.outcome)
+    body = {"set": _parse_assignments(args.settings), "unset": args.unset, **_changes(args)}
+    return output.show(args, client.post("/v1/network", body), output.outcome)
 
 
 # --- mode ------------------------------------------------------------------------------------
@@ -278,12 +252,12 @@ def cmd_mode_show(client: Client, args: argparse.Namespace) -> int:
                 output.out.print(f"[yellow]{item['mode']} unavailable:[/] {p['path']}: "
                                  f"{p['message']}")
 
-    return _show(args, client.get("/v1/mode"), human)
+    return output.show(args, client.get("/v1/mode"), human)
 
 
 def cmd_mode_set(client: Client, args: argparse.Namespace) -> int:
-    body = {"mode": args.mode, **_opts(args)}
-    return _show(args, client.post("/v1/mode", body), output.outcome)
+    body = {"mode": args.mode, **_changes(args)}
+    return output.show(args, client.post("/v1/mode", body), output.outcome)
 
 
 # --- lab ---------------------------------------------------------------------------------------
@@ -341,13 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(cs, "apply", cmd_config_apply,
             "validate, plan, apply and commit a whole document")
     p.add_argument("file", metavar="FILE", help="YAML document, or - for standard input")
-    _apply_options(p)
+    add_change_flags(p)
     add(cs, "confirm", cmd_config_confirm, "keep a change applied with --confirm-within")
     add(cs, "history", cmd_config_history, "list the revisions kept")
     p = add(cs, "rollback", cmd_config_rollback,
             "apply the document of an older revision (as a new revision)")
     p.add_argument("revision", type=int, metavar="REV")
-    _apply_options(p)
+    add_change_flags(p)
 
     network = sub.add_parser("network", help="addresses, gateway, DNS, NTP, host name")
     ns = network.add_subparsers(dest="action", metavar="ACTION", required=True,
@@ -359,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unset", action="append", default=[], metavar="KEY",
                    help="remove a setting (domain, public_ip, gateway, dns, search, ntp, "
                    "interfaces.IF, interfaces.IF.mtu); repeatable")
-    _apply_options(p)
+    add_change_flags(p)
 
     mode = sub.add_parser("mode", help="working mode: standard or pure-cloud (NAT 1:1)")
     ms = mode.add_subparsers(dest="action", metavar="ACTION", required=True,
@@ -367,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(ms, "show", cmd_mode_show, "the working mode and the settings it implies")
     p = add(ms, "set", cmd_mode_set, "switch the working mode")
     p.add_argument("mode", choices=["standard", "pure-cloud"])
-    _apply_options(p)
+    add_change_flags(p)
     services_cli.register(sub, add)
     ha_cli.register(sub, add)
     jobs_cli.register(sub, add)
@@ -390,11 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.handler(client, args)
         return code
     except VoxnodeError as exc:
-        if args.json:
-            output.write_raw(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
-        else:
-            output.error(exc)
-        return exc.exit_code
+        error = exc  # outlives the except clause, for the lambda
+        output.show(args, {"error": error.to_dict()}, lambda _: output.error(error))
+        return error.exit_code
     except KeyboardInterrupt:
         output.err.print("interrupted")
         return 130

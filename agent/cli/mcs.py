@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,16 +16,12 @@ from typing import Any
 
 from agent.cli import output
 from agent.cli.client import Client
-from agent.errors import EXIT_OK, InvalidInput, Problem
+from agent.errors import InvalidInput, Problem
 from agent.mcs.bundle import MATERIAL
 from agent.mcs.ovpn import decode_text, read_directives
 
 Handler = Callable[[Client, argparse.Namespace], int]
 AddCommand = Callable[[Any, str, Handler, str], argparse.ArgumentParser]
-
-
-def _print_json(data: Any) -> None:
-    output.write_raw(json.dumps(data, indent=2) + "\n")
 
 
 def _read(name: str) -> bytes:
@@ -65,17 +60,17 @@ def cmd_upload(client: Client, args: argparse.Namespace) -> int:
     body = {"name": "<stdin>" if args.file == "-" else Path(args.file).name,
             "data": base64.b64encode(data).decode(), "files": referenced_files(args.file, data),
             "dry_run": args.dry_run}
-    answer = client.post("/v1/mcs/bundle", body)
-    if args.json:
-        _print_json(answer)
-        return EXIT_OK
+    return output.show(args, client.post("/v1/mcs/bundle", body), _uploaded)
+
+
+def _uploaded(answer: dict[str, Any]) -> None:
     output.kv_table(_summary_rows(answer["summary"]), title="MCS bundle")
     for item in answer.get("ignored", []):
         output.out.print(f"  [yellow]ignored[/]: {item} (set by voxnode, or Windows only)")
     if answer["dry_run"]:
         output.out.print("[bold]Dry run:[/] valid; would write " +
                          ", ".join(answer["would_write"]) + ". Nothing was changed.")
-        return EXIT_OK
+        return
     written = answer["written"]
     output.out.print(f"[bold green]Installed[/] ({len(written)} files changed)."
                      if written else "Already installed: the files are unchanged.")
@@ -84,14 +79,13 @@ def cmd_upload(client: Client, args: argparse.Namespace) -> int:
         output.out.print(f"The MCS client runs: {unit['why']}.")
     else:
         output.out.print(f"[yellow]The MCS client does not run:[/] {unit['why']}.")
-    return EXIT_OK
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
-    d = client.get("/v1/mcs")
-    if args.json:
-        _print_json(d)
-        return EXIT_OK
+    return output.show(args, client.get("/v1/mcs"), _show_status)
+
+
+def _show_status(d: dict[str, Any]) -> None:
     t, unit, bundle = d["tunnel"], d["unit"], d["bundle"] or {}
     since = output.when(t["since"]) if t["since"] else None
     rows: list[tuple[str, Any]] = [
@@ -107,36 +101,30 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
          if t["bytes_in"] is not None else None),
     ]
     output.kv_table(rows)
-    return EXIT_OK
 
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
     answer = client.post("/v1/mcs/start", {})
-    if args.json:
-        _print_json(answer)
-    else:
-        output.out.print(f"MCS client started: {answer['unit']['why']}.")
-    return EXIT_OK
+    return output.show(
+        args, answer, lambda a: output.out.print(f"MCS client started: {a['unit']['why']}."))
 
 
 def cmd_stop(client: Client, args: argparse.Namespace) -> int:
     answer = client.post("/v1/mcs/stop", {})
-    if args.json:
-        _print_json(answer)
-    else:
-        output.out.print("MCS client stopped; it stays stopped until `voxnode mcs start`.")
-    return EXIT_OK
+    return output.show(args, answer, lambda _: output.out.print(
+        "MCS client stopped; it stays stopped until `voxnode mcs start`."))
 
 
 def cmd_remove(client: Client, args: argparse.Namespace) -> int:
     answer = client.request("DELETE", "/v1/mcs/bundle", {"yes": args.yes})
-    if args.json:
-        _print_json(answer)
-    elif answer["removed"]:
+    return output.show(args, answer, _removed)
+
+
+def _removed(answer: dict[str, Any]) -> None:
+    if answer["removed"]:
         output.out.print(f"Removed {', '.join(answer['removed'])}.")
     else:
         output.out.print("Nothing to remove: the MCS client is not configured.")
-    return EXIT_OK
 
 
 def register(subparsers: Any, add: AddCommand) -> None:

@@ -1,15 +1,21 @@
-"""How the CLI shows things to a person: tables and sentences (``--json`` bypasses this)."""
+"""How the CLI shows things: to a person as tables and sentences, to a script as JSON
+(``--json``); ``show`` picks one for every command."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
-from agent.errors import VoxnodeError
+from agent.errors import EXIT_OK, VoxnodeError
+
+Data = TypeVar("Data")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -96,6 +102,16 @@ def outcome(data: dict[str, Any]) -> None:
             f"[bold yellow]Run `voxnode config confirm` within {left} s[/] or the node "
             "returns to the previous revision by itself."
         )
+
+
+def show(args: argparse.Namespace, data: Data, human: Callable[[Data], object]) -> int:
+    """With ``--json``, ``data`` as indented JSON on standard output; otherwise
+    ``human(data)``. Returns EXIT_OK, so a command can end with ``return show(...)``."""
+    if getattr(args, "json", False):
+        write_raw(json.dumps(data, indent=2) + "\n")
+    else:
+        human(data)
+    return EXIT_OK
 
 
 def write_raw(text: str) -> None:

@@ -30,15 +30,11 @@ Handler = Callable[[Client, argparse.Namespace], int]
 AddCommand = Callable[[Any, str, Handler, str], argparse.ArgumentParser]
 
 
-def _print_json(data: Any) -> None:
-    output.write_raw(json.dumps(data, indent=2) + "\n")
-
-
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    data = client.get("/v1/services")
-    if args.json:
-        _print_json(data)
-        return EXIT_OK
+    return output.show(args, client.get("/v1/services"), _show_units)
+
+
+def _show_units(data: dict[str, Any]) -> None:
     lic = data["licence"]
     licence = f"active ({', '.join(lic['modules']) or 'no modules'})" if lic["active"] else (
         f"OFF: {lic['reason']}")
@@ -56,22 +52,22 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     for u in data["units"]:
         if u["drift"]:
             output.out.print(f"[yellow]{u['name']}[/] ({u['unit']}): {u['drift']}")
-    return EXIT_OK
 
 
 def cmd_reconcile(client: Client, args: argparse.Namespace) -> int:
     data = client.post("/v1/services/reconcile", {})
-    if args.json:
-        _print_json(data)
-    else:
-        for c in data["changes"]:
-            detail = f" ({c['detail']})" if c["detail"] else ""
-            output.out.print(f"  [green]done[/] {c['action']} {c['target']}{detail}")
-        for f in data["failures"]:
-            output.err.print(f"[bold red]failed:[/] {f['message']}", markup=True)
-        if not data["changes"] and not data["failures"]:
-            output.out.print("Nothing to do: every unit is as the catalogue says.")
+    output.show(args, data, _reconciled)
     return EXIT_APPLY_FAILED if data["failures"] else EXIT_OK
+
+
+def _reconciled(data: dict[str, Any]) -> None:
+    for c in data["changes"]:
+        detail = f" ({c['detail']})" if c["detail"] else ""
+        output.out.print(f"  [green]done[/] {c['action']} {c['target']}{detail}")
+    for f in data["failures"]:
+        output.err.print(f"[bold red]failed:[/] {f['message']}", markup=True)
+    if not data["changes"] and not data["failures"]:
+        output.out.print("Nothing to do: every unit is as the catalogue says.")
 
 
 def _stream(client: Client, path: str) -> Iterator[dict[str, Any]]:
@@ -134,13 +130,15 @@ def cmd_restart_all(client: Client, args: argparse.Namespace) -> int:
                     progress.console.print(f"  [bold red]failed[/] {what}: {step['message']}")
     if done is None:
         raise AgentUnreachable("the agent ended the restart without a summary; see its log")
-    if args.json:
-        _print_json(done)
-    elif done["failed"]:
+    output.show(args, done, _restarted)
+    return EXIT_APPLY_FAILED if done["failed"] else EXIT_OK
+
+
+def _restarted(done: dict[str, Any]) -> None:
+    if done["failed"]:
         output.err.print(f"[bold red]{done['failed']} of {len(done['steps'])} steps failed.[/]")
     else:
         output.out.print(f"[bold green]All {len(done['steps'])} steps done.[/]")
-    return EXIT_APPLY_FAILED if done["failed"] else EXIT_OK
 
 
 def register(subparsers: Any, add: AddCommand) -> None:

@@ -2,5 +2,5 @@
 
 ``model`` (the record), ``store`` (one JSON file per job under ``<state-dir>/jobs/``),
 ``runner`` (kinds, scheduling, running, recovery after a restart) and the job kinds
-themselves (``mongodb_update``). The API is ``agent.api_jobs``, the CLI ``agent.cli.jobs``.
+themselves (``mongodb_update``). The API is ``agent.api.jobs``, the CLI ``agent.cli.jobs``.
 """

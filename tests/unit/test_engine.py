@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.change_options import ChangeOptions
 from agent.engine import Engine
 from agent.errors import ApplyFailed, ConfirmationRequired, Conflict, InvalidInput, Problem
 from agent.events import EventLog
@@ -129,7 +130,7 @@ async def test_apply_commits_and_reapply_is_a_no_op(store: Store, machine: Machi
 async def test_dry_run_changes_nothing(store: Store, machine: Machine) -> None:
     engine = make_engine(store, machine)
     await engine.apply(state("pbx1"))
-    out = await engine.apply(state("pbx2"), dry_run=True)
+    out = await engine.apply(state("pbx2"), options=ChangeOptions(dry_run=True))
     assert out.plan.subsystems[0].steps == ("hostname pbx1 → pbx2",)
     assert [f.path for f in out.plan.fields] == ["network.hostname"]
     assert machine.values["hostname"] == "pbx1"
@@ -163,14 +164,14 @@ async def test_loss_needs_acknowledgement(store: Store, machine: Machine) -> Non
         await engine.apply(state("pbx1", "pure-cloud"))
     assert [p.message for p in info.value.problems] == ["the MCS client config is deleted"]
     assert machine.values["mode"] == "standard"
-    out = await engine.apply(state("pbx1", "pure-cloud"), yes=True)
+    out = await engine.apply(state("pbx1", "pure-cloud"), options=ChangeOptions(yes=True))
     assert out.revision is not None and machine.values["mode"] == "pure-cloud"
 
 
 async def test_confirmed_apply_rolls_back_without_confirm(store: Store, machine: Machine) -> None:
     engine = make_engine(store, machine)
     await engine.apply(state("pbx1"))
-    out = await engine.apply(state("pbx2"), confirm_within=0.05)
+    out = await engine.apply(state("pbx2"), options=ChangeOptions(confirm_within=0.05))
     assert out.confirm_deadline is not None
     assert machine.values["hostname"] == "pbx2"
     with pytest.raises(Conflict):
@@ -185,7 +186,7 @@ async def test_confirmed_apply_rolls_back_without_confirm(store: Store, machine:
 async def test_confirm_keeps_the_change(store: Store, machine: Machine) -> None:
     engine = make_engine(store, machine)
     await engine.apply(state("pbx1"))
-    await engine.apply(state("pbx2"), confirm_within=0.1)
+    await engine.apply(state("pbx2"), options=ChangeOptions(confirm_within=0.1))
     meta = await engine.confirm()
     assert meta.revision == 2
     await asyncio.sleep(0.2)
@@ -194,19 +195,13 @@ async def test_confirm_keeps_the_change(store: Store, machine: Machine) -> None:
         await engine.confirm()
 
 
-async def test_confirm_window_is_bounded(store: Store, machine: Machine) -> None:
-    engine = make_engine(store, machine)
-    with pytest.raises(InvalidInput):
-        await engine.apply(state("pbx1"), confirm_within=0)
-
-
 async def test_start_reconverges_and_expires_a_stale_pending(
     store: Store, machine: Machine
 ) -> None:
     clock = Clock()
     engine = make_engine(store, machine, clock=clock)
     await engine.apply(state("pbx1"))
-    await engine.apply(state("pbx2"), confirm_within=30)
+    await engine.apply(state("pbx2"), options=ChangeOptions(confirm_within=30))
     await engine.stop()
     # the agent restarts after the deadline, on a machine that lost its settings
     clock.now += 60
@@ -221,7 +216,7 @@ async def test_start_rearms_a_pending_confirmation(store: Store, machine: Machin
     clock = Clock()
     engine = make_engine(store, machine, clock=clock)
     await engine.apply(state("pbx1"))
-    await engine.apply(state("pbx2"), confirm_within=30)
+    await engine.apply(state("pbx2"), options=ChangeOptions(confirm_within=30))
     await engine.stop()
     restarted = make_engine(store, machine, clock=clock)
     await restarted.start()

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.api import error_middleware
-from agent.api_jobs import add_routes
+from agent.api.http import error_middleware
+from agent.api.jobs import add_routes
 from agent.cli import jobs as jobs_cli
 from agent.cli import output
 from agent.cli.client import Client

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.api import AgentContext, make_app
-from agent.api_mcs import add_routes
+from agent.api.mcs import add_routes
 from agent.cli.mcs import referenced_files
 from agent.engine import Engine
 from agent.errors import ConfirmationRequired, Conflict, InvalidInput

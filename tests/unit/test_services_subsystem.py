@@ -15,7 +15,7 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.api import AgentContext, make_app
-from agent.api_services import add_routes
+from agent.api.services import add_routes
 from agent.engine import Engine
 from agent.errors import Conflict, SubsystemError
 from agent.events import EventLog

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api import _body, _json
+from agent.api.http import json_response, read_body
 from agent.errors import InvalidInput, Problem
 from ha.manager import HAManager
 from ha.protocol import Role
@@ -13,15 +13,15 @@ HA: web.AppKey[HAManager] = web.AppKey("ha", HAManager)
 
 
 async def ha_status(request: web.Request) -> web.Response:
-    return _json(request.app[HA].status())
+    return json_response(request.app[HA].status())
 
 
 async def ha_events(request: web.Request) -> web.Response:
-    return _json({"events": await request.app[HA].recent_events(200)})
+    return json_response({"events": await request.app[HA].recent_events(200)})
 
 
 async def ha_set_state(request: web.Request) -> web.Response:
-    data = await _body(request, {"state"})
+    data = await read_body(request, {"state"})
     allowed = [Role.MASTER.value, Role.SLAVE.value, Role.OFF.value]
     if data.get("state") not in allowed:
         raise InvalidInput("unknown state", problems=[
@@ -29,26 +29,26 @@ async def ha_set_state(request: web.Request) -> web.Response:
                     f"{', '.join(allowed)})")])
     manager = request.app[HA]
     await manager.set_state(Role(data["state"]))
-    return _json(manager.status())
+    return json_response(manager.status())
 
 
 async def ha_switchover(request: web.Request) -> web.Response:
     manager = request.app[HA]
     await manager.switchover()
-    return _json(manager.status())
+    return json_response(manager.status())
 
 
 async def ha_pair_key(request: web.Request) -> web.Response:
-    data = await _body(request, {"generate", "key"})
+    data = await read_body(request, {"generate", "key"})
     manager = request.app[HA]
     if data.get("generate") is True and "key" not in data:
-        return _json(await manager.install_key(None))
+        return json_response(await manager.install_key(None))
     if isinstance(data.get("key"), str) and "generate" not in data:
         if len(data["key"]) > 200:
             raise InvalidInput("the pair key is not valid", problems=[
                 Problem("key", "a pair key is 64 hexadecimal digits")])
         result = await manager.install_key(data["key"])
-        return _json({"installed": True, "runtime": result["runtime"]})
+        return json_response({"installed": True, "runtime": result["runtime"]})
     raise InvalidInput("say what to do with the pair key", problems=[
         Problem("body", "either {\"generate\": true} or {\"key\": \"<64 hex digits>\"}")])
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.api import CTX, _json
+from agent.api.http import CTX, json_response
 from agent.errors import Conflict, VoxnodeError
 from agent.subsystems.services import ServicesSubsystem, Step
 
@@ -36,14 +36,14 @@ def _configured(services: ServicesSubsystem) -> None:
 
 async def services_list(request: web.Request) -> web.Response:
     current = request.app[CTX].engine.store.current()
-    return _json(await _services(request).list_units(current.state if current else None))
+    return json_response(await _services(request).list_units(current.state if current else None))
 
 
 async def services_reconcile(request: web.Request) -> web.Response:
     services = _services(request)
     _configured(services)
     changes, failures = await services.reconcile()
-    return _json({
+    return json_response({
         "changes": [c.to_dict() for c in changes],
         "failures": [{"unit": f.details.get("unit", ""), "message": f.message, "remedy": f.remedy}
                      for f in failures],

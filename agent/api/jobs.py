@@ -12,7 +12,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from agent.api import _body, _json
+from agent.api.http import json_response, read_body
 from agent.errors import InvalidInput, NotFound, Problem
 from agent.jobs.runner import JobRunner
 
@@ -47,29 +47,29 @@ def parse_at(value: object) -> float | None:
 
 
 async def jobs_list(request: web.Request) -> web.Response:
-    return _json({"jobs": [j.to_dict() for j in request.app[JOBS].jobs()]})
+    return json_response({"jobs": [j.to_dict() for j in request.app[JOBS].jobs()]})
 
 
 async def jobs_show(request: web.Request) -> web.Response:
-    return _json(request.app[JOBS].get(_job_id(request)).to_dict())
+    return json_response(request.app[JOBS].get(_job_id(request)).to_dict())
 
 
 async def jobs_schedule(request: web.Request) -> web.Response:
-    data = await _body(request, {"name", "at"})
+    data = await read_body(request, {"name", "at"})
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidInput("bad job request", problems=[
             Problem("name", "required: the job kind (see GET /v1/jobs/kinds)")])
     job = await request.app[JOBS].schedule(name, parse_at(data.get("at")))
-    return _json(job.to_dict(), status=201)
+    return json_response(job.to_dict(), status=201)
 
 
 async def jobs_cancel(request: web.Request) -> web.Response:
-    return _json(request.app[JOBS].cancel(_job_id(request)).to_dict())
+    return json_response(request.app[JOBS].cancel(_job_id(request)).to_dict())
 
 
 async def jobs_kinds(request: web.Request) -> web.Response:
-    return _json({"kinds": [k.to_dict() for k in request.app[JOBS].kinds()]})
+    return json_response({"kinds": [k.to_dict() for k in request.app[JOBS].kinds()]})
 
 
 def add_routes(app: web.Application, runner: JobRunner) -> None:

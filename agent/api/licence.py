@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.api import _body, _json
+from agent.api.http import json_response, read_body
 from agent.errors import InvalidInput, Problem
 from agent.licence.security_update import SecurityUpdate
 
@@ -36,46 +36,46 @@ def _strings(data: dict[str, Any], name: str) -> list[str]:
 
 
 async def show(request: web.Request) -> web.Response:
-    return _json(request.app[LICENCE].show())
+    return json_response(request.app[LICENCE].show())
 
 
 async def activate(request: web.Request) -> web.Response:
-    data = await _body(request, {"serial", "email"})
+    data = await read_body(request, {"serial", "email"})
     result = await request.app[LICENCE].activate(_str(data, "serial"), _str(data, "email"))
-    return _json(result)
+    return json_response(result)
 
 
 async def verify(request: web.Request) -> web.Response:
-    data = await _body(request, {"code"})
-    return _json(await request.app[LICENCE].verify(_str(data, "code")))
+    data = await read_body(request, {"code"})
+    return json_response(await request.app[LICENCE].verify(_str(data, "code")))
 
 
 async def check(request: web.Request) -> web.Response:
-    await _body(request, set())
-    return _json(await request.app[LICENCE].check())
+    await read_body(request, set())
+    return json_response(await request.app[LICENCE].check())
 
 
 async def remove(request: web.Request) -> web.Response:
-    await _body(request, set())
-    return _json(await request.app[LICENCE].remove())
+    await read_body(request, set())
+    return json_response(await request.app[LICENCE].remove())
 
 
 async def update(request: web.Request) -> web.Response:
-    data = await _body(request, {"apply", "release"})
+    data = await read_body(request, {"apply", "release"})
     apply = data.get("apply", False)
     if not isinstance(apply, bool):
         raise InvalidInput("bad request", problems=[Problem("apply", "must be true or false")])
-    return _json(await request.app[LICENCE].update(apply=apply,
+    return json_response(await request.app[LICENCE].update(apply=apply,
                                                    release=_strings(data, "release")))
 
 
 async def assignments(request: web.Request) -> web.Response:
-    return _json(request.app[LICENCE].assignments())
+    return json_response(request.app[LICENCE].assignments())
 
 
 async def assign(request: web.Request) -> web.Response:
-    data = await _body(request, {"module", "assign", "unassign"})
-    return _json(await request.app[LICENCE].assign(
+    data = await read_body(request, {"module", "assign", "unassign"})
+    return json_response(await request.app[LICENCE].assign(
         _str(data, "module"), _strings(data, "assign"), _strings(data, "unassign")))
 
 

@@ -13,7 +13,7 @@ import binascii
 
 from aiohttp import web
 
-from agent.api import _body, _json
+from agent.api.http import json_response, read_body
 from agent.errors import InvalidInput, Problem
 from agent.mcs.client import McsClient
 
@@ -32,11 +32,11 @@ def _b64(value: object, path: str, problems: list[Problem]) -> bytes:
 
 
 async def mcs_status(request: web.Request) -> web.Response:
-    return _json(await request.app[MCS].status())
+    return json_response(await request.app[MCS].status())
 
 
 async def mcs_upload(request: web.Request) -> web.Response:
-    data = await _body(request, {"name", "data", "files", "dry_run"})
+    data = await read_body(request, {"name", "data", "files", "dry_run"})
     problems: list[Problem] = []
     name = data.get("name", "bundle")
     if not isinstance(name, str) or not name:
@@ -55,25 +55,25 @@ async def mcs_upload(request: web.Request) -> web.Response:
         problems.append(Problem("dry_run", "must be true or false"))
     if problems:
         raise InvalidInput("the upload request is not valid", problems=problems)
-    return _json(await request.app[MCS].upload(str(name), content, extra, dry_run=dry_run))
+    return json_response(await request.app[MCS].upload(str(name), content, extra, dry_run=dry_run))
 
 
 async def mcs_start(request: web.Request) -> web.Response:
-    await _body(request, set())
-    return _json(await request.app[MCS].start())
+    await read_body(request, set())
+    return json_response(await request.app[MCS].start())
 
 
 async def mcs_stop(request: web.Request) -> web.Response:
-    await _body(request, set())
-    return _json(await request.app[MCS].stop())
+    await read_body(request, set())
+    return json_response(await request.app[MCS].stop())
 
 
 async def mcs_remove(request: web.Request) -> web.Response:
-    data = await _body(request, {"yes"})
+    data = await read_body(request, {"yes"})
     yes = data.get("yes", False)
     if not isinstance(yes, bool):
         raise InvalidInput("bad request", problems=[Problem("yes", "must be true or false")])
-    return _json(await request.app[MCS].remove(yes))
+    return json_response(await request.app[MCS].remove(yes))
 
 
 def add_routes(app: web.Application, mcs: McsClient) -> None:
