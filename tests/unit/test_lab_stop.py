@@ -1,0 +1,107 @@
+"""`lab down`'s wait for the lab's processes (image.labutil.stop_processes), with real child
+processes: one slow to exit is waited for, one that outlives the timeout is returned and
+named, a PID reused by another process is not mistaken for it, and processes found while
+waiting are signalled and waited for too."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from image.labutil import LabProcess, is_running, lab_process, still_running_error, stop_processes
+
+# the child says "ready" once its SIGTERM handler is in place
+SLOW_EXIT = """
+import signal, sys, time
+def stop(*_):
+    time.sleep({delay})
+    sys.exit(0)
+signal.signal(signal.SIGTERM, {handler})
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for child in started:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+
+
+def spawn(children: list[subprocess.Popen[str]], *, delay: float = 0.0,
+          ignore_term: bool = False) -> LabProcess:
+    code = SLOW_EXIT.format(delay=delay, handler="signal.SIG_IGN" if ignore_term else "stop")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    children.append(child)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    process = lab_process(child.pid, "test")
+    assert process is not None
+    return process
+
+
+def test_a_process_slow_to_exit_is_waited_for(children: list[subprocess.Popen[str]]) -> None:
+    process = spawn(children, delay=0.6)
+    started = time.monotonic()
+    left = stop_processes([process], signal.SIGTERM, timeout=10)
+    waited = time.monotonic() - started
+    assert left == []
+    assert waited >= 0.5, f"returned after {waited:.2f} s, before the process had exited"
+    assert children[0].wait(1) == 0  # it exited on its own, after the handler's sleep
+
+
+def test_an_exited_process_not_yet_reaped_counts_as_gone(
+        children: list[subprocess.Popen[str]]) -> None:
+    process = spawn(children)
+    stop_processes([process], signal.SIGTERM, timeout=10)
+    assert not is_running(process)  # a zombie: our child, not waited for yet
+    assert lab_process(process.pid, "test") is None
+
+
+def test_a_process_outliving_the_timeout_is_returned_and_named(
+        children: list[subprocess.Popen[str]]) -> None:
+    process = spawn(children, ignore_term=True)
+    started = time.monotonic()
+    left = stop_processes([process], signal.SIGTERM, timeout=0.3)
+    waited = time.monotonic() - started
+    assert left == [process] and 0.3 <= waited < 3, waited
+    error = still_running_error(left, 10)
+    assert error.message.startswith("lab down: still running 10 s after SIGKILL: ")
+    assert f"(pid {process.pid}, test)" in error.message
+    assert process.describe() in error.message
+    assert "can be run again" in error.message
+    assert stop_processes(left, signal.SIGKILL, timeout=10) == []
+
+
+def test_a_reused_pid_is_not_taken_for_the_process(children: list[subprocess.Popen[str]]) -> None:
+    process = spawn(children)
+    earlier = LabProcess(process.pid, process.started - 1, process.name, "test")
+    assert is_running(process) and not is_running(earlier)
+    started = time.monotonic()
+    assert stop_processes([earlier], signal.SIGKILL, timeout=5) == []
+    assert time.monotonic() - started < 1
+    assert children[0].poll() is None, "the newcomer on the PID got the signal"
+
+
+def test_processes_found_while_waiting_are_stopped_too(
+        children: list[subprocess.Popen[str]]) -> None:
+    first = spawn(children, delay=0.3)
+    later = spawn(children, ignore_term=True)
+    scans = [[], [later]]  # the second appears on the second look
+
+    def scan() -> list[LabProcess]:
+        return scans.pop(0) if scans else []
+
+    left = stop_processes([first], signal.SIGTERM, timeout=1.0, scan=scan)
+    assert left == [later]  # signalled (and waited for), but it ignores SIGTERM
+    assert not is_running(first)
+    assert stop_processes([], signal.SIGKILL, timeout=5, scan=lambda: [later]) == []
