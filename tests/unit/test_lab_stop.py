@@ -1,7 +1,8 @@
 """`lab down`'s wait for the lab's processes (image.labutil.stop_processes), with real child
 processes: one slow to exit is waited for, one that outlives the timeout is returned and
 named, a PID reused by another process is not mistaken for it, and processes found while
-waiting are signalled and waited for too."""
+waiting are signalled and waited for too; and down's sequence (SIGTERM to each node's
+systemd-nspawn, SIGKILL after the stop timeout) on stand-ins for the lab's processes."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from image.labutil import LabProcess, is_running, lab_process, still_running_error, stop_processes
+from image import lab
+from image.labutil import (
+    LabError,
+    LabProcess,
+    Paths,
+    is_running,
+    lab_process,
+    still_running_error,
+    stop_processes,
+)
 
 # the child says "ready" once its SIGTERM handler is in place
 SLOW_EXIT = """
@@ -105,3 +116,65 @@ def test_processes_found_while_waiting_are_stopped_too(
     assert left == [later]  # signalled (and waited for), but it ignores SIGTERM
     assert not is_running(first)
     assert stop_processes([], signal.SIGKILL, timeout=5, scan=lambda: [later]) == []
+
+
+# --- lab down's sequence, on stand-ins for a node's systemd-nspawn ----------------------------
+
+
+@pytest.fixture
+def nspawn_named(tmp_path: Path) -> Path:
+    """An interpreter whose kernel command name is ``systemd-nspawn`` (a symlink of that
+    name), so a child runs as a node's nspawn does in the eyes of ``lab down``."""
+    link = tmp_path / "systemd-nspawn"
+    link.symlink_to(Path(sys.executable).resolve())
+    return link
+
+
+def spawn_nspawn(children: list[subprocess.Popen[str]], interpreter: Path, *,
+                 delay: float = 0.0, ignore_term: bool = False) -> LabProcess:
+    code = SLOW_EXIT.format(delay=delay, handler="signal.SIG_IGN" if ignore_term else "stop")
+    child = subprocess.Popen([str(interpreter), "-I", "-c", code], stdout=subprocess.PIPE,
+                             text=True, stdin=subprocess.DEVNULL)
+    children.append(child)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    process = lab_process(child.pid, "node1")
+    assert process is not None and process.name == "systemd-nspawn"
+    return process
+
+
+def test_down_waits_for_a_node_slow_to_power_off(
+        children: list[subprocess.Popen[str]], nspawn_named: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = spawn_nspawn(children, nspawn_named, delay=0.6)
+    helper = spawn(children)  # e.g. a command left in a lab namespace
+    monkeypatch.setattr(lab, "lab_processes", lambda paths: [node, helper])
+    monkeypatch.setattr(lab, "registered_machines", list)
+    started = time.monotonic()
+    lab._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
+    assert time.monotonic() - started >= 0.5
+    assert not is_running(node) and not is_running(helper)
+    assert children[0].wait(1) == 0  # the node powered off by itself, on SIGTERM
+    assert children[1].wait(1) == -signal.SIGKILL
+
+
+def test_down_kills_a_node_that_ignores_sigterm_after_the_stop_timeout(
+        children: list[subprocess.Popen[str]], nspawn_named: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    node = spawn_nspawn(children, nspawn_named, ignore_term=True)
+    monkeypatch.setattr(lab, "lab_processes", lambda paths: [node])
+    monkeypatch.setattr(lab, "registered_machines", list)
+    monkeypatch.setattr(lab, "STOP_TIMEOUT_S", 0.3)
+    lab._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
+    assert children[0].wait(1) == -signal.SIGKILL
+    assert (f"systemd-nspawn (pid {node.pid}, node1) still running after 0 s: SIGKILL"
+            in capsys.readouterr().out)
+
+
+def test_down_names_a_node_machinectl_still_lists(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab, "lab_processes", lambda paths: [])
+    monkeypatch.setattr(lab, "registered_machines", lambda: ["node2"])
+    monkeypatch.setattr(lab, "KILL_TIMEOUT_S", 0.3)
+    with pytest.raises(LabError) as err:
+        lab._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
+    assert err.value.message.startswith("lab down: machinectl still lists node2 0 s after")
