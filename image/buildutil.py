@@ -77,6 +77,29 @@ def run(argv: Sequence[str | Path], *, cwd: Path | None = None,
     return proc.stdout
 
 
+def absolute(path: Path) -> Path:
+    """``path`` made absolute against the current directory, once, where a command line
+    hands it over: host tools (rpmbuild, Packer) run in directories of their own, where a
+    relative path such as make's default ``IMAGE_OUT=out`` names something else."""
+    return Path(os.path.abspath(path.expanduser()))
+
+
+def output_dir(path: Path, option: str, *, create: bool = True) -> Path:
+    """The output directory given as ``option`` (``--out``), absolute; created unless
+    ``create`` is false. A path that cannot be one is a one-line error."""
+    out = absolute(path)
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{option} {path}: exists and is not a directory (give a directory "
+                         "for the build's outputs)", EXIT_USAGE)
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BuildError(f"{option} {path}: cannot create the directory "
+                             f"({exc.strerror})", EXIT_USAGE) from exc
+    return out
+
+
 def version() -> str:
     with open(REPO / "pyproject.toml", "rb") as f:
         return str(tomllib.load(f)["project"]["version"])

@@ -37,8 +37,10 @@ from image.buildutil import (
     OUT,
     REPO,
     BuildError,
+    absolute,
     guarded,
     need_tools,
+    output_dir,
     run,
     say,
     sha256,
@@ -77,7 +79,7 @@ def inspect(path_text: str) -> BaseIso:
     """Check BASE_ISO is an AlmaLinux 8 x86_64 ISO with the layout we edit."""
     if not path_text.strip():
         raise BuildError(f"BASE_ISO is not set: {DOWNLOAD_HINT}", EXIT_MISSING_INPUT)
-    path = Path(path_text).expanduser()
+    path = absolute(Path(path_text))
     if not path.is_file():
         raise BuildError(f"BASE_ISO {path} does not exist: {DOWNLOAD_HINT}", EXIT_MISSING_INPUT)
     need_tools("xorriso", "mcopy", "implantisomd5", "checkisomd5")
@@ -286,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else 0
+    out, repo = output_dir(args.out, "--out", create=False), absolute(args.repo)
     started = time.monotonic()
     epoch = source_date_epoch()
     build_id = args.build_id or f"{version()}-{time.strftime('%Y%m%d%H%M%S', time.gmtime(epoch))}"
@@ -293,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         base = inspect(args.base_iso)
         say(f"    {base.path.name}: volume id {base.volid!r}, AlmaLinux {base.release}, "
             f"{'DVD' if base.dvd else 'boot'} ISO")
-    args.out.mkdir(parents=True, exist_ok=True)
-    out_iso = args.out / f"voxnode-{version()}-x86_64.iso"
-    manifest = remaster(base, args.repo, out_iso, build_id=build_id, epoch=epoch,
+    out = output_dir(out, "--out")
+    out_iso = out / f"voxnode-{version()}-x86_64.iso"
+    manifest = remaster(base, repo, out_iso, build_id=build_id, epoch=epoch,
                         base_url=args.base_url)
     digest = str(manifest["sha256"])
     Path(f"{out_iso}.sha256").write_text(f"{digest}  {out_iso.name}\n")

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from image.buildutil import OUT, REPO, BuildError, guarded, say, version
+from image.buildutil import OUT, REPO, BuildError, guarded, output_dir, say, version
 
 KS_DIR = REPO / "kickstart"
 VARIANTS = ("iso", "disk", "aws")
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--volid", default=DEFAULT_VOLID)
     p.add_argument("--build-id", default="dev")
     args = p.parse_args(argv)
-    for path in write_all(args.out, volid=args.volid, build_id=args.build_id,
-                          version_=version()):
+    out = output_dir(args.out, "--out")
+    for path in write_all(out, volid=args.volid, build_id=args.build_id, version_=version()):
         say(f"wrote {path}")
     return 0
 

@@ -2,9 +2,10 @@
 
 Owns the lab's life cycle: ``up`` (build or reuse the cached rootfs, make the network,
 boot ``node1`` and ``node2``, wait until both agents answer), ``down`` (stop everything,
-verify nothing is left), ``status`` and getting into a node (``shell``, ``exec``); for
-failover tests, ``crash`` (kill one node at once, leaving its network namespace and disk)
-and ``start`` (boot it again on its disk).
+wait, bounded, until every process of the lab has exited, verify nothing is left),
+``status`` and getting into a node (``shell``, ``exec``); for failover tests, ``crash``
+(kill one node at once, leaving its network namespace and disk) and ``start`` (boot it
+again on its disk).
 
 Each node is ``systemd-nspawn --boot --register=no --keep-unit`` (the host has no systemd
 as PID 1 and no D-Bus) joined to its own network namespace, on an overlay of the cached
@@ -43,12 +44,16 @@ from image.labutil import (
     EXIT_UNKNOWN_NODE,
     EXIT_USAGE,
     LabError,
+    LabProcess,
     Paths,
     is_mounted,
+    lab_process,
     locked,
     run,
     say,
     step,
+    still_running_error,
+    stop_processes,
     tail,
     umount,
 )
@@ -57,7 +62,9 @@ NODES = (Member("node1", "10.77.0.11"), Member("node2", "10.77.0.12"))
 CLIENT = Member("client", "10.77.0.100")
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UP_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 20.0  # a node's clean power-off after SIGTERM to its systemd-nspawn
+KILL_TIMEOUT_S = 10.0  # the lab's processes gone after SIGKILL (a pid namespace's init waits
+# for every process in it to be reaped before it exits)
 TUN_DRIVER = Path("/sys/class/misc/tun")
 HOST_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "ip", "mount", "systemctl")
 
@@ -419,42 +426,80 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _lab_pids() -> set[int]:
-    pids = {p for n in NODES if (p := nspawn_pid(n))}
+def _recorded_nspawn(paths: Paths, node: Member) -> int | None:
+    """The systemd-nspawn PID ``up``/``start`` recorded for ``node``, if that PID is still a
+    systemd-nspawn: the command line search misses one that is exiting (its command line
+    reads empty once its memory is released, while it still runs)."""
+    pid = _load_state(paths).get("nodes", {}).get(node.name, {}).get("nspawn_pid")
+    if not isinstance(pid, int):
+        return None
+    process = lab_process(pid, node.name)
+    return pid if process is not None and process.name == "systemd-nspawn" else None
+
+
+def lab_processes(paths: Paths) -> list[LabProcess]:
+    """What of the lab runs now: each node's systemd-nspawn and every process of its
+    container, and anything else inside a lab network namespace (a `lab exec` command, a
+    helper a test started there)."""
+    found: dict[int, LabProcess] = {}
+
+    def add(pid: int, owner: str) -> None:
+        if pid not in found and pid != os.getpid() and (p := lab_process(pid, owner)):
+            found[pid] = p
+
+    for node in NODES:
+        nspawn = nspawn_pid(node) or _recorded_nspawn(paths, node)
+        if nspawn is None:
+            continue
+        add(nspawn, node.name)
+        leader = container_pid(nspawn)
+        for pid in _container_pids(leader) if leader else ():
+            add(pid, f"{node.name}'s container")
     for ns in labnet.namespaces():
-        pids.update(labnet.pids_inside(ns))
-    pids.discard(os.getpid())
-    return {p for p in pids if _alive(p)}
+        for pid in labnet.pids_inside(ns):
+            add(pid, ns)
+    return sorted(found.values(), key=lambda p: p.pid)
+
+
+def registered_machines() -> list[str]:
+    """Lab nodes systemd-machined lists (``machinectl list``). The lab boots its nodes with
+    ``--register=no``, but on a host whose PID 1 is systemd a node registered by other
+    means stays listed until its nspawn has gone; without systemd there is nothing to ask."""
+    if not Path("/run/systemd/system").is_dir() or shutil.which("machinectl") is None:
+        return []
+    proc = run(["machinectl", "list", "--no-legend", "--no-pager"], check=False, timeout=10)
+    listed = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    return sorted(n.name for n in NODES if n.name in listed) if proc.returncode == 0 else []
+
+
+def _wait_processes(paths: Paths) -> None:
+    """Stop every process of the lab and wait, bounded, until they are gone and no node is
+    listed by machinectl: SIGTERM to each systemd-nspawn (it powers its container off),
+    then SIGKILL to whatever is left or appeared meanwhile. Raises naming what still runs."""
+    tracked = lab_processes(paths)
+    nspawns = [p for p in tracked if p.name == "systemd-nspawn" and p.owner in
+               {n.name for n in NODES}]
+    if nspawns:
+        with step(f"stopping {', '.join(p.owner for p in nspawns)}"):
+            left = stop_processes(nspawns, signal.SIGTERM, STOP_TIMEOUT_S)
+            for p in left:
+                say(f"    {p.describe()} still running after {STOP_TIMEOUT_S:.0f} s: SIGKILL")
+    left = stop_processes(tracked, signal.SIGKILL, KILL_TIMEOUT_S,
+                          scan=lambda: lab_processes(paths))
+    if left:
+        raise still_running_error(left, KILL_TIMEOUT_S)
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    while (machines := registered_machines()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if machines:
+        raise LabError(f"lab down: machinectl still lists {', '.join(machines)} "
+                       f"{KILL_TIMEOUT_S:.0f} s after its processes ended; nothing was removed "
+                       "(`machinectl terminate NAME`, then `make lab-down` again)")
 
 
 def down(paths: Paths, quiet: bool = False) -> int:
     started = time.monotonic()
-    nspawns = {n.name: p for n in NODES if (p := nspawn_pid(n))}
-    if nspawns:
-        with step(f"stopping {', '.join(nspawns)}"):
-            for pid in nspawns.values():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)  # nspawn powers the container off cleanly
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while any(_alive(p) for p in nspawns.values()) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            for pid in nspawns.values():
-                if _alive(pid):
-                    say(f"    pid {pid} still running after {STOP_TIMEOUT_S:.0f} s: SIGKILL")
-                    leader = container_pid(pid)
-                    for victim in (leader, pid):
-                        if victim:
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(victim, signal.SIGKILL)
-    reaped = time.monotonic() + 1  # give init a moment to reap the nspawn zombies
-    while any(Path(f"/proc/{p}").exists() for p in nspawns.values()) and time.monotonic() < reaped:
-        time.sleep(0.05)
-    for pid in _lab_pids():  # anything else still inside a lab namespace
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while _lab_pids() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_processes(paths)
     for node in NODES:
         base = paths.nodes / node.name
         umount(base / "root")
@@ -464,10 +509,9 @@ def down(paths: Paths, quiet: bool = False) -> int:
         labnet.delete(ns)
     with contextlib.suppress(FileNotFoundError):
         paths.state_file.unlink()
-    left = sorted(_lab_pids())
     problems = []
-    if left:
-        problems.append(f"processes still running: {left}")
+    if left := lab_processes(paths):
+        problems.append(f"processes still running: {', '.join(p.describe() for p in left)}")
     if labnet.namespaces():
         problems.append(f"namespaces still present: {labnet.namespaces()}")
     mounted = [n.name for n in NODES if (paths.nodes / n.name / "root").exists()]

@@ -1,5 +1,6 @@
 """Small pieces shared by the lab modules: the error type and its exit codes, running host
-commands with readable failures, timed progress steps, and the lab's file locations.
+commands with readable failures, timed progress steps, the lab's file locations, and
+stopping processes with a bounded wait until they are gone.
 
 Nothing here knows about nodes or rootfs layers; ``image.rootfs``, ``image.labnet`` and
 ``image.lab`` build on it.
@@ -13,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,3 +176,83 @@ def umount(path: Path) -> None:
         return
     if run(["umount", path], check=False).returncode != 0:
         run(["umount", "-l", path])
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabProcess:
+    """A running process the lab owns. Its start time tells it apart from a later process
+    that reuses the PID, so a wait never mistakes a newcomer for a straggler."""
+
+    pid: int
+    started: int  # clock ticks after boot (/proc/PID/stat, field 22)
+    name: str  # the kernel's command name (/proc/PID/comm, at most 15 characters)
+    owner: str  # what it belongs to: "node1", "vxlab-client", …
+
+    def describe(self) -> str:
+        return f"{self.name} (pid {self.pid}, {self.owner})"
+
+
+def _stat(pid: int) -> tuple[str, str, int] | None:
+    """(command name, state letter, start time) of ``pid``; None if there is no such PID."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    head, _, rest = text.rpartition(")")
+    fields = rest.split()
+    try:
+        return head.split("(", 1)[1], fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def lab_process(pid: int, owner: str) -> LabProcess | None:
+    """``pid`` as a ``LabProcess`` if it runs now (a zombie has exited: it does not)."""
+    stat = _stat(pid)
+    if stat is None or stat[1] in ("Z", "X"):
+        return None
+    return LabProcess(pid, stat[2], stat[0], owner)
+
+
+def is_running(process: LabProcess) -> bool:
+    """Still running: the same process (same start time), and not exited (a zombie)."""
+    stat = _stat(process.pid)
+    return stat is not None and stat[2] == process.started and stat[1] not in ("Z", "X")
+
+
+def stop_processes(processes: Iterable[LabProcess], sig: int, timeout: float, *,
+                   scan: Callable[[], Iterable[LabProcess]] = tuple,
+                   poll: float = 0.05) -> list[LabProcess]:
+    """Send ``sig`` to every process that still runs, wait until all are gone, and return
+    those still running after ``timeout`` seconds (none on success).
+
+    ``scan`` finds processes that appeared meanwhile (a child forked on the way out, a
+    command started in a lab namespace); they get ``sig`` too and are waited for as well.
+    """
+    tracked = {p.pid: p for p in processes}
+    signalled: set[LabProcess] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        for found in scan():
+            tracked.setdefault(found.pid, found)
+        left = [p for p in tracked.values() if is_running(p)]
+        for process in left:
+            if process not in signalled:
+                signalled.add(process)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, sig)
+        if not left or time.monotonic() >= deadline:
+            return sorted(left, key=lambda p: p.pid)
+        time.sleep(poll)
+
+
+def still_running_error(left: Sequence[LabProcess], waited: float) -> LabError:
+    """The error when processes outlive SIGKILL (stuck in the kernel, e.g. on a mount)."""
+    names = ", ".join(p.describe() for p in left)
+    return LabError(
+        f"lab down: still running {waited:.0f} s after SIGKILL: {names}; nothing was removed, "
+        "so `make lab-down` can be run again once they are gone",
+        detail="what they wait for: cat /proc/PID/stack, or ps -o pid,stat,wchan:32,cmd -p PID")

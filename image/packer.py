@@ -24,6 +24,7 @@ from image.buildutil import (
     BuildError,
     guarded,
     need_tools,
+    output_dir,
     run,
     say,
     step,
@@ -57,7 +58,7 @@ def template_dir(work: Path) -> Path:
 
 
 def iso_vars(out: Path) -> list[str]:
-    iso = out.resolve() / f"voxnode-{version()}-x86_64.iso"
+    iso = out / f"voxnode-{version()}-x86_64.iso"
     manifest = out / f"voxnode-{version()}-x86_64.manifest.json"
     if not iso.exists() or not manifest.exists():
         raise BuildError(f"{iso} not found: build it first with `make iso BASE_ISO=…`",
@@ -65,7 +66,7 @@ def iso_vars(out: Path) -> list[str]:
     data = json.loads(manifest.read_text())
     return ["-var", f"iso_path={iso}", "-var", f"iso_checksum=sha256:{data['sha256']}",
             "-var", f"volume_id={str(data['volume_id']).replace(' ', chr(92) + 'x20')}",
-            "-var", f"output_dir={out.resolve() / 'packer'}", "-var", f"version={version()}",
+            "-var", f"output_dir={out / 'packer'}", "-var", f"version={version()}",
             "-var", f"repo_dir={REPO}"]
 
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         validate()
         say("packer templates valid")
     else:
-        build(args.action, args.out, args.accelerator)
+        build(args.action, output_dir(args.out, "--out", create=False), args.accelerator)
     return 0
 
 

@@ -39,6 +39,7 @@ from image.buildutil import (
     BuildError,
     guarded,
     need_tools,
+    output_dir,
     run,
     say,
     source_date_epoch,
@@ -233,14 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vendor-pubkey", default=os.environ.get("VENDOR_PUBKEY", ""),
                    help="PEM public key that verifies licences (env VENDOR_PUBKEY)")
     args = p.parse_args(argv)
+    out = output_dir(args.out, "--out")
     vendor_pub = vendor_key(args.vendor_pubkey)
     epoch = source_date_epoch()
     build_id = args.build_id or f"{version()}-{time.strftime('%Y%m%d%H%M%S', time.gmtime(epoch))}"
     started = time.monotonic()
     binary = freeze(CACHE)
-    rpm = build_rpm(binary, args.out, build_id, epoch, vendor_pub)
-    build_repo(rpm, args.out, epoch)
-    say(f"rpm: {rpm} and repository {args.out / 'repo'} in {time.monotonic() - started:.1f} s")
+    rpm = build_rpm(binary, out, build_id, epoch, vendor_pub)
+    build_repo(rpm, out, epoch)
+    say(f"rpm: {rpm} and repository {out / 'repo'} in {time.monotonic() - started:.1f} s")
     return 0
 
 

@@ -1,11 +1,18 @@
-"""Node tests: the two-node lab (image/lab.py) started once per session and removed at the end.
+"""Node tests: the two-node lab (image/lab.py) started once for the node tier and removed
+after its last test.
 
 Needs root and the host tools `make lab` installs (mmdebstrap, systemd-nspawn); skipped
-cleanly otherwise. The first run builds the cached rootfs (about a minute).
+cleanly otherwise (a failure under CI=true, tests/preconditions.py). The first run builds
+the cached rootfs (about a minute).
+
+Removing the lab is checked as it happens: `lab down` twice, then no lab namespace,
+systemd-nspawn or node mount may be left and `lab status` must say it is down. If not, the
+teardown of the tier's last test errors with what was left, which fails the run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +24,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 UP_TIMEOUT_S = 600  # a cold rootfs build included
+DOWN_TIMEOUT_S = 90  # lab down's own bounded waits (20 s + 10 s + 10 s) and the clean-up
 
 
 def lab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -64,8 +72,60 @@ def detach_host(netns: str, port: str) -> None:
     sh("ip", "netns", "del", netns, check=False)
 
 
-@pytest.fixture(scope="session")
+def live_nspawns() -> list[int]:
+    """PIDs of running systemd-nspawn processes joined to a lab namespace."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and argv[0].endswith(b"systemd-nspawn") and any(
+            a.startswith(b"--network-namespace-path=/run/netns/vxlab-") for a in argv
+        ):
+            found.append(int(entry))
+    return found
+
+
+def teardown_problems() -> list[str]:
+    """`lab down` twice (the second finds nothing to do), then what must be gone."""
+    problems = []
+    for attempt in ("first", "second"):
+        try:
+            proc = lab("down", timeout=DOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            problems.append(f"the {attempt} `lab down` did not end within {DOWN_TIMEOUT_S} s")
+            continue
+        if proc.returncode != 0:
+            problems.append(f"the {attempt} `lab down` exited {proc.returncode}: "
+                            f"{(proc.stdout + proc.stderr).strip()}")
+    netns = Path("/run/netns")
+    left = sorted(n for n in os.listdir(netns) if n.startswith("vxlab-")) if netns.exists() else []
+    if left:
+        problems.append(f"network namespaces left: {', '.join(left)}")
+    if nspawns := live_nspawns():
+        problems.append(f"systemd-nspawn still running: pids {nspawns}")
+    mounts = [ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+              if "voxnode-lab/nodes" in ln]
+    if mounts:
+        problems.append(f"node roots still mounted: {', '.join(mounts)}")
+    status = lab("status", "--json")
+    try:
+        up = json.loads(status.stdout)["up"]
+    except (ValueError, KeyError, TypeError):
+        up = f"unreadable ({status.stdout.strip() or status.stderr.strip()})"
+    if status.returncode != 1 or up is not False:
+        problems.append(f"`lab status` after down: exit {status.returncode}, up {up}")
+    return problems
+
+
+@pytest.fixture(scope="package")
 def lab_up() -> Iterator[None]:
+    """The lab, for every node test: started by the first, removed after the last (package
+    scope: the node tier), and that removal checked."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
     missing = [t for t in ("mmdebstrap", "systemd-nspawn", "nsenter", "ping")
@@ -76,7 +136,8 @@ def lab_up() -> Iterator[None]:
     if proc.returncode != 0:
         lab("down")
         pytest.fail(f"lab up failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    try:
-        yield
-    finally:
-        lab("down")
+    yield
+    problems = teardown_problems()
+    if problems:
+        pytest.fail("the lab was not torn down properly: " + "; ".join(problems),
+                    pytrace=False)

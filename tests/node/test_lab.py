@@ -1,5 +1,6 @@
 """The two-node lab: both nodes boot systemd and the agent, the seed is applied, the LAN
-works and stays closed, `exec` passes exit codes through, and `down` leaves nothing."""
+works and stays closed, `exec` passes exit codes through. That `down` leaves nothing is
+checked when the node tier removes its lab (tests/node/conftest.py)."""
 
 from __future__ import annotations
 
