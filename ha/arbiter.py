@@ -311,7 +311,23 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def serve(host: str, port: int, keys: list[bytes]) -> None:
+async def reload_keys(arbiter: Arbiter, path: Path) -> bool:
+    """Read the key file again (SIGHUP, ``systemctl reload``): the new key(s) answer from
+    the next request on. A file that cannot be read or holds no valid key changes nothing:
+    the error is logged and the keys in use stay."""
+    try:
+        keys = await asyncio.to_thread(read_keys, path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log.error("%s: %s (the key in use is kept)", path, text)
+        return False
+    if keys != arbiter.keys:
+        arbiter.keys = keys
+        log.info("%s: reloaded (%d key%s)", path, len(keys), "s" if len(keys) > 1 else "")
+    return True
+
+
+async def serve(host: str, port: int, keys: list[bytes], key_file: Path | None = None) -> None:
     loop = asyncio.get_running_loop()
     arbiter = Arbiter(keys)
     transport, _ = await loop.create_datagram_endpoint(
@@ -319,6 +335,14 @@ async def serve(host: str, port: int, keys: list[bytes]) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    if key_file is not None:
+        def reload() -> None:
+            task = loop.create_task(reload_keys(arbiter, key_file))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
     log.info("arbiter listening on %s:%d", host, port)
     try:
         await stop.wait()
@@ -336,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         "when the two nodes cannot hear each other. Run it on a third machine that both "
         "nodes reach (a small VM, the gateway host, a cloud instance) and set "
         "ha.arbiter: {address: ADDR, port: PORT} on both nodes.",
-        epilog="Exit status: 0 stopped by a signal, 2 usage, 3 bad key file or address, "
+        epilog="SIGHUP reads the key file again (after a rekey: put the new key in it, then "
+        "`systemctl reload voxnode-arbiter`); a file without a valid key changes nothing. "
+        "Exit status: 0 stopped by a signal, 2 usage, 3 bad key file or address, "
         "5 the address cannot be listened on.")
     parser.add_argument("--listen", required=True, metavar="ADDR:PORT",
                         help="address and UDP port to answer on, e.g. 10.0.0.5:7412")
@@ -359,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voxnode-arbiter: {args.key_file}: {text}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        asyncio.run(serve(host, port, keys))
+        asyncio.run(serve(host, port, keys, args.key_file))
     except OSError as exc:
         print(f"voxnode-arbiter: cannot listen on {host}:{port}: "
               f"{os.strerror(exc.errno or 0)}", file=sys.stderr)

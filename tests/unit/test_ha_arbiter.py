@@ -4,6 +4,11 @@ node's client against a real arbiter on the loopback."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -163,3 +168,60 @@ def test_a_lease_handed_back_goes_to_the_next_asker_at_once() -> None:
                  "give_up": True}, [KEY])
     assert answer(arbiter, back)["holder"] is None  # type: ignore[index]
     assert answer(arbiter, request("10.0.0.12", 1))["granted"] is True  # type: ignore[index]
+
+
+def _ask(port: int, data: bytes, key: bytes) -> dict[str, object] | None:
+    """One request to an arbiter process on the loopback; its answer, if one came."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.3)
+        sock.sendto(data, ("127.0.0.1", port))
+        try:
+            raw = sock.recv(2048)
+        except TimeoutError:
+            return None
+    return open_sealed(raw, [key])[0]
+
+
+def test_sighup_reloads_the_key_file_and_a_bad_one_changes_nothing(tmp_path: Path) -> None:
+    """The arbiter process: after a rekey its key file is rewritten and it is told with
+    SIGHUP (``systemctl reload``); requests under the new key are answered from then on. A
+    key file made unreadable or invalid and then signalled keeps the key in use."""
+    new = bytes(range(32, 64))
+    keyfile = tmp_path / "arbiter.key"
+    keyfile.write_text(KEY.hex() + "\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from ha.arbiter import main; sys.exit(main())",
+         "--listen", f"127.0.0.1:{port}", "--key-file", str(keyfile)],
+        stderr=subprocess.PIPE, text=True)
+    seq = iter(range(1, 1000))
+
+    def asked(key: bytes, deadline_s: float = 5.0) -> dict[str, object] | None:
+        end = time.monotonic() + deadline_s
+        while True:
+            got = _ask(port, request("10.0.0.11", next(seq), want=False, key=key), key)
+            if got is not None or time.monotonic() > end:
+                return got
+    try:
+        assert asked(KEY) is not None  # up, answering under the first key
+        assert asked(new, 0.5) is None
+        keyfile.write_text(new.hex() + "\n" + KEY.hex() + "\n")  # the rekey: new, previous
+        proc.send_signal(signal.SIGHUP)
+        assert asked(new) is not None
+        keyfile.write_text("not a key\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert asked(new) is not None  # the bad file changed nothing
+        keyfile.write_text(new.hex() + "\n")  # the rekey confirmed: the old key goes
+        proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 5
+        while asked(KEY, 0.3) is not None:
+            assert time.monotonic() < end, "the previous key is still answered"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=5)
+    assert proc.returncode == 0, err
+    assert "the key in use is kept" in err and "Traceback" not in err, err
+    assert "reloaded (2 keys)" in err and "reloaded (1 key)" in err, err
