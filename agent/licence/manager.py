@@ -34,7 +34,7 @@ from agent.licence.state import (
 from agent.ports.files import FileTree, durable
 from agent.ports.licence import PURE_CLOUD, LicenceView
 from agent.services.catalogue import Catalogue, Facts, Role
-from agent.state.model import DesiredState, LicenseConfig, WorkingMode
+from agent.state.model import DesiredState, LicenceConfig, WorkingMode
 from agent.subsystems.services import ServicesSubsystem
 
 log = logging.getLogger("voxnode.licence")
@@ -67,9 +67,9 @@ class LicenceManager:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def settings(self) -> LicenseConfig:
+    def settings(self) -> LicenceConfig:
         state = self._desired()
-        return state.license_settings if state is not None else LicenseConfig()
+        return state.licence_settings if state is not None else LicenceConfig()
 
     def fingerprint(self) -> Fingerprint:
         if self._fp is None:
