@@ -26,7 +26,6 @@ from agent.licence.client import BadResponse
 from agent.licence.state import (
     ALARM_AFTER_FAILURES,
     CHECK_JITTER_S,
-    LicenceState,
     next_check_at,
 )
 from agent.ports.files import durable
@@ -168,10 +167,9 @@ async def run(manager: LicenceManager, sleep: Sleep = asyncio.sleep,
                 except VoxnodeError as exc:
                     log.warning("automatic licence check failed: %s", exc.message)
                 continue
+            # next_transition: the end of a grace period or the expiry, whichever comes first
             wake = [now + MAX_SLEEP_S, *(t for t in (due, status.next_transition)
                                          if t is not None)]
-            if status.state is LicenceState.GRACE and status.grace_until:
-                wake.append(status.grace_until)
             await sleep(max(1.0, min(wake) - now))
         except asyncio.CancelledError:
             raise
