@@ -1,4 +1,5 @@
-"""The licensing service without a server: when its periodic task wakes up.
+"""The licensing service without a server: its port answers without waiting, and when its
+periodic task wakes up.
 
 A licence signed here with a test key, installed in a temporary state directory; the
 clock and the task's sleep are injected, so no time passes and no server is asked (a
@@ -87,3 +88,12 @@ async def test_in_grace_a_licence_expiring_first_wakes_the_task_at_its_expiry(
 async def test_far_from_any_change_the_task_sleeps_an_hour_at_most(tmp_path: Path) -> None:
     manager, _ = await removed_licence(tmp_path, removed_at=T0, now=T0 + 60)
     assert await first_sleep(manager) == 3600
+
+
+async def test_the_port_answers_without_waiting(tmp_path: Path) -> None:
+    """current() completes on its first step: it never suspends (no network, no server)."""
+    manager, _ = await removed_licence(tmp_path, removed_at=T0, now=T0 + 60)
+    step = manager.current().__await__()
+    with pytest.raises(StopIteration) as done:
+        next(step)
+    assert done.value.value.active and done.value.value.modules == {"PBX"}
