@@ -47,6 +47,8 @@ ClientFactory = Callable[[str], LicenceServerClient]
 
 
 class LicenceManager:
+    """The node's one licensing service, and the ``LicencePort`` of the other subsystems."""
+
     def __init__(
         self, state_dir: Path, files: FileTree, desired: Callable[[], DesiredState | None], *,
         fingerprint: Callable[[], Fingerprint], catalogue: Catalogue,
