@@ -38,7 +38,7 @@ from agent.jobs.mongodb_update import mongodb_update_job
 from agent.jobs.runner import JobRunner
 from agent.jobs.store import JobStore
 from agent.licence.fingerprint import CachedFingerprint, node_fingerprint
-from agent.licence.security_update import SecurityUpdate
+from agent.licence.manager import LicenceManager
 from agent.mcs.client import McsClient
 from agent.mcs.tunnel import LocalTunnel
 from agent.ports.files import FileTree, durable
@@ -206,7 +206,7 @@ async def run(args: argparse.Namespace) -> int:
     catalogue = load_catalogue(args.catalogue)
     fingerprint = CachedFingerprint(lambda: node_fingerprint(root))
     await fingerprint.refresh()  # in a thread: IMDS on AWS is a network call
-    licence = SecurityUpdate(
+    licence = LicenceManager(
         args.state_dir, files, lambda: (c.state if (c := store.current()) else None),
         fingerprint=fingerprint, catalogue=catalogue, events=events)
     # units are driven only on a real node; an agent on another root (tests in network

@@ -16,9 +16,9 @@ from aiohttp import web
 
 from agent.api.http import json_response, read_body
 from agent.errors import InvalidInput, Problem
-from agent.licence.security_update import SecurityUpdate
+from agent.licence.manager import LicenceManager
 
-LICENCE: web.AppKey[SecurityUpdate] = web.AppKey("licence_manager", SecurityUpdate)
+LICENCE: web.AppKey[LicenceManager] = web.AppKey("licence_manager", LicenceManager)
 
 
 def _str(data: dict[str, Any], name: str) -> str:
@@ -79,7 +79,7 @@ async def assign(request: web.Request) -> web.Response:
         _str(data, "module"), _strings(data, "assign"), _strings(data, "unassign")))
 
 
-def add_routes(app: web.Application, licence_manager: SecurityUpdate) -> None:
+def add_routes(app: web.Application, licence_manager: LicenceManager) -> None:
     app[LICENCE] = licence_manager
     app.router.add_get("/v1/licence", show)
     app.router.add_post("/v1/licence/activate", activate)

@@ -1,49 +1,54 @@
-"""The Security Update client: activation, checks, removal, updates — and the licence port.
+"""The node's licensing service (the Security Update client) and the licence port.
 
-``LicenceManager.current()`` is what the working mode and the services read: the modules
-in force while ACTIVE or GRACE, nothing otherwise, and why. Every action that changes the
-installed licence is serialized with configuration changes (the engine's lock), refuses
-before touching anything when an input or an answer is bad, and ends with "notify
-processes and restart" (the services subsystem's ``restart_all``) only when the units the
-catalogue wants change. Verification codes are never logged or stored.
+``LicenceManager`` is the one service: it owns the licence state directory, reads and
+verifies what the node holds, and is the ``LicencePort`` the working mode and the
+services read — ``current()``: the modules in force while ACTIVE or GRACE, nothing
+otherwise, and why. Its actions are plain functions, one module per concern, that the
+manager's methods call:
+
+- ``agent.licence.activation``: serial → emailed code → licence, and removal;
+- ``agent.licence.updates``: the check, the review and apply of an update, the 12-hour
+  task and the state changes that time alone brings;
+- ``agent.licence.holders``: who holds a counted module (the assignments).
+
+Every action that changes the installed licence is serialized with configuration changes
+(the engine's lock), refuses before touching anything when an input or an answer is bad,
+and ends with "notify processes and restart" (the services subsystem's ``restart_all``)
+only when the units the catalogue wants change. Verification codes are never logged or
+stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.errors import Conflict, InvalidInput, Problem
+from agent.errors import Problem
 from agent.events import EventLog
+from agent.licence import activation, holders, updates
 from agent.licence.changes import module_changes, unit_changes
 from agent.licence.client import BadResponse, LicenceServerClient
 from agent.licence.document import Licence, LicenceDocumentError, load_public_key, verify_licence
 from agent.licence.fingerprint import Fingerprint
-from agent.licence.state import (
-    LicenceFiles,
-    LicenceState,
-    Pending,
-    Record,
-    Status,
-    evaluate,
-)
-from agent.ports.files import FileTree, durable
+from agent.licence.state import LicenceFiles, Record, Status, evaluate
+from agent.ports.files import FileTree
 from agent.ports.licence import PURE_CLOUD, LicenceView
 from agent.services.catalogue import Catalogue, Facts, Role
-from agent.state.model import DesiredState, LicenseConfig, WorkingMode
+from agent.state.model import DesiredState, LicenceConfig, WorkingMode
 from agent.subsystems.services import ServicesSubsystem
-
-log = logging.getLogger("voxnode.licence")
 
 Clock = Callable[[], float]
 ClientFactory = Callable[[str], LicenceServerClient]
 
 
 class LicenceManager:
+    """The node's one licensing service, and the ``LicencePort`` of the other subsystems."""
+
     def __init__(
         self, state_dir: Path, files: FileTree, desired: Callable[[], DesiredState | None], *,
         fingerprint: Callable[[], Fingerprint], catalogue: Catalogue,
@@ -67,9 +72,9 @@ class LicenceManager:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def settings(self) -> LicenseConfig:
+    def settings(self) -> LicenceConfig:
         state = self._desired()
-        return state.license_settings if state is not None else LicenseConfig()
+        return state.licence_settings if state is not None else LicenceConfig()
 
     def fingerprint(self) -> Fingerprint:
         if self._fp is None:
@@ -236,7 +241,8 @@ class LicenceManager:
                                     "PURE_CLOUD is activated (the static public address)"))
         return problems
 
-    def _received(self, text: str) -> Licence:
+    def received(self, text: str) -> Licence:
+        """A licence text the server sent, verified; BadResponse if it is refused."""
         try:
             return self.parse(text)
         except LicenceDocumentError as exc:
@@ -244,65 +250,32 @@ class LicenceManager:
                               remedy="Nothing was installed; the node keeps its licence.",
                               ) from None
 
-    # --- actions ------------------------------------------------------------------------------
+    # --- actions (agent.licence.activation, .updates, .holders) -------------------------------
 
     async def activate(self, serial: str, email: str) -> dict[str, Any]:
-        serial, email = serial.strip().upper(), email.strip()
-        problems = []
-        if not serial:
-            problems.append(Problem("serial", "required (the serial number of the order)"))
-        if "@" not in email or email.startswith("@") or email.endswith("@"):
-            problems.append(Problem("email", f"'{email}' is not an email address"))
-        if problems:
-            raise InvalidInput("the activation request is not valid", problems=problems)
-        async with self.lock:
-            status, record, licence = self.status()
-            if status.state is LicenceState.ACTIVE and licence is not None:
-                raise Conflict(f"licence {licence.serial} is already active on this node",
-                               remedy="Remove it first with `voxnode license remove`.")
-            answer = await self.client().activate(serial, email, self.fingerprint().value)
-            record.pending = Pending(serial, email, self.clock())
-            await durable(self.store.write_record, record)
-        self.events.emit("licence.code-sent", f"verification code for {serial} requested; "
-                         "it is emailed to the order's address")
-        return {"state": LicenceState.CODE_SENT.value, "serial": serial,
-                "sent_to": answer.get("sent_to"), "expires_in": answer["expires_in"]}
+        return await activation.activate(self, serial, email)
 
     async def verify(self, code: str) -> dict[str, Any]:
-        code = code.strip()
-        if not code.isdigit() or not 4 <= len(code) <= 12:
-            raise InvalidInput("the verification code is not valid",
-                               problems=[Problem("code", "the digits of the emailed code")])
-        async with self.lock:
-            status, record, old = self.status()
-            if record.pending is None:
-                raise Conflict("no activation is waiting for a code",
-                               remedy="Run `voxnode license activate --serial S --email E` "
-                               "first.")
-            pending = record.pending
-            text = await self.client().verify(pending.serial, self.fingerprint().value, code)
-            new = self._received(text)
-            if new.serial != pending.serial:
-                raise BadResponse(f"the licence server sent a licence for serial {new.serial}, "
-                                  f"not {pending.serial}")
-            problems = self.pure_cloud_problems(new)
-            if problems:
-                raise InvalidInput(
-                    "a licence with PURE_CLOUD needs the public IP and domain first",
-                    problems=problems,
-                    remedy="Set them (voxnode network set domain=… public_ip=…), then activate "
-                    "again; nothing was installed.")
-            before = status.modules
-            await durable(self.store.write_licence, text)
-            now = self.clock()
-            record.pending, record.removed_at, record.available = None, None, None
-            record.ever_licensed, record.last_check, record.last_ok = True, now, now
-            record.failures, record.failing_since, record.last_error = 0, None, ""
-            record.max_seen = max(record.max_seen, now)
-            await durable(self.store.write_record, record)
-            held = ", ".join(sorted(new.enabled_modules)) or "no modules"
-            self.events.emit("licence.activated", f"licence {new.serial} version {new.version} "
-                             f"installed ({held})")
-            effects = await self.apply_effects(before)
-        return {"licence": self.show(), "modules": [c.to_dict() for c in
-                                                    module_changes(old, new)], **effects}
+        return await activation.verify(self, code)
+
+    async def remove(self) -> dict[str, Any]:
+        return await activation.remove(self)
+
+    async def check(self, *, automatic: bool = False) -> dict[str, Any]:
+        return await updates.check(self, automatic=automatic)
+
+    async def update(self, *, apply: bool, release: list[str]) -> dict[str, Any]:
+        return await updates.update(self, apply=apply, release=release)
+
+    async def assign(self, module: str, add: list[str], drop: list[str]) -> dict[str, Any]:
+        return await holders.assign(self, module, add, drop)
+
+    def assignments(self) -> dict[str, Any]:
+        return holders.show(self)
+
+    async def tick(self) -> None:
+        await updates.tick(self)
+
+    async def run(self, sleep: updates.Sleep = asyncio.sleep,
+                  rng: random.Random | None = None) -> None:
+        await updates.run(self, sleep, rng)

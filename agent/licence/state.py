@@ -17,9 +17,7 @@ licence.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -97,10 +95,6 @@ class LicenceFiles:
     def write_licence(self, text: str) -> None:
         self._ensure()
         atomic_write(self.licence_path, text.encode(), mode=0o640)
-
-    def remove_licence(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.licence_path)
 
     def read_record(self) -> Record:
         try:

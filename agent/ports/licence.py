@@ -23,7 +23,11 @@ class LicenceView:
 
 
 class LicencePort(Protocol):
-    async def current(self) -> LicenceView: ...
+    async def current(self) -> LicenceView:
+        """What the licence allows now, from what the node holds. It never waits: the
+        agent's ``LicenceManager`` reads two small local files and the fingerprint read
+        at start, never the network, so a timeout around it could not fire."""
+        ...
 
 
 class NoLicence:

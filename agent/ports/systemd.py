@@ -81,11 +81,6 @@ class UnitState:
     def masked(self) -> bool:
         return self.load_state == "masked" or self.unit_file_state.startswith("masked")
 
-    @property
-    def enableable(self) -> bool:
-        """Has an [Install] section one can enable or disable (not static, not generated)."""
-        return self.unit_file_state in ("enabled", "enabled-runtime", "disabled")
-
     def describe(self) -> str:
         """``active (running)``, the way ``systemctl status`` says it."""
         if not self.installed:

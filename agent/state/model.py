@@ -250,7 +250,7 @@ class HAConfig(Strict):
     arbiter: HAArbiter | None = None
 
 
-DEFAULT_LICENSE_SERVER_URL = "https://license.voxnode.example"
+DEFAULT_LICENCE_SERVER_URL = "https://license.voxnode.example"
 DEFAULT_VENDOR_PUBLIC_KEY = "/etc/voxnode/vendor.pub"
 
 
@@ -280,7 +280,7 @@ def _parse_abs_path(value: Any) -> str:
     return text
 
 
-class LicenseConfig(Strict):
+class LicenceConfig(Strict):
     """Where the Security Update client finds the vendor (requirements §2).
 
     ``server_url``: the vendor's licence server (HTTPS; plain HTTP only behind a proxy or
@@ -288,7 +288,7 @@ class LicenseConfig(Strict):
     verified with, on the node's file system.
     """
 
-    server_url: Annotated[str, PlainValidator(_parse_server_url)] = DEFAULT_LICENSE_SERVER_URL
+    server_url: Annotated[str, PlainValidator(_parse_server_url)] = DEFAULT_LICENCE_SERVER_URL
     public_key_file: Annotated[str, PlainValidator(_parse_abs_path)] = DEFAULT_VENDOR_PUBLIC_KEY
 
 
@@ -299,11 +299,13 @@ class DesiredState(Strict):
     network: NetworkConfig
     mode: WorkingMode = WorkingMode.STANDARD
     ha: HAConfig = Field(default_factory=HAConfig)
-    license: LicenseConfig | None = None  # None: the appliance defaults (LicenseConfig())
+    # the document key, and so this field, keeps the spelling `license` (code reads
+    # licence_settings); None: the appliance defaults (LicenceConfig())
+    license: LicenceConfig | None = None
 
     @property
-    def license_settings(self) -> LicenseConfig:
-        return self.license if self.license is not None else LicenseConfig()
+    def licence_settings(self) -> LicenceConfig:
+        return self.license if self.license is not None else LicenceConfig()
 
     def to_document(self) -> dict[str, Any]:
         """The JSON-able form, as written to disk and sent on the wire."""

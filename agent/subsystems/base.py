@@ -9,7 +9,7 @@ converged state must return no changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from agent.errors import Problem
@@ -57,12 +57,6 @@ class SubsystemPlan:
             "warnings": list(self.warnings),
             "acknowledge": list(self.acknowledge),
         }
-
-
-@dataclass
-class ApplyReport:
-    subsystem: str
-    changes: list[Change] = field(default_factory=list)
 
 
 class Subsystem(Protocol):

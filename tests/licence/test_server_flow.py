@@ -18,7 +18,7 @@ import pytest
 from agent.errors import Conflict, InvalidInput
 from agent.licence.client import BadResponse, ServerRefused, ServerUnreachable
 from agent.licence.fingerprint import node_fingerprint
-from agent.licence.security_update import SecurityUpdate
+from agent.licence.manager import LicenceManager
 from agent.ports.files import FileTree
 from agent.ports.systemd_memory import MemorySystemd
 from agent.services.catalogue import load_catalogue
@@ -62,7 +62,7 @@ class Node:
         files = FileTree(self.root)
         self.services = ServicesSubsystem(self.systemd, catalogue, self._port(), StaticRole(),
                                           files=files)
-        self.manager = SecurityUpdate(
+        self.manager = LicenceManager(
             base / "state", files, lambda: self.state, fingerprint=lambda: node_fingerprint(
                 self.root), catalogue=catalogue, services=self.services, clock=self.clock)
 

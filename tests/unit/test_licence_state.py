@@ -1,5 +1,6 @@
 """The licence state machine with an injected clock: grace, expiry, clock moved back,
-the 12 h check schedule, reductions, fingerprint rules and the license section."""
+the 12 h check schedule, reductions, fingerprint rules and the licence settings (the
+document's ``license`` section)."""
 
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ def test_fingerprint_rules(tmp_path: Path) -> None:
      "absolute path (e.g. /etc/voxnode/vendor.pub)"),
     ({"server": "x"}, "license.server: unknown key (allowed: server_url, public_key_file)"),
 ])
-def test_license_section_validation(section: dict[str, str], problem: str) -> None:
+def test_licence_settings_validation(section: dict[str, str], problem: str) -> None:
     doc = {"schema_version": 1, "network": {"hostname": "pbx1", "interfaces": {
         "eth0": {"dhcp": True}}}, "license": section}
     with pytest.raises(InvalidInput) as err:
@@ -145,9 +146,9 @@ def test_license_section_validation(section: dict[str, str], problem: str) -> No
     assert [str(p) for p in err.value.problems] == [problem]
 
 
-def test_license_section_defaults() -> None:
+def test_licence_settings_defaults() -> None:
     doc = {"schema_version": 1, "network": {"hostname": "pbx1", "interfaces": {
         "eth0": {"dhcp": True}}}}
     state = validate_document(doc)
     assert "license" not in state.to_document()
-    assert state.license_settings.public_key_file == "/etc/voxnode/vendor.pub"
+    assert state.licence_settings.public_key_file == "/etc/voxnode/vendor.pub"
