@@ -34,8 +34,8 @@ from agent.licence.state import (
 from agent.ports.files import FileTree, durable
 from agent.ports.licence import PURE_CLOUD, LicenceView
 from agent.services.catalogue import Catalogue, Facts, Role
+from agent.services.subsystem import ServicesSubsystem
 from agent.state.model import DesiredState, LicenseConfig, WorkingMode
-from agent.subsystems.services import ServicesSubsystem
 
 log = logging.getLogger("voxnode.licence")
 

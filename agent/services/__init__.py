@@ -1,1 +1,2 @@
-"""Service management data: the catalogue of units and the rule that decides which run."""
+"""The PBX processes: the catalogue of units and the rule that decides which run
+(``catalogue``) and the subsystem that starts and stops them (``subsystem``)."""

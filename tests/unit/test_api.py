@@ -13,13 +13,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.api import AgentContext, make_app
 from agent.engine import Engine
 from agent.events import EventLog
+from agent.mode.subsystem import ModeSubsystem
+from agent.network.subsystem import NetworkSubsystem
 from agent.ports.files import FileTree
 from agent.ports.hostname import MemoryHostname
 from agent.ports.licence import NoLicence, StaticLicence
 from agent.ports.netlink_memory import MemoryNetlink
 from agent.state.store import Store
-from agent.subsystems.mode import ModeSubsystem
-from agent.subsystems.network import NetworkSubsystem
 
 DOC = {
     "schema_version": 1,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from agent.errors import Problem, SubsystemError
+from agent.mode.subsystem import ModeSubsystem
 from agent.paths import (
     COTURN_CONF,
     MCS_CERT_DIR,
@@ -23,7 +24,6 @@ from agent.ports.licence import NoLicence, StaticLicence
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.subsystems.base import Change
-from agent.subsystems.mode import ModeSubsystem
 
 LICENSED = StaticLicence(frozenset({"PURE_CLOUD"}))
 

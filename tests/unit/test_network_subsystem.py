@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from agent.errors import SubsystemError
+from agent.network.subsystem import NetworkSubsystem
 from agent.ports.files import FileTree
 from agent.ports.hostname import MemoryHostname
 from agent.ports.netlink import (
@@ -23,7 +24,6 @@ from agent.ports.netlink_memory import MemoryNetlink
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.subsystems.base import Change
-from agent.subsystems.network import NetworkSubsystem
 
 KEYFILES = "/etc/NetworkManager/system-connections"
 

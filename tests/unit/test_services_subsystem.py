@@ -19,6 +19,7 @@ from agent.api.services import add_routes
 from agent.engine import Engine
 from agent.errors import Conflict, SubsystemError
 from agent.events import EventLog
+from agent.network.subsystem import NetworkSubsystem
 from agent.paths import MCS_CLIENT_CONF
 from agent.ports.files import FileTree
 from agent.ports.hostname import MemoryHostname
@@ -26,12 +27,11 @@ from agent.ports.licence import LicencePort, NoLicence, StaticLicence
 from agent.ports.netlink_memory import MemoryNetlink
 from agent.ports.systemd_memory import MemorySystemd
 from agent.services.catalogue import Role, load_catalogue, validate_catalogue
+from agent.services.subsystem import ServicesSubsystem, StaticRole, Step, watch
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.state.store import Store
 from agent.subsystems.base import Change
-from agent.subsystems.network import NetworkSubsystem
-from agent.subsystems.services import ServicesSubsystem, StaticRole, Step, watch
 
 NO_LICENCE = "no licence is active on this node (licensing is not set up yet)"
 LAB_UNITS = ("nginx.service", "mariadb.service", "kamailio.service", "coturn.service",

@@ -14,17 +14,7 @@ import re
 import secrets
 
 from agent.errors import Problem, SubsystemError
-from agent.modes import MODE_TITLES, SmartWorking, differences, settings_for
-from agent.paths import (
-    COTURN_CONF,
-    MCS_CLIENT_PATHS,
-    PJSIP_VOXNODE_CONF,
-    TURN_SECRET,
-    WORKING_MODE_JSON,
-)
-from agent.ports.files import FileTree, durable
-from agent.ports.licence import PURE_CLOUD, LicencePort
-from agent.render.mode import (
+from agent.mode.render import (
     SIP_TLS_PORT,
     SIP_UDP_PORT,
     TURN_PORT,
@@ -35,6 +25,16 @@ from agent.render.mode import (
     render_pjsip,
     render_working_mode_json,
 )
+from agent.mode.table import MODE_TITLES, SmartWorking, differences, settings_for
+from agent.paths import (
+    COTURN_CONF,
+    MCS_CLIENT_PATHS,
+    PJSIP_VOXNODE_CONF,
+    TURN_SECRET,
+    WORKING_MODE_JSON,
+)
+from agent.ports.files import FileTree, durable
+from agent.ports.licence import PURE_CLOUD, LicencePort
 from agent.state.model import DesiredState, WorkingMode
 from agent.subsystems.base import Change, SubsystemPlan
 

@@ -13,6 +13,8 @@ import contextlib
 from typing import Any
 
 from agent.errors import Problem, SubsystemError
+from agent.network.plan import plan_network
+from agent.network.render import KEYFILE_DIR, KEYFILE_PREFIX, KEYFILE_SUFFIX, render_all
 from agent.ports.files import FileTree, durable
 from agent.ports.hostname import HostnamePort
 from agent.ports.netlink import (
@@ -24,10 +26,8 @@ from agent.ports.netlink import (
     NetlinkPort,
     RouteMissing,
 )
-from agent.render.network import KEYFILE_DIR, KEYFILE_PREFIX, KEYFILE_SUFFIX, render_all
 from agent.state.model import DesiredState, InterfaceConfig, IPInterface, NetworkConfig
 from agent.subsystems.base import Change, SubsystemPlan
-from agent.subsystems.network_plan import plan_network
 
 
 def _removable(addr: Address, desired: list[IPInterface], previously: list[IPInterface]) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.render.network import FALLBACK_POOL
+from agent.network.render import FALLBACK_POOL
 from agent.state.model import InterfaceConfig, NetworkConfig
 from agent.subsystems.base import SubsystemPlan
 
