@@ -1,2 +1,3 @@
 """The PBX processes: the catalogue of units and the rule that decides which run
-(``catalogue``) and the subsystem that starts and stops them (``subsystem``)."""
+(``catalogue``), the plan of a change (``plan``) and the subsystem that starts and stops
+them (``subsystem``)."""
