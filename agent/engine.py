@@ -1,8 +1,10 @@
 """The change pipeline: validate → check → observe → plan → apply per subsystem → commit.
 
-Owns the one lock under which the desired state changes, the rollback when a subsystem
-fails, and the confirmed-apply timer (a change that is not confirmed in time is rolled
-back automatically, so a bad network change cannot lock the administrator out).
+Owns the subsystems' contract at run time (``agent.subsystems.base``: one owner per key of
+the document, checked when the engine is built), the one lock under which the desired
+state changes, the rollback when a subsystem fails, and the confirmed-apply timer (a
+change that is not confirmed in time is rolled back automatically, so a bad network change
+cannot lock the administrator out).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from agent.ports.files import durable
 from agent.state.diff import FieldChange, diff_documents
 from agent.state.model import DesiredState
 from agent.state.store import Pending, RevisionMeta, Store
-from agent.subsystems.base import Change, PlanItem, Subsystem, SubsystemPlan
+from agent.subsystems.base import Change, PlanItem, Subsystem, SubsystemPlan, check_ownership
 
 log = logging.getLogger("voxnode.engine")
 
@@ -82,6 +84,7 @@ class Engine:
         events: EventLog,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        check_ownership(subsystems)  # raises OwnershipConflict
         self.store = store
         self.subsystems = list(subsystems)
         self.events = events

@@ -1,7 +1,7 @@
-"""The contract every subsystem follows.
+"""The contract every subsystem follows, and the engine's check that it is kept.
 
-A subsystem owns part of the desired state (``owns``: top-level keys of the document). For
-a change the engine calls, in order:
+A subsystem owns part of the desired state (``owns``: top-level keys of the document; no
+key has two owners, ``check_ownership``). For a change the engine calls, in order:
 
 - ``check(new)``: preconditions that depend on the node (the licence, say); problems
   refuse the change;
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from agent.errors import Problem
+from agent.errors import Problem, VoxnodeError
 from agent.state.model import DesiredState
 
 Scalar = str | int | float | bool | None
@@ -141,3 +141,40 @@ class Subsystem(Protocol[Observed]):
     async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
         """Converge the machine to ``new``; raise SubsystemError on failure."""
         ...
+
+
+class Owner(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def owns(self) -> tuple[str, ...]: ...
+
+
+class OwnershipConflict(VoxnodeError):
+    """Two subsystems claim one part of the desired state, or one claims no such part."""
+
+    code = "ownership_conflict"
+    default_remedy = ("Each top-level key of the desired state has one owning subsystem: "
+                      "correct the subsystems the agent is built with.")
+
+
+def check_ownership(subsystems: Iterable[Owner]) -> None:
+    """Refuse two subsystems of one name, or owning one key, or a key the document lacks."""
+    keys = tuple(DesiredState.model_fields)
+    names: set[str] = set()
+    owner: dict[str, str] = {}
+    for sub in subsystems:
+        if sub.name in names:
+            raise OwnershipConflict(f"two subsystems are named {sub.name}")
+        names.add(sub.name)
+        for key in sub.owns:
+            if key not in keys:
+                raise OwnershipConflict(
+                    f"subsystem {sub.name} owns '{key}', which is not a top-level key of the "
+                    f"desired state (keys: {', '.join(keys)})")
+            if key in owner:
+                raise OwnershipConflict(
+                    f"subsystems {owner[key]} and {sub.name} both own '{key}' of the desired "
+                    "state")
+            owner[key] = sub.name

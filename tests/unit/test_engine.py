@@ -14,7 +14,7 @@ from agent.events import EventLog
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.state.store import Pending, Store
-from agent.subsystems.base import Change, SubsystemPlan, item
+from agent.subsystems.base import Change, OwnershipConflict, SubsystemPlan, item
 from tests.unit.loopwatch import SlowCall, loop_beats, ran_during
 
 
@@ -275,3 +275,38 @@ async def test_the_plan_output_carries_codes_params_and_text(
         {"code": "mcs-client-lost", "params": {"paths": "/etc/mcs"},
          "text": "the MCS client config is deleted"}]}
     assert out.to_dict()["plan"]["acknowledge"] == mode["acknowledge"]
+
+
+# --- who owns what --------------------------------------------------------------------------
+
+
+class Owning:
+    def __init__(self, name: str, *owns: str) -> None:
+        self.name = name
+        self.owns = owns
+
+
+@pytest.mark.parametrize(("subsystems", "message"), [
+    ([Owning("network", "network"), Owning("hostname", "network")],
+     "subsystems network and hostname both own 'network' of the desired state"),
+    ([Owning("mode", "mode"), Owning("ha", "ha", "mode")],
+     "subsystems mode and ha both own 'mode' of the desired state"),
+    ([Owning("firewall", "firewall")],
+     "subsystem firewall owns 'firewall', which is not a top-level key of the desired state "
+     "(keys: schema_version, network, mode, ha, license)"),
+    ([Owning("mode", "mode"), Owning("mode")], "two subsystems are named mode"),
+])
+def test_the_engine_refuses_two_owners_of_one_key(
+    store: Store, subsystems: list[Owning], message: str
+) -> None:
+    with pytest.raises(OwnershipConflict) as info:
+        Engine(store, subsystems, EventLog())  # type: ignore[arg-type]
+    assert info.value.message == message
+    assert info.value.code == "ownership_conflict"
+    assert "one owning subsystem" in info.value.remedy
+
+
+def test_subsystems_that_own_nothing_or_distinct_keys_are_accepted(store: Store) -> None:
+    machine = Machine()
+    Engine(store, [HostnameSubsystem(machine), ModeLike(machine), Owning("services"),
+                   Owning("licence", "license")], EventLog())  # type: ignore[list-item]

@@ -17,6 +17,8 @@ from typing import Any, cast
 
 import pytest
 
+from agent.engine import Engine
+from agent.events import EventLog
 from agent.ha.subsystem import HACode, HAObservation, HASubsystem
 from agent.mode.plan import ModeCode
 from agent.mode.subsystem import ModeSubsystem
@@ -29,6 +31,7 @@ from agent.services.plan import ServicesCode, ServicesObservation
 from agent.services.subsystem import ServicesSubsystem
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
+from agent.state.store import Store
 from agent.subsystems.base import PlanItem, SubsystemPlan
 from ha.manager import HAManager
 from tests.unit.purity import PlanDidIO, Untouchable, forbid_io
@@ -172,3 +175,10 @@ def test_the_guard_catches_a_plan_that_reads_the_machine(tmp_path: Path) -> None
 
     with forbid_io(), pytest.raises(PlanDidIO, match=r"os\.stat"):
         Peeking().plan()
+
+
+def test_the_agents_subsystems_own_distinct_keys(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state")
+    engine = Engine(store, [sub for sub, _ in untouchable_subsystems()], EventLog())
+    assert {s.name: s.owns for s in engine.subsystems} == {
+        "network": ("network",), "mode": ("mode",), "ha": ("ha",), "services": ()}
