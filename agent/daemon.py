@@ -34,6 +34,7 @@ from agent.change_options import ChangeOptions
 from agent.engine import Engine
 from agent.errors import StoreError, VoxnodeError
 from agent.events import EventLog
+from agent.ha.subsystem import HARoleSource, HASubsystem, service_role
 from agent.jobs.mongodb_update import mongodb_update_job
 from agent.jobs.runner import JobRunner
 from agent.jobs.store import JobStore
@@ -41,19 +42,18 @@ from agent.licence.fingerprint import CachedFingerprint, node_fingerprint
 from agent.licence.manager import LicenceManager
 from agent.mcs.client import McsClient
 from agent.mcs.tunnel import LocalTunnel
+from agent.mode.subsystem import ModeSubsystem
+from agent.network.subsystem import NetworkSubsystem
 from agent.ports.files import FileTree, durable
 from agent.ports.hostname import KernelHostname
 from agent.ports.netlink import PyRoute2Netlink
 from agent.ports.systemd import DbusSystemd
 from agent.sdnotify import Notifier
 from agent.services.catalogue import load_catalogue
+from agent.services.subsystem import ServicesSubsystem
+from agent.services.subsystem import watch as watch_services
 from agent.state.document import load_document
 from agent.state.store import Store
-from agent.subsystems.ha import HARoleSource, HASubsystem, service_role
-from agent.subsystems.mode import ModeSubsystem
-from agent.subsystems.network import NetworkSubsystem
-from agent.subsystems.services import ServicesSubsystem
-from agent.subsystems.services import watch as watch_services
 from ha.manager import HAManager
 from ha.protocol import Role
 

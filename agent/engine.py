@@ -1,8 +1,10 @@
-"""The change pipeline: validate → check → plan → apply per subsystem → commit.
+"""The change pipeline: validate → check → observe → plan → apply per subsystem → commit.
 
-Owns the one lock under which the desired state changes, the rollback when a subsystem
-fails, and the confirmed-apply timer (a change that is not confirmed in time is rolled
-back automatically, so a bad network change cannot lock the administrator out).
+Owns the subsystems' contract at run time (``agent.subsystems.base``: one owner per key of
+the document, checked when the engine is built), the one lock under which the desired
+state changes, the rollback when a subsystem fails, and the confirmed-apply timer (a
+change that is not confirmed in time is rolled back automatically, so a bad network change
+cannot lock the administrator out).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from agent.ports.files import durable
 from agent.state.diff import FieldChange, diff_documents
 from agent.state.model import DesiredState
 from agent.state.store import Pending, RevisionMeta, Store
-from agent.subsystems.base import Change, Subsystem, SubsystemPlan
+from agent.subsystems.base import Change, PlanItem, Subsystem, SubsystemPlan, check_ownership
 
 log = logging.getLogger("voxnode.engine")
 
@@ -42,7 +44,7 @@ class Plan:
     subsystems: list[SubsystemPlan]
 
     @property
-    def acknowledge(self) -> list[str]:
+    def acknowledge(self) -> list[PlanItem]:
         return [a for p in self.subsystems for a in p.acknowledge]
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,7 +52,7 @@ class Plan:
             "base_revision": self.base_revision,
             "fields": [f.to_dict() for f in self.fields],
             "subsystems": [p.to_dict() for p in self.subsystems if not p.empty],
-            "acknowledge": self.acknowledge,
+            "acknowledge": [a.to_dict() for a in self.acknowledge],
         }
 
 
@@ -78,10 +80,11 @@ class Engine:
     def __init__(
         self,
         store: Store,
-        subsystems: Sequence[Subsystem],
+        subsystems: Sequence[Subsystem[Any]],
         events: EventLog,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        check_ownership(subsystems)  # raises OwnershipConflict
         self.store = store
         self.subsystems = list(subsystems)
         self.events = events
@@ -149,10 +152,12 @@ class Engine:
             raise InvalidInput(
                 "the change cannot be made on this node", problems=sorted(problems)
             )
+        observed = [await sub.observe(new) for sub in self.subsystems]
         return Plan(
             base_revision=current.meta.revision if current else 0,
             fields=diff_documents(old.to_document() if old else None, new.to_document()),
-            subsystems=[sub.plan(old, new) for sub in self.subsystems],
+            subsystems=[sub.plan(old, new, seen)
+                        for sub, seen in zip(self.subsystems, observed, strict=True)],
         )
 
     # --- applying ----------------------------------------------------------------------------
@@ -181,7 +186,8 @@ class Engine:
             if plan.acknowledge and not options.yes:
                 raise ConfirmationRequired(
                     "this change deletes data that cannot be recovered",
-                    problems=[Problem("", text) for text in plan.acknowledge],
+                    problems=[Problem("", a.text) for a in plan.acknowledge],
+                    details={"acknowledge": [a.to_dict() for a in plan.acknowledge]},
                 )
             current = self.store.current()
             old = current.state if current else None

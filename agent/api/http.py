@@ -19,9 +19,9 @@ from agent.change_options import ChangeOptions
 from agent.engine import Engine
 from agent.errors import InvalidInput, NotFound, Problem, VoxnodeError
 from agent.events import EventLog
+from agent.network.subsystem import NetworkSubsystem
 from agent.ports.licence import LicencePort
 from agent.state.model import DesiredState
-from agent.subsystems.network import NetworkSubsystem
 
 log = logging.getLogger("voxnode.api")
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from agent.api.http import CTX, json_response, read_change
 from agent.errors import InvalidInput, Problem
-from agent.modes import describe
+from agent.mode.table import describe
 from agent.state.document import validate_document
 from agent.state.edit import edit_mode
 from agent.state.model import WorkingMode

@@ -18,7 +18,7 @@ from agent.state.edit import edit_network
 async def network_show(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     state = ctx.current_state()
-    observed = await ctx.network.observe(state)
+    observed = await ctx.network.kernel_view(state)
     return json_response({"desired": state.to_document()["network"], "observed": observed})
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from agent.api.http import CTX, json_response
 from agent.errors import Conflict, VoxnodeError
-from agent.subsystems.services import ServicesSubsystem, Step
+from agent.services.subsystem import ServicesSubsystem, Step
 
 SERVICES: web.AppKey[ServicesSubsystem] = web.AppKey("services", ServicesSubsystem)
 NDJSON = "application/x-ndjson"

@@ -76,12 +76,13 @@ def outcome(data: dict[str, Any]) -> None:
     else:
         out.print(f"The document equals revision {plan['base_revision']}.")
     for sub in plan["subsystems"]:
+        # each item is {code, params, text}: a person reads the text
         for step in sub["steps"]:
-            out.print(f"  [cyan]{sub['subsystem']}[/]: {step}", markup=True)
+            out.print(f"  [cyan]{sub['subsystem']}[/]: {step['text']}", markup=True)
         for warning in sub["warnings"]:
-            out.print(f"  [yellow]warning[/] ({sub['subsystem']}): {warning}")
+            out.print(f"  [yellow]warning[/] ({sub['subsystem']}): {warning['text']}")
         for ack in sub["acknowledge"]:
-            out.print(f"  [bold red]will be lost[/] ({sub['subsystem']}): {ack}")
+            out.print(f"  [bold red]will be lost[/] ({sub['subsystem']}): {ack['text']}")
     if data["dry_run"]:
         out.print("[bold]Dry run:[/] nothing was changed.")
         return

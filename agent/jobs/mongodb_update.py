@@ -13,7 +13,7 @@ from __future__ import annotations
 from agent.errors import Conflict, SubsystemError
 from agent.jobs.runner import JobKind, StepContext, StepDef, StepFunction, StepSkipped
 from agent.ports.systemd import JOB_DONE
-from agent.subsystems.services import ServicesSubsystem
+from agent.services.subsystem import ServicesSubsystem
 
 MONGODB_UPDATE = "mongodb-update"
 

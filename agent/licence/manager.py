@@ -39,8 +39,8 @@ from agent.licence.state import LicenceFiles, Record, Status, evaluate
 from agent.ports.files import FileTree
 from agent.ports.licence import PURE_CLOUD, LicenceView
 from agent.services.catalogue import Catalogue, Facts, Role
+from agent.services.subsystem import ServicesSubsystem
 from agent.state.model import DesiredState, LicenceConfig, WorkingMode
-from agent.subsystems.services import ServicesSubsystem
 
 Clock = Callable[[], float]
 ClientFactory = Callable[[str], LicenceServerClient]

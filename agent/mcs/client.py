@@ -26,8 +26,8 @@ from agent.paths import MCS_CERT_DIR, MCS_CLIENT_CONF
 from agent.ports.files import FileTree, durable
 from agent.ports.systemd import JOB_DONE
 from agent.services.catalogue import Condition, UnitDecision
+from agent.services.subsystem import ServicesSubsystem
 from agent.state.model import DesiredState, WorkingMode
-from agent.subsystems.services import ServicesSubsystem
 
 log = logging.getLogger("voxnode.mcs")
 

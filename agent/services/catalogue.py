@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from agent.errors import InvalidInput, Problem
-from agent.modes import MODE_TITLES, settings_for
+from agent.mode.table import MODE_TITLES, settings_for
 from agent.paths import MCS_CLIENT_CONF
 from agent.ports.licence import LicenceView
 from agent.state.document import format_path, parse_yaml

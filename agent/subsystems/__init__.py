@@ -1,1 +1,2 @@
-"""Subsystems: one module per concern of the desired state, each with plan() and apply()."""
+"""The subsystem contract (``base``): what every capability's subsystem (``agent.network``,
+``agent.mode``, ``agent.ha``, ``agent.services``) exposes to the engine."""

@@ -22,9 +22,9 @@ from agent.licence.manager import LicenceManager
 from agent.ports.files import FileTree
 from agent.ports.systemd_memory import MemorySystemd
 from agent.services.catalogue import load_catalogue
+from agent.services.subsystem import ServicesSubsystem, StaticRole
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
-from agent.subsystems.services import ServicesSubsystem, StaticRole
 from tests.licence.conftest import LicenceServerLab, free_port
 
 DAY = 86400.0

@@ -124,7 +124,7 @@ def set_profile(pair: VoxnodePair, node: str, profile: str) -> None:
     document["ha"]["profile"] = profile
     outcome = client.post("/v1/config/apply", {"document": document})
     [ha_plan] = [p for p in outcome["plan"]["subsystems"] if p["subsystem"] == "ha"]
-    assert "in place" in ha_plan["steps"][0] and not ha_plan["warnings"], ha_plan
+    assert "in place" in ha_plan["steps"][0]["text"] and not ha_plan["warnings"], ha_plan
 
 
 def test_a_profile_change_one_node_at_a_time_is_applied_in_place(pair: VoxnodePair) -> None:

@@ -26,7 +26,7 @@ from agent.errors import VoxnodeError
 from agent.ports.files import FileTree
 from agent.ports.netlink import PyRoute2Netlink
 from agent.state.document import validate_document
-from agent.subsystems.network import NetworkSubsystem
+from agent.network.subsystem import NetworkSubsystem
 
 def plain(value):
     if dataclasses.is_dataclass(value):

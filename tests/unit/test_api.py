@@ -11,15 +11,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.api import AgentContext, make_app
+from agent.cli import output
 from agent.engine import Engine
 from agent.events import EventLog
+from agent.mode.subsystem import ModeSubsystem
+from agent.network.subsystem import NetworkSubsystem
 from agent.ports.files import FileTree
 from agent.ports.hostname import MemoryHostname
 from agent.ports.licence import NoLicence, StaticLicence
 from agent.ports.netlink_memory import MemoryNetlink
 from agent.state.store import Store
-from agent.subsystems.mode import ModeSubsystem
-from agent.subsystems.network import NetworkSubsystem
 
 DOC = {
     "schema_version": 1,
@@ -176,3 +177,47 @@ async def test_confirm_and_rollback_endpoints(api: TestClient[Any, Any]) -> None
                    404, "not_found")
     await error_of(await api.post("/v1/config/rollback", json={"revision": "1"}),
                    422, "invalid_input")
+
+
+async def test_a_plan_carries_code_params_and_text(
+    api: TestClient[Any, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    await api.post("/v1/config/apply", json={"document": DOC})
+    resp = await api.post("/v1/network", json={"set": {"hostname": "pbx2"},
+                                               "dry_run": True})
+    out = await resp.json()
+    [network] = out["plan"]["subsystems"]
+    assert network == {
+        "subsystem": "network",
+        "steps": [
+            {"code": "hostname-change", "params": {"old": "pbx1", "new": "pbx2"},
+             "text": "hostname pbx1 → pbx2"},
+        ],
+        "warnings": [],
+        "acknowledge": [],
+    }
+    # the CLI shows a person the sentences only, as before
+    output.outcome(out)
+    assert "  network: hostname pbx1 → pbx2\n" in capsys.readouterr().out
+
+
+async def test_the_cli_shows_warnings_and_losses_as_sentences(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = await make_client(tmp_path, licensed=True)
+    try:
+        await api.post("/v1/config/apply", json={"document": DOC})
+        resp = await api.post("/v1/mode", json={"mode": "pure-cloud", "dry_run": True})
+        out = await resp.json()
+    finally:
+        await api.close()
+    [mode] = out["plan"]["subsystems"]
+    assert mode["acknowledge"][0]["code"] == "mcs-client-lost"
+    assert out["plan"]["acknowledge"] == mode["acknowledge"]
+    output.outcome(out)
+    shown = capsys.readouterr().out
+    assert "  mode: working mode: Standard → Pure Cloud (NAT 1:1)\n" in shown
+    assert ("  warning (mode): The new SIP transport takes effect when the PBX engine "
+            "restarts: calls in progress are dropped then.\n") in shown
+    assert "  will be lost (mode): Switching to Pure Cloud deletes the MCS client" in shown
+    assert "'code'" not in shown

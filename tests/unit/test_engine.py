@@ -14,7 +14,7 @@ from agent.events import EventLog
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.state.store import Pending, Store
-from agent.subsystems.base import Change, SubsystemPlan
+from agent.subsystems.base import Change, OwnershipConflict, SubsystemPlan, item
 from tests.unit.loopwatch import SlowCall, loop_beats, ran_during
 
 
@@ -50,11 +50,16 @@ class HostnameSubsystem:
             return [Problem("network.hostname", "not on this node")]
         return []
 
-    def plan(self, old: DesiredState | None, new: DesiredState) -> SubsystemPlan:
+    async def observe(self, new: DesiredState) -> str | None:
+        return self.machine.values.get("hostname")
+
+    def plan(self, old: DesiredState | None, new: DesiredState, observed: str | None
+             ) -> SubsystemPlan:
         before = old.network.hostname if old else None
         if before == new.network.hostname:
             return SubsystemPlan(self.name)
-        return SubsystemPlan(self.name, steps=(f"hostname {before} → {new.network.hostname}",))
+        text = f"hostname {before} → {new.network.hostname} (the machine has {observed})"
+        return SubsystemPlan(self.name, steps=(item("hostname-change", text),))
 
     async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
         if self.machine.values.get("hostname") == new.network.hostname:
@@ -76,9 +81,14 @@ class ModeLike:
     async def check(self, new: DesiredState) -> list[Problem]:
         return []
 
-    def plan(self, old: DesiredState | None, new: DesiredState) -> SubsystemPlan:
+    async def observe(self, new: DesiredState) -> None:
+        return None
+
+    def plan(self, old: DesiredState | None, new: DesiredState, observed: None
+             ) -> SubsystemPlan:
         if old is not None and old.mode.value == "standard" and new.mode.value == "pure-cloud":
-            return SubsystemPlan(self.name, acknowledge=("the MCS client config is deleted",))
+            return SubsystemPlan(self.name, acknowledge=(
+                item("mcs-client-lost", "the MCS client config is deleted", paths="/etc/mcs"),))
         return SubsystemPlan(self.name)
 
     async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
@@ -131,7 +141,8 @@ async def test_dry_run_changes_nothing(store: Store, machine: Machine) -> None:
     engine = make_engine(store, machine)
     await engine.apply(state("pbx1"))
     out = await engine.apply(state("pbx2"), options=ChangeOptions(dry_run=True))
-    assert out.plan.subsystems[0].steps == ("hostname pbx1 → pbx2",)
+    assert [s.text for s in out.plan.subsystems[0].steps] == [
+        "hostname pbx1 → pbx2 (the machine has pbx1)"]
     assert [f.path for f in out.plan.fields] == ["network.hostname"]
     assert machine.values["hostname"] == "pbx1"
     assert store.head() == 1
@@ -163,6 +174,9 @@ async def test_loss_needs_acknowledgement(store: Store, machine: Machine) -> Non
     with pytest.raises(ConfirmationRequired) as info:
         await engine.apply(state("pbx1", "pure-cloud"))
     assert [p.message for p in info.value.problems] == ["the MCS client config is deleted"]
+    assert info.value.details == {"acknowledge": [
+        {"code": "mcs-client-lost", "params": {"paths": "/etc/mcs"},
+         "text": "the MCS client config is deleted"}]}
     assert machine.values["mode"] == "standard"
     out = await engine.apply(state("pbx1", "pure-cloud"), options=ChangeOptions(yes=True))
     assert out.revision is not None and machine.values["mode"] == "pure-cloud"
@@ -248,3 +262,51 @@ async def test_a_slow_disk_does_not_stall_the_loop(store: Store, machine: Machin
     assert outcome.revision is not None and outcome.revision.revision == 1
     [span] = slow.spans
     assert ran_during(beats, span) >= 3, "the loop stood still meanwhile"
+
+
+async def test_the_plan_output_carries_codes_params_and_text(
+    store: Store, machine: Machine
+) -> None:
+    engine = make_engine(store, machine)
+    await engine.apply(state("pbx1"))
+    out = await engine.apply(state("pbx1", "pure-cloud"), options=ChangeOptions(dry_run=True))
+    [mode] = out.to_dict()["plan"]["subsystems"]
+    assert mode == {"subsystem": "mode", "steps": [], "warnings": [], "acknowledge": [
+        {"code": "mcs-client-lost", "params": {"paths": "/etc/mcs"},
+         "text": "the MCS client config is deleted"}]}
+    assert out.to_dict()["plan"]["acknowledge"] == mode["acknowledge"]
+
+
+# --- who owns what --------------------------------------------------------------------------
+
+
+class Owning:
+    def __init__(self, name: str, *owns: str) -> None:
+        self.name = name
+        self.owns = owns
+
+
+@pytest.mark.parametrize(("subsystems", "message"), [
+    ([Owning("network", "network"), Owning("hostname", "network")],
+     "subsystems network and hostname both own 'network' of the desired state"),
+    ([Owning("mode", "mode"), Owning("ha", "ha", "mode")],
+     "subsystems mode and ha both own 'mode' of the desired state"),
+    ([Owning("firewall", "firewall")],
+     "subsystem firewall owns 'firewall', which is not a top-level key of the desired state "
+     "(keys: schema_version, network, mode, ha, license)"),
+    ([Owning("mode", "mode"), Owning("mode")], "two subsystems are named mode"),
+])
+def test_the_engine_refuses_two_owners_of_one_key(
+    store: Store, subsystems: list[Owning], message: str
+) -> None:
+    with pytest.raises(OwnershipConflict) as info:
+        Engine(store, subsystems, EventLog())  # type: ignore[arg-type]
+    assert info.value.message == message
+    assert info.value.code == "ownership_conflict"
+    assert "one owning subsystem" in info.value.remedy
+
+
+def test_subsystems_that_own_nothing_or_distinct_keys_are_accepted(store: Store) -> None:
+    machine = Machine()
+    Engine(store, [HostnameSubsystem(machine), ModeLike(machine), Owning("services"),
+                   Owning("licence", "license")], EventLog())  # type: ignore[list-item]

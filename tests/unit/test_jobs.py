@@ -20,8 +20,8 @@ from agent.ports.files import FileTree
 from agent.ports.licence import LicencePort, StaticLicence
 from agent.ports.systemd_memory import MemorySystemd
 from agent.services.catalogue import load_catalogue
+from agent.services.subsystem import ServicesSubsystem, StaticRole
 from agent.state.document import validate_document
-from agent.subsystems.services import ServicesSubsystem, StaticRole
 
 T0 = 1795384800.0  # 2026-11-22T23:00:00+01:00 (Europe/Rome)
 APPLIANCE_UNITS = ("nginx.service", "mariadb.service", "asterisk.service",

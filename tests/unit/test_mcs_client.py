@@ -20,6 +20,8 @@ from agent.events import EventLog
 from agent.mcs import MCS_STOP_FLAG, MCS_UNIT
 from agent.mcs.client import PURE_CLOUD_REFUSAL, McsClient
 from agent.mcs.tunnel import MemoryTunnel, view_from_management
+from agent.mode.subsystem import ModeSubsystem
+from agent.network.subsystem import NetworkSubsystem
 from agent.paths import MCS_CERT_DIR, MCS_CLIENT_CONF
 from agent.ports.files import FileTree, FileWriteError
 from agent.ports.hostname import MemoryHostname
@@ -27,12 +29,10 @@ from agent.ports.licence import LicencePort, NoLicence, StaticLicence
 from agent.ports.netlink_memory import MemoryNetlink
 from agent.ports.systemd_memory import MemorySystemd
 from agent.services.catalogue import load_catalogue
+from agent.services.subsystem import ServicesSubsystem, StaticRole
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.state.store import Store
-from agent.subsystems.mode import ModeSubsystem
-from agent.subsystems.network import NetworkSubsystem
-from agent.subsystems.services import ServicesSubsystem, StaticRole
 from tests.unit.test_mcs_bundle import NOW, Pki
 
 LAB_UNITS = ("nginx.service", "mariadb.service", "kamailio.service", "coturn.service", MCS_UNIT)

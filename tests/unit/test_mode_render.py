@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent.render.mode import (
+from agent.mode.render import (
     nat_private_address,
     render_coturn,
     render_pjsip,

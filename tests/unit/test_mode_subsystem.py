@@ -1,4 +1,5 @@
-"""The working-mode subsystem: licence check, plan wording, and apply on a real file tree."""
+"""The working-mode subsystem: licence check, and apply on a real file tree (its plan:
+test_mode_plan)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from agent.errors import Problem, SubsystemError
+from agent.mode.subsystem import ModeSubsystem
 from agent.paths import (
     COTURN_CONF,
     MCS_CERT_DIR,
@@ -23,7 +25,6 @@ from agent.ports.licence import NoLicence, StaticLicence
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.subsystems.base import Change
-from agent.subsystems.mode import ModeSubsystem
 
 LICENSED = StaticLicence(frozenset({"PURE_CLOUD"}))
 
@@ -93,117 +94,6 @@ async def test_pure_cloud_with_the_module_is_accepted(tmp_path: Path) -> None:
 
 async def test_standard_needs_no_licence(tmp_path: Path) -> None:
     assert await ModeSubsystem(FileTree(tmp_path), NoLicence()).check(STANDARD) == []
-
-
-# --- plan -----------------------------------------------------------------------------------
-
-
-def test_plan_standard_to_pure_cloud(tmp_path: Path) -> None:
-    plan = subsystem(tmp_path)[0].plan(STANDARD, PURE_CLOUD)
-    assert plan.acknowledge == (
-        "Switching to Pure Cloud deletes the MCS client configuration (the OpenVPN "
-        "certificate and settings for smart working through MCS) irrecoverably.",
-    )
-    assert plan.warnings == (
-        "User password security changes: the authentication service restarts, and nobody "
-        "can log in until it is back.",
-        "The SIP transport for extensions becomes TLS: every phone must be re-provisioned to "
-        "get the new SIP settings (Yealink through RPS, other phones by setting the "
-        "provisioning URL on each phone).",
-        "Smart working turns on for all WebRTC and mobile app devices: they become usable "
-        "from the internet.",
-        "The new SIP transport takes effect when the PBX engine restarts: calls in progress "
-        "are dropped then.",
-    )
-    assert plan.steps == (
-        "working mode: Standard → Pure Cloud (NAT 1:1)",
-        "User password security: not secure → secure",
-        "SIP password security: not secure → secure",
-        "Phone provisioning security: basic → secure, RPS enabled",
-        "SIP transport for extensions: UDP → TLS",
-        "ICE NAT traversal (supported Yealink): no → yes",
-        "Peer-to-peer media: yes → no",
-        "Co-resident TURN/STUN server: off → on",
-        "Smart working (WebRTC, mobile app): per user (needs MCS and a licence) → on for all "
-        "WebRTC and mobile app devices",
-        "render /etc/asterisk/pjsip_voxnode.conf (TLS transport on 5061 for extensions, "
-        "NAT 1:1 to 203.0.113.10)",
-        "create the TURN shared secret /etc/voxnode/secrets/turn.secret unless it exists",
-        "render /etc/coturn/turnserver.conf (co-resident TURN/STUN on 3478 udp/tcp, relay "
-        "ports 20001-30000, realm pbx.example.com)",
-        "render /etc/voxnode/working-mode.json",
-        "delete the MCS client configuration (/etc/openvpn/client/mcs.conf, /etc/voxnode/mcs)",
-    )
-
-
-def test_plan_pure_cloud_to_standard(tmp_path: Path) -> None:
-    plan = subsystem(tmp_path)[0].plan(PURE_CLOUD, STANDARD)
-    assert plan.acknowledge == ()
-    assert plan.warnings == (
-        "User password security changes: the authentication service restarts, and nobody "
-        "can log in until it is back.",
-        "The SIP transport for extensions becomes UDP: every phone must be re-provisioned to "
-        "get the new SIP settings (by setting the provisioning URL on each phone, or through "
-        "DHCP auto-provisioning).",
-        "ICE NAT traversal is turned off for supported Yealink phones.",
-        "The co-resident TURN/STUN server is turned off.",
-        "Smart working is turned off for all users.",
-        "The new SIP transport takes effect when the PBX engine restarts: calls in progress "
-        "are dropped then.",
-    )
-    assert "SIP transport for extensions: TLS → UDP" in plan.steps
-    assert "remove /etc/coturn/turnserver.conf if present (co-resident TURN/STUN off)" in (
-        plan.steps
-    )
-    assert not any(step.startswith("delete") for step in plan.steps)
-
-
-def test_plan_first_start_needs_no_consent(tmp_path: Path) -> None:
-    plan = subsystem(tmp_path)[0].plan(None, PURE_CLOUD)
-    assert plan.acknowledge == ()
-    assert plan.warnings == ()
-    assert plan.steps[0] == "set the working mode to Pure Cloud (NAT 1:1)"
-    assert not any(step.startswith("delete") for step in plan.steps)
-
-
-def test_plan_unchanged_is_empty(tmp_path: Path) -> None:
-    sub = subsystem(tmp_path)[0]
-    assert sub.plan(STANDARD, STANDARD).empty
-    assert sub.plan(PURE_CLOUD, PURE_CLOUD).empty
-    # Standard renders nothing from the network: moving the public IP changes nothing here
-    assert sub.plan(STANDARD, state(public_ip="203.0.113.20")).empty
-
-
-def test_plan_public_ip_change_in_pure_cloud_rerenders(tmp_path: Path) -> None:
-    plan = subsystem(tmp_path)[0].plan(PURE_CLOUD, state("pure-cloud", public_ip="203.0.113.20"))
-    why = "public IP 203.0.113.10 → 203.0.113.20"
-    assert plan.steps == (
-        f"re-render /etc/asterisk/pjsip_voxnode.conf ({why})",
-        f"re-render /etc/coturn/turnserver.conf ({why})",
-    )
-    assert plan.warnings == (
-        "The new SIP transport takes effect when the PBX engine restarts: calls in progress "
-        "are dropped then.",
-    )
-    assert plan.acknowledge == ()
-
-
-def test_plan_domain_and_interface_changes_in_pure_cloud(tmp_path: Path) -> None:
-    sub = subsystem(tmp_path)[0]
-    domain = sub.plan(PURE_CLOUD, state("pure-cloud", domain="voice.example.com"))
-    why = "domain pbx.example.com → voice.example.com"
-    assert domain.steps == (
-        f"re-render /etc/coturn/turnserver.conf ({why})",
-        f"re-render /etc/voxnode/working-mode.json ({why})",
-    )
-    assert domain.warnings == ()
-    two = {"eth0": {"addresses": ["10.0.0.11/24"]}, "eth1": {"addresses": ["192.168.5.2/24"]}}
-    subnets = sub.plan(PURE_CLOUD, state("pure-cloud", interfaces=two))
-    why = "node subnets 10.0.0.0/24 → 10.0.0.0/24, 192.168.5.0/24"
-    assert subnets.steps == (
-        f"re-render /etc/asterisk/pjsip_voxnode.conf ({why})",
-        f"re-render /etc/coturn/turnserver.conf ({why})",
-    )
 
 
 # --- apply ----------------------------------------------------------------------------------

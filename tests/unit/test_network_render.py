@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.render.network import connection_uuid, keyfile_path, render_all
+from agent.network.render import connection_uuid, keyfile_path, render_all
 from agent.state.document import validate_document
 from agent.state.model import NetworkConfig
 from tests.unit.conftest import Golden

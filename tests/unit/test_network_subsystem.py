@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from agent.errors import SubsystemError
+from agent.network.subsystem import NetworkSubsystem
 from agent.ports.files import FileTree
 from agent.ports.hostname import MemoryHostname
 from agent.ports.netlink import (
@@ -23,7 +24,6 @@ from agent.ports.netlink_memory import MemoryNetlink
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.subsystems.base import Change
-from agent.subsystems.network import NetworkSubsystem
 
 KEYFILES = "/etc/NetworkManager/system-connections"
 
@@ -60,67 +60,6 @@ class Node:
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
     return Node(tmp_path)
-
-
-# --- plan ---------------------------------------------------------------------------------
-
-
-def test_plan_first_start_plans_everything(node: Node) -> None:
-    plan = node.subsystem.plan(None, BASE)
-    assert plan.steps == (
-        "eth0: configure",
-        "eth0: add 10.0.0.11/24",
-        "default route via 10.0.0.1",
-        "hostname pbx1",
-        "DNS servers 10.0.0.2",
-        "NTP servers 10.0.0.5",
-    )
-    assert plan.warnings == ()
-
-
-def test_plan_address_and_gateway_change(node: Node) -> None:
-    old = state(gateway="10.0.0.254", dns=["10.0.0.2"])
-    new = state(interfaces={"eth0": {"addresses": ["10.0.0.12/24"], "mtu": 9000}},
-                gateway="10.0.0.1", hostname="pbx2", dns=["10.0.0.3", "10.0.0.4"],
-                search=["example.com"], ntp=["ntp.example.com"])
-    plan = node.subsystem.plan(old, new)
-    assert plan.steps == (
-        "eth0: mtu 9000",
-        "eth0: add 10.0.0.12/24",
-        "eth0: remove 10.0.0.11/24",
-        "default route via 10.0.0.1 (was 10.0.0.254)",
-        "hostname pbx1 → pbx2",
-        "DNS servers 10.0.0.2 → 10.0.0.3, 10.0.0.4",
-        "search domains none → example.com",
-        "NTP servers none (pool 2.almalinux.pool.ntp.org) → ntp.example.com",
-    )
-    assert plan.warnings == (
-        "sessions to 10.0.0.11 will drop; consider --confirm-within so a lock-out rolls back",
-        "sessions from other networks through 10.0.0.254 will drop; consider "
-        "--confirm-within so a lock-out rolls back",
-    )
-
-
-def test_plan_removed_interface_and_gateway(node: Node) -> None:
-    old = state(interfaces={"eth0": {"addresses": ["10.0.0.11/24"]},
-                            "eth1": {"addresses": ["10.1.0.11/24"], "dhcp": True}},
-                gateway="10.0.0.1")
-    new = state(dns=[])
-    plan = node.subsystem.plan(old, new)
-    assert plan.steps == (
-        "eth1: remove 10.1.0.11/24",
-        "eth1: no longer configured (its keyfile is deleted)",
-        "remove default route via 10.0.0.1",
-    )
-    assert plan.warnings == (
-        "sessions to 10.1.0.11 will drop; consider --confirm-within so a lock-out rolls back",
-        "without a default route only the node's own subnets reach it; consider "
-        "--confirm-within so a lock-out rolls back",
-    )
-
-
-def test_plan_of_an_unchanged_state_is_empty(node: Node) -> None:
-    assert node.subsystem.plan(BASE, BASE).empty
 
 
 # --- apply --------------------------------------------------------------------------------
@@ -279,15 +218,15 @@ async def test_check_has_nothing_to_object(node: Node) -> None:
     assert await node.subsystem.check(state(interfaces={"eth9": {"dhcp": True}})) == []
 
 
-# --- observe ------------------------------------------------------------------------------
+# --- kernel view ---------------------------------------------------------------------------
 
 
-async def test_observe_reports_drift(node: Node) -> None:
+async def test_kernel_view_reports_drift(node: Node) -> None:
     want = state(interfaces={"eth0": {"addresses": ["10.0.0.11/24"], "mtu": 9000},
                              "eth9": {"dhcp": True}}, gateway="10.0.0.1")
     node.kernel.put_address("eth0", "10.0.0.77/24")
     node.kernel.put_address("eth0", "10.0.0.100/24", label="eth0:vip")
-    seen = await node.subsystem.observe(want)
+    seen = await node.subsystem.kernel_view(want)
     assert seen["drift"] == [
         "eth0: link is down",
         "eth0: mtu is 1500, configured 9000",
@@ -302,9 +241,9 @@ async def test_observe_reports_drift(node: Node) -> None:
     assert seen["interfaces"]["eth9"] == {"state": "missing"}
 
 
-async def test_observe_after_apply_shows_no_drift(node: Node) -> None:
+async def test_kernel_view_after_apply_shows_no_drift(node: Node) -> None:
     await node.subsystem.apply(None, BASE)
-    seen = await node.subsystem.observe(BASE)
+    seen = await node.subsystem.kernel_view(BASE)
     assert seen["drift"] == []
     assert seen["default_routes"] == [
         {"family": 4, "gateway": "10.0.0.1", "interface": "eth0", "metric": 0}

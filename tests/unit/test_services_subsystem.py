@@ -19,6 +19,7 @@ from agent.api.services import add_routes
 from agent.engine import Engine
 from agent.errors import Conflict, SubsystemError
 from agent.events import EventLog
+from agent.network.subsystem import NetworkSubsystem
 from agent.paths import MCS_CLIENT_CONF
 from agent.ports.files import FileTree
 from agent.ports.hostname import MemoryHostname
@@ -26,12 +27,11 @@ from agent.ports.licence import LicencePort, NoLicence, StaticLicence
 from agent.ports.netlink_memory import MemoryNetlink
 from agent.ports.systemd_memory import MemorySystemd
 from agent.services.catalogue import Role, load_catalogue, validate_catalogue
+from agent.services.subsystem import ServicesSubsystem, StaticRole, Step, watch
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.state.store import Store
-from agent.subsystems.base import Change
-from agent.subsystems.network import NetworkSubsystem
-from agent.subsystems.services import ServicesSubsystem, StaticRole, Step, watch
+from agent.subsystems.base import Change, texts
 
 NO_LICENCE = "no licence is active on this node (licensing is not set up yet)"
 LAB_UNITS = ("nginx.service", "mariadb.service", "kamailio.service", "coturn.service",
@@ -172,16 +172,15 @@ async def test_masked_wanted_unit_is_unmasked(tmp_path: Path) -> None:
 async def test_mode_switch_starts_turn(tmp_path: Path) -> None:
     node = Node(tmp_path, "appliance", StaticLicence(frozenset({"PBX", "PURE_CLOUD"})))
     await node.services.apply(None, STANDARD)
-    await node.services.check(PURE_CLOUD)
-    plan = node.services.plan(STANDARD, PURE_CLOUD)
-    assert plan.steps == (
+    plan = node.services.plan(STANDARD, PURE_CLOUD, await node.services.observe(PURE_CLOUD))
+    assert texts(plan.steps) == (
         "start turn (coturn.service): licensed (PBX); the co-resident TURN/STUN server is on "
         "in Pure Cloud (NAT 1:1) mode; this node is standalone",)
     assert await node.services.apply(STANDARD, PURE_CLOUD) == [
         Change("start", "coturn.service", "turn: found inactive/dead"),
     ]
-    await node.services.check(STANDARD)
-    assert node.services.plan(PURE_CLOUD, STANDARD).warnings == (
+    back = node.services.plan(PURE_CLOUD, STANDARD, await node.services.observe(STANDARD))
+    assert texts(back.warnings) == (
         "turn stops: co-resident TURN/STUN server for WebRTC and mobile clients is "
         "unavailable",)
 

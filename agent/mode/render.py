@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from agent.modes import settings_for
+from agent.mode.table import settings_for
 from agent.paths import NODE_TLS_CERT, NODE_TLS_KEY, TURN_SECRET
 from agent.state.document import gateway_interface
 from agent.state.model import DesiredState, IPAddress, WorkingMode

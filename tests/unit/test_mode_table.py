@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from agent.modes import (
+from agent.mode.table import (
     ModeSettings,
     PasswordSecurity,
     ProvisioningSecurity,

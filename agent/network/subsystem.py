@@ -4,7 +4,9 @@ Owns the ``network`` section. ``apply`` sets the running kernel state through th
 port (add first, remove after, so a change of address never leaves the node without one)
 and persists it in NetworkManager keyfiles, resolv.conf, chrony.conf and /etc/hostname.
 It leaves alone what others own: shared addresses labelled ``<if>:vip`` (failover),
-addresses with a lifetime (DHCP/SLAAC) and interfaces that are not configured.
+addresses with a lifetime (DHCP/SLAAC) and interfaces that are not configured. Its plan
+(``agent.network.plan``) needs nothing from the machine; ``kernel_view`` is what `network
+show` reports.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import contextlib
 from typing import Any
 
 from agent.errors import Problem, SubsystemError
+from agent.network.plan import plan_network
+from agent.network.render import KEYFILE_DIR, KEYFILE_PREFIX, KEYFILE_SUFFIX, render_all
 from agent.ports.files import FileTree, durable
 from agent.ports.hostname import HostnamePort
 from agent.ports.netlink import (
@@ -24,10 +28,8 @@ from agent.ports.netlink import (
     NetlinkPort,
     RouteMissing,
 )
-from agent.render.network import KEYFILE_DIR, KEYFILE_PREFIX, KEYFILE_SUFFIX, render_all
 from agent.state.model import DesiredState, InterfaceConfig, IPInterface, NetworkConfig
 from agent.subsystems.base import Change, SubsystemPlan
-from agent.subsystems.network_plan import plan_network
 
 
 def _removable(addr: Address, desired: list[IPInterface], previously: list[IPInterface]) -> bool:
@@ -66,7 +68,12 @@ class NetworkSubsystem:
         # Interface existence is deliberately not checked here: it is an apply failure.
         return []
 
-    def plan(self, old: DesiredState | None, new: DesiredState) -> SubsystemPlan:
+    async def observe(self, new: DesiredState) -> None:
+        """The plan needs nothing from the machine: the documents say it all."""
+        return None
+
+    def plan(self, old: DesiredState | None, new: DesiredState, observed: None
+             ) -> SubsystemPlan:
         return plan_network(old.network if old else None, new.network)
 
     async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
@@ -211,8 +218,9 @@ class NetworkSubsystem:
                     changes.append(Change("delete", node_path, "interface no longer configured"))
         return changes
 
-    async def observe(self, state: DesiredState) -> dict[str, Any]:
-        """The kernel's view of the configured interfaces and how it drifts from ``state``."""
+    async def kernel_view(self, state: DesiredState) -> dict[str, Any]:
+        """What `network show` reports: the kernel's view of the configured interfaces and
+        how it drifts from ``state``."""
         net = state.network
         links = {link.name: link for link in await self._netlink.links()}
         interfaces: dict[str, Any] = {}

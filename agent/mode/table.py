@@ -141,12 +141,31 @@ def describe(mode: WorkingMode) -> list[tuple[str, str]]:
     return _rows(settings_for(mode))
 
 
+@dataclass(frozen=True)
+class SettingChange:
+    """One derived setting a mode switch changes: its key (``ModeSettings`` field, the key
+    in working-mode.json), its values, and the operator wording of both."""
+
+    setting: str
+    old: str | bool
+    new: str | bool
+    label: str
+    old_text: str
+    new_text: str
+
+
+def setting_changes(old: WorkingMode, new: WorkingMode) -> list[SettingChange]:
+    """Every derived setting that differs between ``old`` and ``new``, in table order."""
+    before, after = settings_for(old), settings_for(new)
+    rows = zip(before.to_dict().items(), after.to_dict().values(), _rows(before), _rows(after),
+               strict=True)
+    return [
+        SettingChange(key, old_value, new_value, label, old_text, new_text)
+        for (key, old_value), new_value, (label, old_text), (_, new_text) in rows
+        if old_text != new_text
+    ]
+
+
 def differences(old: WorkingMode, new: WorkingMode) -> list[tuple[str, str, str]]:
     """(label, old value, new value) for every derived setting that differs, in table order."""
-    return [
-        (label, before, after)
-        for (label, before), (_, after) in zip(
-            _rows(settings_for(old)), _rows(settings_for(new)), strict=True
-        )
-        if before != after
-    ]
+    return [(c.label, c.old_text, c.new_text) for c in setting_changes(old, new)]

@@ -7,6 +7,7 @@ units in reverse start order and disables them, then unmasks, enables and starts
 wanted ones in order, waiting for systemd's job results. It converges on every config
 apply, on a role change (``on_role_change``, for the failover code), on request, and
 every 30 s from ``watch``, which repairs units stopped or started by hand and reports it.
+For a plan, ``observe`` reads the facts and the units' states (``agent.services.plan``).
 
 A failure fails the apply (and the engine rolls back) only for units whose wanted state
 that change decides; a unit that was already wanted and will not start is reported as an
@@ -25,11 +26,12 @@ from agent.errors import Conflict, Problem, SubsystemError, VoxnodeError
 from agent.events import EventLog
 from agent.mcs import MCS_STOP_FLAG
 from agent.paths import MCS_CLIENT_CONF
-from agent.ports.files import FileTree
+from agent.ports.files import FileTree, durable
 from agent.ports.licence import LicencePort
 from agent.ports.systemd import JOB_DONE, SystemdPort, UnitState
 from agent.services.catalogue import Catalogue, Entry, Facts, RefreshHow, Role, UnitDecision
 from agent.services.catalogue import decide as decide_units
+from agent.services.plan import ServicesObservation, plan_services
 from agent.state.model import DesiredState, WorkingMode
 from agent.subsystems.base import Change, SubsystemPlan
 
@@ -93,8 +95,6 @@ class ServicesSubsystem:
         self._files = files
         self.events = events or EventLog()
         self._lock = asyncio.Lock()  # one convergence at a time: apply, watch, role change
-        self._facts: Facts | None = None  # read by check(), for the pure plan()
-        self._observed: dict[str, UnitState] | None = None
         self.last: DesiredState | None = None  # the document last converged to
         self._reported: dict[str, str] = {}  # unit -> last failure reported by the watch
 
@@ -109,8 +109,13 @@ class ServicesSubsystem:
                 f"the licence could not be read within {LICENCE_TIMEOUT_S:g} s; units are "
                 "left as they are"
             ) from None
-        return Facts(licence, role or self._roles.current(), self._files.exists(MCS_CLIENT_CONF),
-                     self._files.exists(MCS_STOP_FLAG))
+        configured, stopped = await durable(self._mcs_files)
+        return Facts(licence, role or self._roles.current(), configured, stopped)
+
+    def _mcs_files(self) -> tuple[bool, bool]:
+        """Whether the MCS client is configured, and stopped by the operator (a worker
+        thread: a stat can block on a busy disk)."""
+        return self._files.exists(MCS_CLIENT_CONF), self._files.exists(MCS_STOP_FLAG)
 
     async def wanted(self, state: DesiredState | None) -> list[UnitDecision]:
         mode = state.mode if state else WorkingMode.STANDARD
@@ -148,33 +153,23 @@ class ServicesSubsystem:
     # --- the subsystem contract ---------------------------------------------------------------
 
     async def check(self, new: DesiredState) -> list[Problem]:
-        """Nothing to refuse; reads the facts and unit states that plan() describes."""
-        self._facts, self._observed = None, None
-        try:
-            self._facts = await self.facts()
-            states = await self.systemd.unit_states([e.unit for e in self.catalogue.units])
-            self._observed = {s.unit: s for s in states}
-        except VoxnodeError as exc:
-            log.warning("services: cannot observe the units for the plan: %s", exc.message)
         return []
 
-    def plan(self, old: DesiredState | None, new: DesiredState) -> SubsystemPlan:
-        if self._facts is None:
-            return SubsystemPlan(self.name, steps=("start and stop units as the catalogue says",))
-        after = decide_units(self.catalogue, new.mode, self._facts)
-        if self._observed is not None:
-            observed = self._observed
-            moving = [d for d in after if d.wanted != observed[d.unit].running
-                      and (d.wanted or observed[d.unit].installed)]
-        else:  # the units could not be read: describe what the document change decides
-            before = decide_units(self.catalogue, old.mode, self._facts) if old else []
-            was = {d.unit: d.wanted for d in before}
-            moving = [d for d in after if was.get(d.unit, False) != d.wanted]
-        steps = [f"{'start' if d.wanted else 'stop'} {d.entry.name} ({d.unit}): {d.reason}"
-                 for d in moving]
-        warnings = [f"{d.entry.name} stops: {d.entry.description} is unavailable"
-                    for d in moving if not d.wanted]
-        return SubsystemPlan(self.name, steps=tuple(steps), warnings=tuple(warnings))
+    async def observe(self, new: DesiredState) -> ServicesObservation:
+        """The facts and unit states the plan describes (None what could not be read)."""
+        facts: Facts | None = None
+        units: dict[str, UnitState] | None = None
+        try:
+            facts = await self.facts()
+            states = await self.systemd.unit_states([e.unit for e in self.catalogue.units])
+            units = {s.unit: s for s in states}
+        except VoxnodeError as exc:
+            log.warning("services: cannot observe the units for the plan: %s", exc.message)
+        return ServicesObservation(facts, units)
+
+    def plan(self, old: DesiredState | None, new: DesiredState, observed: ServicesObservation
+             ) -> SubsystemPlan:
+        return plan_services(self.catalogue, old, new, observed)
 
     async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
         facts = await self.facts()

@@ -1,1 +1,0 @@
-"""Pure renderers: desired state in, file contents out (no I/O)."""
