@@ -17,6 +17,7 @@ from aiohttp import web
 from agent.api.http import json_response, read_body
 from agent.errors import InvalidInput, Problem
 from agent.licence.manager import LicenceManager
+from agent.ports.files import durable
 
 LICENCE: web.AppKey[LicenceManager] = web.AppKey("licence_manager", LicenceManager)
 
@@ -36,7 +37,8 @@ def _strings(data: dict[str, Any], name: str) -> list[str]:
 
 
 async def show(request: web.Request) -> web.Response:
-    return json_response(request.app[LICENCE].show())
+    # the licence files are read in a worker thread, off the heartbeats' loop
+    return json_response(await durable(request.app[LICENCE].show))
 
 
 async def activate(request: web.Request) -> web.Response:

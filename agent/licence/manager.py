@@ -36,7 +36,7 @@ from agent.licence.client import BadResponse, LicenceServerClient
 from agent.licence.document import Licence, LicenceDocumentError, load_public_key, verify_licence
 from agent.licence.fingerprint import Fingerprint
 from agent.licence.state import LicenceFiles, Record, Status, evaluate
-from agent.ports.files import FileTree
+from agent.ports.files import FileTree, durable
 from agent.ports.licence import PURE_CLOUD, LicenceView
 from agent.services.catalogue import Catalogue, Facts, Role
 from agent.services.subsystem import ServicesSubsystem
@@ -135,6 +135,11 @@ class LicenceManager:
         return evaluate(record, licence, invalid, self.clock()), record, licence
 
     async def current(self) -> LicenceView:
+        """The licence as the subsystems see it: read (two files) and verified in a worker
+        thread, so a slow disk holds up only the caller, which bounds its wait."""
+        return await durable(self._view)
+
+    def _view(self) -> LicenceView:
         status, _, _ = self.status()
         reason = "; ".join(x for x in (status.reason, status.alarm, status.clock_warning) if x)
         return LicenceView(status.active, status.modules, reason)

@@ -24,9 +24,9 @@ class LicenceView:
 
 class LicencePort(Protocol):
     async def current(self) -> LicenceView:
-        """What the licence allows now, from what the node holds. It never waits: the
-        agent's ``LicenceManager`` reads two small local files and the fingerprint read
-        at start, never the network, so a timeout around it could not fire."""
+        """What the licence allows now, from what the node holds: never the network (the
+        agent's ``LicenceManager`` reads two small local files, in a worker thread, so a
+        slow disk delays the answer and callers bound their wait)."""
         ...
 
 

@@ -1,4 +1,4 @@
-"""The licensing service without a server: its port answers without waiting, and when its
+"""The licensing service without a server: its port reads off the loop, and when its
 periodic task wakes up.
 
 A licence signed here with a test key, installed in a temporary state directory; the
@@ -9,6 +9,8 @@ removed licence is not checked).
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -90,10 +92,56 @@ async def test_far_from_any_change_the_task_sleeps_an_hour_at_most(tmp_path: Pat
     assert await first_sleep(manager) == 3600
 
 
-async def test_the_port_answers_without_waiting(tmp_path: Path) -> None:
-    """current() completes on its first step: it never suspends (no network, no server)."""
+async def test_the_port_reads_off_the_loop(tmp_path: Path) -> None:
+    """current() reads and verifies the licence in a worker thread: a read that takes
+    0.3 s (a slow disk) leaves the loop free the whole time."""
     manager, _ = await removed_licence(tmp_path, removed_at=T0, now=T0 + 60)
-    step = manager.current().__await__()
-    with pytest.raises(StopIteration) as done:
-        next(step)
-    assert done.value.value.active and done.value.value.modules == {"PBX"}
+    read = manager.store.read_record
+
+    def slow_read() -> Record:
+        time.sleep(0.3)
+        return read()
+
+    manager.store.read_record = slow_read  # type: ignore[method-assign]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    view = await manager.current()
+    ticking.cancel()
+    assert view.active and view.modules == {"PBX"}
+    assert ticks >= 15, ticks
+
+
+async def test_a_licence_that_cannot_be_read_in_time_is_a_problem_not_a_hang(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The working-mode check bounds its wait for the licence: a read that does not end
+    in time is a problem for the ``mode`` path, and the check answers."""
+    from agent.mode import subsystem as mode_subsystem
+
+    manager, _ = await removed_licence(tmp_path, removed_at=T0, now=T0 + 60)
+    release = threading.Event()
+    read = manager.store.read_record
+
+    def stuck_read() -> Record:
+        release.wait(5)
+        return read()
+
+    manager.store.read_record = stuck_read  # type: ignore[method-assign]
+    monkeypatch.setattr(mode_subsystem, "LICENCE_TIMEOUT_S", 0.1)
+    state = validate_document({
+        "schema_version": 1, "mode": "pure-cloud",
+        "network": {"hostname": "pbx1", "domain": "example.com", "public_ip": "203.0.113.7",
+                    "interfaces": {"eth0": {"dhcp": True}}}})
+    check = mode_subsystem.ModeSubsystem(FileTree(tmp_path / "root"), manager)
+    try:
+        problems = await asyncio.wait_for(check.check(state), 2)
+    finally:
+        release.set()
+    assert [p.path for p in problems] == ["mode"], problems
+    assert "could not be read within 0.1 s" in problems[0].message
