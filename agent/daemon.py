@@ -213,6 +213,7 @@ async def run(args: argparse.Namespace) -> int:
     # namespaces of a development machine) must never touch the host's systemd
     systemd = DbusSystemd() if root == Path("/") else None
     ha = HAManager(args.state_dir, netlink, events)
+    await ha.load()
     services = (
         ServicesSubsystem(systemd, catalogue, licence, HARoleSource(ha), files=files,
                           events=events)

@@ -103,7 +103,12 @@ class HAManager:
         self._announcer: asyncio.Task[None] | None = None
         self.last_state: DesiredState | None = None
         self._background: set[asyncio.Future[None]] = set()
-        self.key_installed = self.store.key() is not None
+        self.key_installed = False  # read from the key file by ``load``, off the loop
+
+    async def load(self) -> None:
+        """What the manager reads from disk before it serves: whether a pair key is
+        installed (in a worker thread: the loop is the heartbeats')."""
+        self.key_installed = await asyncio.to_thread(lambda: self.store.key() is not None)
 
     # --- configuration ---------------------------------------------------------------------
 
