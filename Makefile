@@ -53,10 +53,10 @@ test-netns: setup
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
 
-# --- lab: two systemd-nspawn nodes + a client on 10.77.0.0/24 (image/lab.py; needs root) -----
+# --- lab: two systemd-nspawn nodes + a client on 10.77.0.0/24 (lab/; needs root) -----------
 # Host packages the lab needs; the rootfs itself comes from the same apt mirror (mmdebstrap).
 APT_LAB    := mmdebstrap systemd-container iproute2 util-linux procps iputils-ping openvpn kmod
-# lab-down/-status must work without the .venv too: image.lab uses only the standard library
+# lab-down/-status must work without the .venv too: `python -m lab` uses only the standard library
 LABPY       = $(shell test -x $(PY) && echo $(PY) || echo $(SYSPYTHON))
 
 .PHONY: lab lab-apt lab-down lab-status test-node
@@ -65,13 +65,13 @@ lab-apt:
 	@$(call apt_install,$(APT_LAB))
 
 lab: setup lab-apt ## build the lab rootfs (cached) and start node1, node2 and the client
-	$(PY) -m image.lab up
+	$(PY) -m lab up
 
 lab-down: ## stop the lab and remove its namespaces, containers and node roots
-	$(LABPY) -m image.lab down
+	$(LABPY) -m lab down
 
 lab-status: ## what runs in the lab (containers, addresses, agents)
-	$(LABPY) -m image.lab status
+	$(LABPY) -m lab status
 
 test-node: setup lab-apt ## node tests: starts the lab once, removes it at the end (root)
 	$(PY) -m pytest -q tests/node

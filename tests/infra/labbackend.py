@@ -1,9 +1,9 @@
 """A testinfra backend for the development lab: ``--hosts=lab://node1``.
 
-A lab node is a systemd-nspawn container booting its own systemd (``image/lab.py``). A
+A lab node is a systemd-nspawn container booting its own systemd (``lab/lifecycle.py``). A
 ``chroot://`` target would see its files but not its systemd (``systemctl`` needs the
 node's mount, PID and IPC namespaces), so this backend runs every command the way
-``voxnode lab exec`` does: ``nsenter`` into all the namespaces of the node's PID 1, with
+``voxnode-lab exec`` does: ``nsenter`` into all the namespaces of the node's PID 1, with
 the node's own PATH and a clean environment, then ``/bin/sh -c COMMAND``. The node's PID 1
 is looked up for every command (cheap: a scan of /proc), so a lab restarted between two
 commands is still found. Needs root, like the lab itself.
@@ -20,7 +20,7 @@ from typing import Any
 import testinfra.backend
 from testinfra.backend import base
 
-from image import lab
+from lab import lifecycle as lab
 
 COMMAND_TIMEOUT_S = 60.0
 

@@ -1,4 +1,4 @@
-"""Node tests: the two-node lab (image/lab.py) started once for the node tier and removed
+"""Node tests: the two-node lab (lab/) started once for the node tier and removed
 after its last test.
 
 Needs root and the host tools `make lab` installs (mmdebstrap, systemd-nspawn); skipped
@@ -28,9 +28,9 @@ DOWN_TIMEOUT_S = 90  # lab down's own bounded waits (20 s + 10 s + 10 s) and the
 
 
 def lab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `python -m image.lab ARGS…` and capture its output."""
+    """Run `python -m lab ARGS…` and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "image.lab", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "lab", *args], cwd=REPO, capture_output=True, text=True,
         timeout=timeout, check=False,
     )
 
@@ -46,7 +46,7 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def node_write(node: str, path: str, data: str) -> None:
     """Write ``data`` to ``path`` inside a lab node (parent directories created)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "image.lab", "exec", node, "--", "sh", "-c",
+        [sys.executable, "-m", "lab", "exec", node, "--", "sh", "-c",
          f"mkdir -p $(dirname {path}) && cat > {path}"],
         input=data, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -12,10 +12,10 @@ only from the agent's word:
   serves the node IP (the agent takes the address, then starts the master's units, so
   Debian's default kamailio.cfg, which binds the addresses present at its start, needs
   no ``listen=``);
-- the master crashes (``image.lab.crash``: every process of the container frozen and
+- the master crashes (``lab.lifecycle.crash``: every process of the container frozen and
   killed; its kernel keeps the node IP and answers ARP, like a hung machine): the slave
   takes the node IP and starts Kamailio within seconds, and SIP works again;
-- the crashed node boots again on its own disk (``image.lab.start``) and stays slave with
+- the crashed node boots again on its own disk (``lab.lifecycle.start``) and stays slave with
   Kamailio stopped (no preemption);
 - ``voxnode ha switchover`` moves the node IP and Kamailio to the other node.
 
@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
-from image import lab as labmod
-from image import labnet
+from lab import lifecycle as labmod
+from lab import net as labnet
 from tests.node.conftest import UP_TIMEOUT_S, lab
 from tests.node.test_sip import assert_call_went_through, assert_registered
 from tests.sipclient import run_in_lab

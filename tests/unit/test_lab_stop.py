@@ -1,4 +1,4 @@
-"""`lab down`'s wait for the lab's processes (image.labutil.stop_processes), with real child
+"""`lab down`'s wait for the lab's processes (lab.util.stop_processes), with real child
 processes: one slow to exit is waited for, one that outlives the timeout is returned and
 named, a PID reused by another process is not mistaken for it, and processes found while
 waiting are signalled and waited for too; and down's sequence (SIGTERM to each node's
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from image import lab
-from image.labutil import (
+from lab import lifecycle as lab
+from lab.util import (
     LabError,
     LabProcess,
     Paths,

@@ -1,4 +1,4 @@
-"""`voxnode lab`: a two-node lab of systemd-nspawn containers on one isolated LAN.
+"""`voxnode-lab`: a two-node lab of systemd-nspawn containers on one isolated LAN.
 
 Owns the lab's life cycle: ``up`` (build or reuse the cached rootfs, make the network,
 boot ``node1`` and ``node2``, wait until both agents answer), ``down`` (stop everything,
@@ -15,7 +15,7 @@ agent applies as revision 1 at first start. What runs is recorded in ``out/lab/s
 ``down`` also finds the lab's processes by their namespaces, so a lost state file leaves
 nothing behind.
 
-Run as ``python -m image.lab …`` or through ``voxnode lab …`` (which calls ``main``).
+Run as ``voxnode-lab …`` (the development tools' entry point) or ``python -m lab …``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from image import labnet, rootfs
-from image.labnet import Member
-from image.labutil import (
+from lab import net, rootfs
+from lab.net import Member
+from lab.util import (
     EXIT_BOOT,
     EXIT_FAILED,
     EXIT_NOT_ROOT,
@@ -71,13 +71,13 @@ HOST_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "ip", "mount", "systemc
 
 def seed_document(node: Member) -> str:
     return (
-        "# written by `voxnode lab up`: the agent applies it as revision 1 at first start\n"
+        "# written by `voxnode-lab up`: the agent applies it as revision 1 at first start\n"
         "schema_version: 1\n"
         "network:\n"
         f"  hostname: {node.name}\n"
         "  interfaces:\n"
-        f"    eth0: {{addresses: [{node.address}/{labnet.PREFIXLEN}], dhcp: false}}\n"
-        f"  gateway: {labnet.GATEWAY}\n"
+        f"    eth0: {{addresses: [{node.address}/{net.PREFIXLEN}], dhcp: false}}\n"
+        f"  gateway: {net.GATEWAY}\n"
         "mode: standard\n"
     )
 
@@ -103,7 +103,7 @@ def _cmdline(pid: int) -> list[str]:
 
 def nspawn_pid(node: Member) -> int | None:
     """The host PID of the node's systemd-nspawn, found by its command line."""
-    marker = f"--network-namespace-path={labnet.NETNS_DIR / node.netns}"
+    marker = f"--network-namespace-path={net.NETNS_DIR / node.netns}"
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             argv = _cmdline(int(entry))
@@ -177,7 +177,7 @@ def probe(node: Member) -> NodeProbe:
         _, out = in_node(leader, ["systemctl", "is-system-running"])
         systemd = out.strip() or "unknown"
     return NodeProbe(node.name, leader is not None, pid, leader,
-                     labnet.addresses(node.netns), agent, revision, hostname, systemd)
+                     net.addresses(node.netns), agent, revision, hostname, systemd)
 
 
 def _load_state(paths: Paths) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def _prepare_root(paths: Paths, node: Member, fs: rootfs.Rootfs) -> Path:
     (etc / "hosts").write_text(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         + "".join(f"{n.address}\t{n.name}\n" for n in NODES)
-        + f"{CLIENT.address}\t{CLIENT.name}\n{labnet.GATEWAY}\tgateway\n"
+        + f"{CLIENT.address}\t{CLIENT.name}\n{net.GATEWAY}\tgateway\n"
     )
     (etc / "machine-id").write_text(os.urandom(16).hex() + "\n")
     run(["mount", "-t", "overlay", f"vxlab-{node.name}", "-o",
@@ -220,7 +220,7 @@ def _prepare_root(paths: Paths, node: Member, fs: rootfs.Rootfs) -> Path:
 def _boot(paths: Paths, node: Member, root: Path, append: bool = False) -> int:
     log = paths.node_log(node.name)
     cmd = ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", f"--machine={node.name}",
-           f"--directory={root}", f"--network-namespace-path={labnet.NETNS_DIR / node.netns}",
+           f"--directory={root}", f"--network-namespace-path={net.NETNS_DIR / node.netns}",
            # the agent owns eth0's addresses and routes
            "--capability=CAP_NET_ADMIN",
            "--console=read-only", "--link-journal=no", "--resolv-conf=off", "--timezone=off"]
@@ -261,7 +261,7 @@ def _wait_agents(paths: Paths, timeout: float,
             raise LabError(
                 f"{node.name}: the agent {what} within {timeout:.0f} s "
                 f"(node log {paths.node_log(node.name)}; the lab is left running for a "
-                f"look: `voxnode lab shell {node.name}`, then `make lab-down`)", EXIT_BOOT,
+                f"look: `voxnode-lab shell {node.name}`, then `make lab-down`)", EXIT_BOOT,
                 detail=tail(paths.node_log(node.name), 12)
                 + ("\n--- journal of voxnode-agent.service ---\n" + journal.rstrip()
                    if journal else ""))
@@ -279,11 +279,11 @@ def usage_text(probes: list[NodeProbe]) -> str:
     lines += [
         "",
         "Use it:",
-        "  .venv/bin/voxnode lab shell node1                       # a root shell on node1",
-        "  .venv/bin/voxnode lab exec node1 -- voxnode status      # one command, exit code kept",
-        "  .venv/bin/voxnode lab exec node2 -- journalctl -u voxnode-agent -f",
+        "  .venv/bin/voxnode-lab shell node1                       # a root shell on node1",
+        "  .venv/bin/voxnode-lab exec node1 -- voxnode status      # one command, exit code kept",
+        "  .venv/bin/voxnode-lab exec node2 -- journalctl -u voxnode-agent -f",
         f"  ip netns exec {CLIENT.netns} ping {NODES[0].address}              # from the client",
-        "  .venv/bin/voxnode lab status [--json]",
+        "  .venv/bin/voxnode-lab status [--json]",
         "  make lab-down                                            # remove everything",
     ]
     return "\n".join(lines)
@@ -303,7 +303,7 @@ def up(paths: Paths, timeout: float) -> int:
     ensure_tun()
     current = {n.name: probe(n) for n in NODES}
     complete = all(p.running and p.agent for p in current.values()) and all(
-        labnet.exists(m.netns) for m in (*NODES, CLIENT))
+        net.exists(m.netns) for m in (*NODES, CLIENT))
     if complete:
         say("The lab is already up.")
         if _load_state(paths).get("rootfs") != rootfs.keys()["agent"]:
@@ -311,7 +311,7 @@ def up(paths: Paths, timeout: float) -> int:
                 "run the new rootfs.")
         say(usage_text(list(current.values())))
         return EXIT_OK
-    if any(p.running for p in current.values()) or labnet.namespaces() or paths.state_file.exists():
+    if any(p.running for p in current.values()) or net.namespaces() or paths.state_file.exists():
         say("==> a previous lab is partly up: removing it first")
         down(paths, quiet=True)
     started = time.monotonic()
@@ -320,10 +320,10 @@ def up(paths: Paths, timeout: float) -> int:
                              "started": time.time(), "nodes": {}}
     _save_state(paths, state)
     with step("network: bridge 10.77.0.1/24 and namespaces for node1, node2, client"):
-        labnet.create_bridge()
+        net.create_bridge()
         for node in NODES:
-            labnet.attach(node, configure=False)
-        labnet.attach(CLIENT, configure=True)
+            net.attach(node, configure=False)
+        net.attach(CLIENT, configure=True)
     with step("booting node1 and node2 (systemd-nspawn)"):
         for node in NODES:
             root = _prepare_root(paths, node, fs)
@@ -403,9 +403,9 @@ def start(name: str, paths: Paths | None = None, timeout: float = UP_TIMEOUT_S) 
         if nspawn_pid(node) is not None:
             raise LabError(f"{node.name} is already running", EXIT_FAILED)
         root = paths.nodes / node.name / "root"
-        if not labnet.exists(node.netns) or not is_mounted(root):
+        if not net.exists(node.netns) or not is_mounted(root):
             raise LabError(f"{node.name} has no network namespace or root: the lab is not "
-                           "up (`voxnode lab up` starts it)", EXIT_NOT_UP)
+                           "up (`voxnode-lab up` starts it)", EXIT_NOT_UP)
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{node.name}", ignore_errors=True)
         pid = _boot(paths, node, root, append=True)
         state = _load_state(paths)
@@ -455,8 +455,8 @@ def lab_processes(paths: Paths) -> list[LabProcess]:
         leader = container_pid(nspawn)
         for pid in _container_pids(leader) if leader else ():
             add(pid, f"{node.name}'s container")
-    for ns in labnet.namespaces():
-        for pid in labnet.pids_inside(ns):
+    for ns in net.namespaces():
+        for pid in net.pids_inside(ns):
             add(pid, ns)
     return sorted(found.values(), key=lambda p: p.pid)
 
@@ -505,15 +505,15 @@ def down(paths: Paths, quiet: bool = False) -> int:
         umount(base / "root")
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{node.name}", ignore_errors=True)
-    for ns in labnet.namespaces():
-        labnet.delete(ns)
+    for ns in net.namespaces():
+        net.delete(ns)
     with contextlib.suppress(FileNotFoundError):
         paths.state_file.unlink()
     problems = []
     if left := lab_processes(paths):
         problems.append(f"processes still running: {', '.join(p.describe() for p in left)}")
-    if labnet.namespaces():
-        problems.append(f"namespaces still present: {labnet.namespaces()}")
+    if net.namespaces():
+        problems.append(f"namespaces still present: {net.namespaces()}")
     mounted = [n.name for n in NODES if (paths.nodes / n.name / "root").exists()]
     if mounted:
         problems.append(f"node roots still present: {mounted}")
@@ -529,11 +529,11 @@ def down(paths: Paths, quiet: bool = False) -> int:
 
 def status(as_json: bool) -> int:
     probes = [probe(n) for n in NODES]
-    client_addresses = labnet.addresses(CLIENT.netns)
-    client_ns = labnet.exists(CLIENT.netns)
+    client_addresses = net.addresses(CLIENT.netns)
+    client_ns = net.exists(CLIENT.netns)
     client = {"netns": client_ns, "addresses": client_addresses}
-    bridge = {"netns": labnet.exists(labnet.BRIDGE_NS),
-              "addresses": labnet.addresses(labnet.BRIDGE_NS, labnet.BRIDGE)}
+    bridge = {"netns": net.exists(net.BRIDGE_NS),
+              "addresses": net.addresses(net.BRIDGE_NS, net.BRIDGE)}
     healthy = all(p.running and p.agent for p in probes) and client_ns
     if as_json:
         print(json.dumps({"up": healthy, "nodes": {p.name: p.as_dict() for p in probes},
@@ -580,7 +580,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="voxnode lab",
+        prog="voxnode-lab",
         description="A two-node lab: node1 and node2 are systemd-nspawn containers booting the "
         "lab rootfs (Debian 12 + the agent), on the LAN 10.77.0.0/24 with a client namespace.",
         epilog="exit status: 0 ok; 1 failed (status: lab not fully up); 2 usage; 3 unknown "
@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "exec":
             if command is None or args.cmd or not command:
-                raise LabError("usage: voxnode lab exec NODE -- CMD [ARGS...] (the `--` is "
+                raise LabError("usage: voxnode-lab exec NODE -- CMD [ARGS...] (the `--` is "
                                "required)", EXIT_USAGE)
             member(args.node)
         elif command is not None:
@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "crash":
             crash(args.node, paths)
             say(f"{args.node} crashed (its network namespace and disk stay; "
-                f"`voxnode lab start {args.node}` boots it again)")
+                f"`voxnode-lab start {args.node}` boots it again)")
             return EXIT_OK
         if args.command == "start":
             p = start(args.node, paths, args.timeout)
@@ -661,12 +661,12 @@ def main(argv: list[str] | None = None) -> int:
         assert command is not None
         return enter(args.node, command, tty=sys.stdin.isatty())
     except LabError as exc:
-        print(f"voxnode lab: error: {exc.message}", file=sys.stderr)
+        print(f"voxnode-lab: error: {exc.message}", file=sys.stderr)
         if exc.detail:
             print(exc.detail, file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
-        print("voxnode lab: interrupted", file=sys.stderr)
+        print("voxnode-lab: interrupted", file=sys.stderr)
         return 130
 
 

@@ -2,8 +2,8 @@
 commands with readable failures, timed progress steps, the lab's file locations, and
 stopping processes with a bounded wait until they are gone.
 
-Nothing here knows about nodes or rootfs layers; ``image.rootfs``, ``image.labnet`` and
-``image.lab`` build on it.
+Nothing here knows about nodes or rootfs layers; ``lab.rootfs``, ``lab.net`` and
+``lab.lifecycle`` build on it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# exit codes of `voxnode lab` (`exec` passes the command's own code through instead)
+# exit codes of `voxnode-lab` (`exec` passes the command's own code through instead)
 EXIT_OK = 0
 EXIT_FAILED = 1  # a host command failed, or `status` found the lab down / degraded
 EXIT_USAGE = 2  # bad arguments (argparse), `exec` without `--`

@@ -1,4 +1,4 @@
-"""The voxnode pair in the failover lab (``tests.halab.PairLab``): two real agents.
+"""The voxnode pair in the failover lab (``lab.pair.harness.PairLab``): two real agents.
 
 Each node namespace runs ``voxnode-agent`` with its own state directory, socket and root
 under the lab's workdir; its seed document configures the node address, the gateway (the
@@ -22,7 +22,7 @@ import yaml
 
 from agent.cli.client import Client
 from agent.errors import VoxnodeError
-from tests.halab import (
+from lab.pair.harness import (
     GATEWAY_IP,
     NODE_ADDRESSES,
     NODE_IP,

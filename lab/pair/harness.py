@@ -831,7 +831,7 @@ def render_keepalived_conf(node: Node, *, advert_s: float, priority: int = KEEPA
     """keepalived.conf for one node: unicast to the peer, nopreempt, BACKUP at start."""
     version = 2 if advert_s >= 1 and float(advert_s).is_integer() else 3
     advert = f"{advert_s:g}"
-    return f"""# rendered by tests/halab.py for lab node {node}
+    return f"""# rendered by lab/pair/harness.py for lab node {node}
 global_defs {{
     router_id vxha_{node}
     vrrp_version {version}

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from image.labutil import (
+from lab.util import (
     EXIT_BUILD,
     EXIT_NOT_ROOT,
     REPO,
@@ -452,7 +452,7 @@ if __name__ == "__main__":  # build (or confirm the cache) without starting anyt
     try:
         print(ensure(Paths.default()).lowerdir)
     except LabError as exc:
-        print(f"image.rootfs: error: {exc.message}", file=sys.stderr)
+        print(f"lab.rootfs: error: {exc.message}", file=sys.stderr)
         if exc.detail:
             print(exc.detail, file=sys.stderr)
         sys.exit(exc.code)
