@@ -14,16 +14,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from typing import NoReturn
 
 from lab import lifecycle, net
 from lab.lifecycle import UP_TIMEOUT_S
 from lab.nodes import CLIENT, NODES, container_pid, member, node_command, nspawn_pid, probe
 from lab.util import (
-    EXIT_FAILED,
-    EXIT_NOT_ROOT,
-    EXIT_NOT_UP,
     EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_STATUSES,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     LabError,
     Paths,
@@ -61,7 +62,7 @@ def status(as_json: bool) -> int:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         print("lab: " + ("up" if healthy else "down" if not any(p.running for p in probes)
                          else "degraded"))
-    return EXIT_OK if healthy else EXIT_FAILED
+    return EXIT_OK if healthy else EXIT_UNREACHABLE
 
 
 def enter(name: str, command: list[str], tty: bool) -> int:
@@ -69,7 +70,8 @@ def enter(name: str, command: list[str], tty: bool) -> int:
     pid = nspawn_pid(node)
     leader = container_pid(pid) if pid else None
     if leader is None:
-        raise LabError(f"{node.name} is not running (start the lab with `make lab`)", EXIT_NOT_UP)
+        raise LabError(f"{node.name} is not running (start the lab with `make lab`)",
+                       EXIT_UNREACHABLE)
     argv = node_command(leader, command, tty=tty)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command gets ^C itself
     try:
@@ -88,14 +90,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def epilog() -> str:
+    """The exit statuses, as ``voxnode --help`` lists the CLI's (4 is not used here)."""
+    lines = ["exit status (the voxnode CLI's table; 4, a re-applied revision, does not occur):"]
+    for code, meaning in EXIT_STATUSES.items():
+        lines += textwrap.wrap(meaning, width=88, initial_indent=f"  {code}  ",
+                               subsequent_indent="     ")
+    return "\n".join(lines) + "\n"
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="voxnode-lab",
         description="A two-node lab: node1 and node2 are systemd-nspawn containers booting the "
         "lab rootfs (Debian 12 + the agent), on the LAN 10.77.0.0/24 with a client namespace.",
-        epilog="exit status: 0 ok; 1 failed (status: lab not fully up); 2 usage; 3 unknown "
-        "node; 4 not root or host tool missing; 5 node not running; 6 rootfs build failed; "
-        "7 a node did not come up. `exec` returns the command's own exit status.",
+        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     up_p = sub.add_parser("up", help="build (cached) and start the lab; waits for both agents")
@@ -141,12 +150,12 @@ def main(argv: list[str] | None = None) -> int:
             member(args.node)
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, mounts, nspawn): "
-                           "run it with sudo", EXIT_NOT_ROOT)
+                           "run it with sudo", EXIT_REFUSED)
         if args.command == "up":
             missing = [t for t in HOST_TOOLS if shutil.which(t) is None]
             if missing:
                 raise LabError(f"missing host tools: {', '.join(missing)} (`make lab` installs "
-                               "them)", EXIT_NOT_ROOT)
+                               "them)", EXIT_REFUSED)
             with locked(paths.out / "lock"):
                 return lifecycle.up(paths, args.timeout)
         if args.command == "down":

@@ -45,11 +45,9 @@ from lab.nodes import (
     save_state,
 )
 from lab.util import (
-    EXIT_BOOT,
-    EXIT_FAILED,
-    EXIT_NOT_ROOT,
-    EXIT_NOT_UP,
     EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
     LabError,
     Paths,
     is_mounted,
@@ -132,7 +130,7 @@ def _wait_agents(paths: Paths, timeout: float,
             if p.nspawn_pid is None or not alive(p.nspawn_pid):
                 log = paths.node_log(node.name)
                 raise LabError(f"{node.name} stopped while booting (log {log})",
-                               EXIT_BOOT, detail=tail(log, 20))
+                               EXIT_UNREACHABLE, detail=tail(log, 20))
             if p.agent and p.revision is not None:
                 probes[node.name] = p
                 waiting.remove(node)
@@ -150,7 +148,7 @@ def _wait_agents(paths: Paths, timeout: float,
             raise LabError(
                 f"{node.name}: the agent {what} within {timeout:.0f} s "
                 f"(node log {paths.node_log(node.name)}; the lab is left running for a "
-                f"look: `voxnode-lab shell {node.name}`, then `make lab-down`)", EXIT_BOOT,
+                f"look: `voxnode-lab shell {node.name}`, then `make lab-down`)", EXIT_UNREACHABLE,
                 detail=tail(paths.node_log(node.name), 12)
                 + ("\n--- journal of voxnode-agent.service ---\n" + journal.rstrip()
                    if journal else ""))
@@ -185,7 +183,7 @@ def ensure_tun() -> None:
         run(["modprobe", "tun"], check=False)
     if not TUN_DRIVER.exists():
         raise LabError("the host has no tun driver (needed by OpenVPN in the nodes): load it "
-                       "with `modprobe tun`", EXIT_NOT_ROOT)
+                       "with `modprobe tun`", EXIT_REFUSED)
 
 
 def up(paths: Paths, timeout: float) -> int:
@@ -247,7 +245,7 @@ def crash(name: str, paths: Paths | None = None) -> float:
         nspawn = nspawn_pid(node)
         leader = container_pid(nspawn) if nspawn else None
         if nspawn is None or leader is None:
-            raise LabError(f"{node.name} is not running", EXIT_NOT_UP)
+            raise LabError(f"{node.name} is not running", EXIT_UNREACHABLE)
         victims = [nspawn, *(p for p in container_pids(leader) if p != os.getpid())]
         at = time.monotonic()
         for sig in (signal.SIGSTOP, signal.SIGKILL):
@@ -275,11 +273,11 @@ def start(name: str, paths: Paths | None = None, timeout: float = UP_TIMEOUT_S) 
     paths = paths or Paths.default()
     with locked(paths.out / "lock"):
         if nspawn_pid(node) is not None:
-            raise LabError(f"{node.name} is already running", EXIT_FAILED)
+            raise LabError(f"{node.name} is already running", EXIT_REFUSED)
         root = paths.nodes / node.name / "root"
         if not net.exists(node.netns) or not is_mounted(root):
             raise LabError(f"{node.name} has no network namespace or root: the lab is not "
-                           "up (`voxnode-lab up` starts it)", EXIT_NOT_UP)
+                           "up (`voxnode-lab up` starts it)", EXIT_REFUSED)
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{node.name}", ignore_errors=True)
         pid = _boot(paths, node, root, append=True)
         state = load_state(paths)

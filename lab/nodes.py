@@ -21,7 +21,7 @@ from typing import Any
 from lab import net
 from lab.net import Member
 from lab.util import (
-    EXIT_UNKNOWN_NODE,
+    EXIT_INVALID,
     LabError,
     LabProcess,
     Paths,
@@ -39,7 +39,7 @@ def member(name: str) -> Member:
         if node.name == name:
             return node
     names = ", ".join(n.name for n in NODES)
-    raise LabError(f"unknown node {name!r} (the lab has {names})", EXIT_UNKNOWN_NODE)
+    raise LabError(f"unknown node {name!r} (the lab has {names})", EXIT_INVALID)
 
 
 # --- processes ------------------------------------------------------------------------------

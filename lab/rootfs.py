@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.util import (
-    EXIT_BUILD,
-    EXIT_NOT_ROOT,
+    EXIT_FAILED,
+    EXIT_REFUSED,
     REPO,
     LabError,
     Paths,
@@ -297,7 +297,7 @@ def _build_base(paths: Paths, key: str) -> Path:
                 if line.startswith("I: ") and "success" not in line:
                     say(f"    {line[3:].rstrip()}")
             if proc.wait() != 0:
-                raise LabError("mmdebstrap failed", EXIT_BUILD, detail=_tail_log(paths))
+                raise LabError("mmdebstrap failed", EXIT_FAILED, detail=_tail_log(paths))
         os.rename(tmp, final)
     return final
 
@@ -337,7 +337,7 @@ def build_wheel(paths: Paths) -> Path:
     shutil.rmtree(src)
     wheels = sorted(dist.glob("voxnode-*.whl"))
     if not wheels:
-        raise LabError("pip wheel produced no voxnode wheel", EXIT_BUILD)
+        raise LabError("pip wheel produced no voxnode wheel", EXIT_FAILED)
     return dist
 
 
@@ -415,7 +415,7 @@ def ensure(paths: Paths) -> Rootfs:
         run(["modprobe", "overlay"], check=False)
         if "overlay" not in Path("/proc/filesystems").read_text():
             raise LabError("the kernel has no overlayfs (needed for the lab's node roots)",
-                           code=EXIT_NOT_ROOT)
+                           code=EXIT_REFUSED)
     paths.layers.mkdir(parents=True, exist_ok=True)
     paths.out.mkdir(parents=True, exist_ok=True)
     with locked(paths.cache / "lock"):
@@ -433,17 +433,12 @@ def _ensure(paths: Paths) -> Rootfs:
     else:
         say(f"==> building the lab rootfs {k['agent']} (log: {paths.build_log})")
         paths.build_log.write_text("")
-        try:
-            if not base.is_dir():
-                _build_base(paths, k["base"])
-            if not venv.is_dir():
-                _build_venv(paths, k["venv"], base)
-            if not agent.is_dir():
-                _build_agent(paths, k["agent"], [base / "root", venv / "root"], vendor_pub)
-        except LabError as exc:
-            if exc.code == 1:
-                exc.code = EXIT_BUILD
-            raise
+        if not base.is_dir():
+            _build_base(paths, k["base"])
+        if not venv.is_dir():
+            _build_venv(paths, k["venv"], base)
+        if not agent.is_dir():
+            _build_agent(paths, k["agent"], [base / "root", venv / "root"], vendor_pub)
     _prune(paths, {"base": base, "venv": venv, "agent": agent})
     return Rootfs(layers=(base / "root", venv / "root", agent / "root"), key=k["agent"])
 

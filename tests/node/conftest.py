@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.util import EXIT_UNREACHABLE
+
 REPO = Path(__file__).resolve().parents[2]
 UP_TIMEOUT_S = 600  # a cold rootfs build included
 DOWN_TIMEOUT_S = 90  # lab down's own bounded waits (20 s + 10 s + 10 s) and the clean-up
@@ -117,7 +119,7 @@ def teardown_problems() -> list[str]:
         up = json.loads(status.stdout)["up"]
     except (ValueError, KeyError, TypeError):
         up = f"unreadable ({status.stdout.strip() or status.stderr.strip()})"
-    if status.returncode != 1 or up is not False:
+    if status.returncode != EXIT_UNREACHABLE or up is not False:
         problems.append(f"`lab status` after down: exit {status.returncode}, up {up}")
     return problems
 
