@@ -55,14 +55,14 @@ if str(REPO) not in sys.path:
 
 from agent.state.model import HAProfile  # noqa: E402
 from ha.machine import TIMINGS  # noqa: E402
-from lab.pair.harness import (  # noqa: E402
+from lab.pair.harness import PairLab  # noqa: E402
+from lab.pair.keepalived import KeepalivedPair  # noqa: E402
+from lab.pair.topology import (  # noqa: E402
     GATEWAY_IP,
     NODE_ADDRESSES,
     NODES,
-    KeepalivedPair,
     LabError,
     Node,
-    PairLab,
     cpu_percent,
     missing_tools,
     other,

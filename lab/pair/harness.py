@@ -1,16 +1,17 @@
 """A failover lab in network namespaces: two nodes, a bridge and a client; faults; probes.
 
-Owned here (importable by ``tests/netns`` and ``bench/failover``; needs root):
+Owned here (importable by ``tests/netns`` and ``bench/pairbench.py``; needs root):
 
 - ``PairLab``: namespaces ``vxha-<tag>-br`` (bridge ``br0`` with 10.88.0.1/24, the gateway
   and witness), ``vxha-<tag>-a`` and ``vxha-<tag>-b`` (``eth0``, 10.88.0.11/24 and .12/24
   when ``assign_node_addresses`` is true; a voxnode agent configures them itself),
-  ``vxha-<tag>-c`` (the client, 10.88.0.100/24). The node IP is 10.88.0.10/24. Each member
-  is joined to ``br0`` by a veth pair whose bridge side is ``vp-<member>``. Teardown kills
-  every process in the namespaces (``ip netns pids``) and deletes them, also on failure.
+  ``vxha-<tag>-c`` (the client, 10.88.0.100/24). The node IP is 10.88.0.10/24 (the names
+  and addresses are ``lab.pair.topology``'s). Each member is joined to ``br0`` by a veth
+  pair whose bridge side is ``vp-<member>``. Teardown kills every process in the
+  namespaces (``ip netns pids``) and deletes them, also on failure.
 - A UDP echo service (port 7) in each node namespace that answers with its node name, and
   a prober in the client namespace that sends to the node IP every 10 ms and records who
-  answered when (``ProbeLog``, ``GapReport``).
+  answered when (``lab.pair.probes``: ``ProbeLog``, ``GapReport``).
 - A VIP sampler that reads ``ip -n NS -j addr`` on the nodes in turn, a read every ~10 ms;
   a node counts as holding the node IP at a sample only if the reads just before and just
   after say so (``bracket``), so a handover between two reads is not a false "both held"
@@ -22,12 +23,12 @@ Owned here (importable by ``tests/netns`` and ``bench/failover``; needs root):
   ``netem`` (node's ``eth0``, where the kernel has it), ``block_heartbeat`` (nftables in
   both nodes), ``isolate``/``partition``/``heal`` (nftables ``bridge`` family in the
   bridge namespace; the node keeps its carrier).
-- ``KeepalivedPair``: keepalived 2.2 (unicast, nopreempt) as the anchor pair.
 
-Host tools: iproute2 (ip, tc, bridge), nftables (nft), iptables (iptables-nft, for the
-NFQUEUE rule: nft's own ``queue`` is not built into this kernel), keepalived. ``missing_tools()``
-names the missing ones so that tests can skip cleanly; nothing is installed from here.
-All times are ``time.monotonic()`` (CLOCK_MONOTONIC is the same in every namespace).
+The pairs run in it: ``lab.pair.keepalived`` (the anchor) and ``lab.pair.voxnode`` (two
+real agents). Host tools: iproute2 (ip, tc, bridge), nftables (nft), iptables
+(iptables-nft, for the NFQUEUE rule: nft's own ``queue`` is not built into this kernel),
+keepalived. All times are ``time.monotonic()`` (CLOCK_MONOTONIC is the same in every
+namespace).
 """
 
 from __future__ import annotations
@@ -46,321 +47,39 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
 
-Node = Literal["a", "b"]
-Member = Literal["a", "b", "c", "gw"]
-NODES: tuple[Node, Node] = ("a", "b")
-
-PREFIX = "vxha-"
-SUBNET_PREFIXLEN = 24
-GATEWAY_IP = "10.88.0.1"
-NODE_IP = "10.88.0.10"
-NODE_ADDRESSES: dict[Node, str] = {"a": "10.88.0.11", "b": "10.88.0.12"}
-CLIENT_IP = "10.88.0.100"
-ECHO_PORT = 7
-PROBE_INTERVAL_S = 0.010
-SAMPLE_INTERVAL_S = 0.020
-VRRP_PROTO = 112
-CMD_TIMEOUT_S = 20.0
-
-REQUIRED_TOOLS = ("ip", "tc", "nft", "iptables")
-
-
-def other(node: Node) -> Node:
-    return "b" if node == "a" else "a"
-
-
-def missing_tools(extra: Iterable[str] = ()) -> list[str]:
-    """Host commands this lab needs that are not installed (empty: all there)."""
-    return [tool for tool in (*REQUIRED_TOOLS, *extra) if shutil.which(tool) is None]
-
-
-class LabError(RuntimeError):
-    """A lab command failed or a wait timed out; the message says which and why."""
-
-
-def _run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True,
-         timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    if check and done.returncode != 0:
-        raise LabError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
-    return done
-
-
-def namespace_pids(ns: str) -> list[int]:
-    """Every process whose network namespace is ``ns`` (``ip netns pids``)."""
-    done = _run(["ip", "netns", "pids", ns], check=False)
-    return [int(word) for word in done.stdout.split() if word.isdigit()]
-
-
-def netem_available() -> bool:
-    """Whether the kernel has the netem qdisc (``CONFIG_NET_SCH_NETEM``)."""
-    try:
-        import gzip
-        with gzip.open("/proc/config.gz", "rt") as config:
-            text = config.read()
-    except OSError:
-        return Path("/sys/module/sch_netem").exists()
-    return "CONFIG_NET_SCH_NETEM=y" in text or "CONFIG_NET_SCH_NETEM=m" in text
-
-
-def lab_namespaces(tag: str | None = None) -> list[str]:
-    """Namespaces of labs (of one lab if ``tag`` is given) that exist now."""
-    done = _run(["ip", "netns", "list"], check=False)
-    names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-    start = PREFIX if tag is None else f"{PREFIX}{tag}-"
-    return [name for name in names if name.startswith(start)]
-
-
-# --- helper programs run inside namespaces ---------------------------------------------------
-
-ECHO_SERVER = r"""
-import socket, sys
-name, port = sys.argv[1].encode(), int(sys.argv[2])
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("0.0.0.0", port))
-while True:
-    data, peer = sock.recvfrom(512)
-    try:
-        sock.sendto(data + b" " + name, peer)
-    except OSError:
-        pass
-"""
-
-# Sends "<seq> <sent>" every interval; writes "<seq> <sent> <received> <node>" per reply.
-PROBER = r"""
-import select, socket, sys, time
-target, port, interval, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.setblocking(False)
-log = open(out, "w", buffering=1)
-seq = 0
-next_send = time.monotonic()
-while True:
-    now = time.monotonic()
-    if now >= next_send:
-        try:
-            sock.sendto(f"{seq} {now:.6f}".encode(), (target, port))
-        except OSError:
-            pass
-        seq += 1
-        next_send += interval
-        if next_send < now:
-            next_send = now + interval
-    ready, _, _ = select.select([sock], [], [], max(0.0, next_send - time.monotonic()))
-    while ready:
-        try:
-            data, _ = sock.recvfrom(512)
-        except (BlockingIOError, OSError):
-            break
-        received = time.monotonic()
-        parts = data.decode(errors="replace").split()
-        if len(parts) == 3:
-            log.write(f"{parts[0]} {parts[1]} {received:.6f} {parts[2]}\n")
-"""
-
-# A netfilter queue (NFQUEUE) listener: drops loss% of the queued packets and releases the
-# others after delay±jitter ms (uniform), out of order if the draw says so. Raw nfnetlink,
-# no library. Args: queue number, loss %, delay ms, jitter ms.
-HEARTBEAT_IMPAIRER = r"""
-import heapq, random, select, socket, struct, sys, time
-qnum, loss_pct = int(sys.argv[1]), float(sys.argv[2])
-delay, jitter = float(sys.argv[3]) / 1000, float(sys.argv[4]) / 1000
-SUBSYS_QUEUE, NETLINK_NETFILTER = 3, 12
-MSG_PACKET, MSG_VERDICT, MSG_CONFIG = 0, 1, 2
-def message(kind, attrs):
-    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, qnum)  # nfgenmsg; res_id = queue
-    for atype, payload in attrs:
-        size = 4 + len(payload)
-        body += struct.pack("=HH", size, atype) + payload + b"\0" * (-size % 4)
-    head = struct.pack("=IHHII", 16 + len(body), (SUBSYS_QUEUE << 8) | kind, 1, 0, 0)
-    return head + body
-def verdict(packet_id, accept):
-    sock.send(message(MSG_VERDICT, [(2, struct.pack("!II", int(accept), packet_id))]))
-sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-sock.bind((0, 0))
-sock.send(message(MSG_CONFIG, [(1, struct.pack("!BBH", 1, 0, socket.AF_INET))]))  # bind
-sock.send(message(MSG_CONFIG, [(2, struct.pack("!IB", 0, 1) + b"\0\0\0")]))  # copy meta
-pending = []
-while True:
-    wait = max(0.0, pending[0][0] - time.monotonic()) if pending else None
-    if select.select([sock], [], [], wait)[0]:
-        data, off = sock.recv(65536), 0
-        while off + 16 <= len(data):
-            size, kind = struct.unpack_from("=IH", data, off)
-            if size < 16:
-                break
-            if kind == (SUBSYS_QUEUE << 8) | MSG_PACKET:
-                attr, packet_id = off + 20, None
-                while attr + 4 <= off + size:
-                    alen, atype = struct.unpack_from("=HH", data, attr)
-                    if alen < 4:
-                        break
-                    if atype & 0x7FFF == 1:  # NFQA_PACKET_HDR: packet id first
-                        packet_id = struct.unpack_from("!I", data, attr + 4)[0]
-                    attr += (alen + 3) & ~3
-                if packet_id is None:
-                    pass
-                elif random.random() * 100 < loss_pct:
-                    verdict(packet_id, False)
-                else:
-                    hold = max(0.0, random.uniform(delay - jitter, delay + jitter))
-                    heapq.heappush(pending, (time.monotonic() + hold, packet_id))
-            off += (size + 3) & ~3
-    now = time.monotonic()
-    while pending and pending[0][0] <= now:
-        verdict(heapq.heappop(pending)[1], True)
-"""
-
-
-# --- results ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    seq: int
-    sent: float
-    received: float
-    node: str
-
-
-@dataclass(frozen=True)
-class GapReport:
-    """What the client saw around a fault at ``fault_at``.
-
-    ``gap_ms``: the longest time between two consecutive replies from ``fault_at - 1 s`` to
-    ``until`` (a reply just before the fault starts it); when no reply came after the fault,
-    the silence up to ``until`` and ``recovered`` is false. ``interleaved``: replies came from
-    both nodes after ``settled_at`` (a split-brain symptom).
-    """
-
-    fault_at: float
-    until: float
-    gap_ms: float
-    recovered: bool
-    before: str | None
-    after: str | None
-    settled_at: float | None
-    interleaved: bool
-    replies_after_settle: dict[str, int]
-
-
-class ProbeLog:
-    """The prober's reply file, parsed on demand."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def replies(self) -> list[Reply]:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return []
-        out: list[Reply] = []
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) != 4:
-                continue  # a line still being written
-            with contextlib.suppress(ValueError):
-                out.append(Reply(int(parts[0]), float(parts[1]), float(parts[2]), parts[3]))
-        out.sort(key=lambda reply: reply.received)
-        return out
-
-    def last_reply(self) -> Reply | None:
-        replies = self.replies()
-        return replies[-1] if replies else None
-
-    def steady_from(self, node: str, since: float, *, for_s: float, now: float) -> bool:
-        """Replies from ``node`` alone, none more than 100 ms apart, over the last
-        ``for_s`` seconds before ``now`` (and after ``since``)."""
-        start = now - for_s
-        if since > start:  # not (now - start < for_s): rounding makes that true at times
-            return False
-        window = [r for r in self.replies() if r.received >= start - 0.1]
-        inside = [r for r in window if r.received >= start]
-        if not inside or any(r.node != node for r in inside):
-            return False
-        times = [start, *(r.received for r in inside if r.received <= now), now]
-        return all(b - a <= 0.1 for a, b in itertools.pairwise(times))
-
-    def describe(self, start: float, end: float) -> str:
-        """What the client got between ``start`` and ``end``: replies per node, the
-        longest gap and the last reply (for a failure message)."""
-        replies = [r for r in self.replies() if start <= r.received <= end]
-        if not replies:
-            return f"no reply in the last {end - start:.1f} s"
-        counts: dict[str, int] = {}
-        for reply in replies:
-            counts[reply.node] = counts.get(reply.node, 0) + 1
-        times = [start, *(r.received for r in replies), end]
-        longest = max(b - a for a, b in itertools.pairwise(times))
-        per_node = ", ".join(f"{n}: {c}" for n, c in sorted(counts.items()))
-        return (f"in the last {end - start:.1f} s: replies {per_node}; longest gap "
-                f"{longest * 1000:.0f} ms; last reply {replies[-1]}")
-
-    def report(self, fault_at: float, until: float, *, settle_s: float = 0.5) -> GapReport:
-        replies = [r for r in self.replies() if fault_at - 1.0 <= r.received <= until]
-        before = [r for r in replies if r.received < fault_at]
-        after = [r for r in replies if r.received >= fault_at]
-        times = [r.received for r in replies]
-        gaps = [b - a for a, b in itertools.pairwise(times)]
-        recovered = bool(after)
-        if recovered:
-            longest = max(gaps) if gaps else 0.0
-        else:
-            longest = until - (times[-1] if times else fault_at - 1.0)
-        # the recovery is the reply that ends the longest gap; settled = settle_s later
-        settled_at: float | None = None
-        after_node: str | None = None
-        counts: dict[str, int] = {}
-        if recovered:
-            end_index = (gaps.index(longest) + 1) if gaps else 0
-            recovery = replies[end_index]
-            after_node = after[-1].node
-            settled_at = recovery.received + settle_s
-            for reply in replies:
-                if reply.received >= settled_at:
-                    counts[reply.node] = counts.get(reply.node, 0) + 1
-        return GapReport(
-            fault_at=fault_at, until=until, gap_ms=round(longest * 1000.0, 1),
-            recovered=recovered, before=before[-1].node if before else None, after=after_node,
-            settled_at=settled_at, interleaved=len(counts) > 1, replies_after_settle=counts,
-        )
-
-
-@dataclass(frozen=True)
-class VipSample:
-    at: float
-    held: dict[str, bool]  # node -> holds the node IP (a node whose read failed is absent)
-
-
-@dataclass(frozen=True)
-class VipRead:
-    node: str
-    held: bool
-    at: float
-
-
-def bracket(reads: Sequence[VipRead]) -> VipSample | None:
-    """The sample at the middle of three reads taken in turn (x, y, x): y as read, x held
-    only if held at both of its reads. Reads of two nodes are never simultaneous: with
-    plain pairs, a handover between the two reads (x released, then y took) would look like
-    both holding; bracketed, it cannot, while a real overlap longer than two reads shows."""
-    if len(reads) != 3:
-        return None
-    first, middle, last = reads
-    if first.node != last.node or first.node == middle.node:
-        return None
-    return VipSample(middle.at, {middle.node: middle.held,
-                                 first.node: first.held and last.held})
-
+from lab.pair.probes import (
+    ECHO_SERVER,
+    HEARTBEAT_IMPAIRER,
+    PROBE_INTERVAL_S,
+    PROBER,
+    SAMPLE_INTERVAL_S,
+    ProbeLog,
+    VipRead,
+    VipSample,
+    bracket,
+)
+from lab.pair.topology import (
+    CLIENT_IP,
+    ECHO_PORT,
+    GATEWAY_IP,
+    NODE_ADDRESSES,
+    NODE_IP,
+    NODES,
+    PREFIX,
+    SUBNET_PREFIXLEN,
+    VRRP_PROTO,
+    LabError,
+    Member,
+    Node,
+    namespace_pids,
+    other,
+    run,
+)
 
 # --- the lab ---------------------------------------------------------------------------------
 
@@ -412,16 +131,16 @@ class PairLab:
         return self.ns[node]
 
     def ip(self, ns_key: str, *args: str, check: bool = True) -> str:
-        return _run(["ip", "-n", self.ns[ns_key], *args], check=check).stdout
+        return run(["ip", "-n", self.ns[ns_key], *args], check=check).stdout
 
     def nsexec(self, ns_key: str, *argv: str, stdin: str | None = None,
                check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _run(["ip", "netns", "exec", self.ns[ns_key], *argv], stdin=stdin, check=check)
+        return run(["ip", "netns", "exec", self.ns[ns_key], *argv], stdin=stdin, check=check)
 
     def _build(self) -> None:
         for name in self.ns.values():
-            _run(["ip", "netns", "add", name])
-            _run(["ip", "-n", name, "link", "set", "lo", "up"])
+            run(["ip", "netns", "add", name])
+            run(["ip", "-n", name, "link", "set", "lo", "up"])
         self.ip("br", "link", "add", "br0", "type", "bridge", "stp_state", "0",
                 "forward_delay", "0")
         self.ip("br", "addr", "add", f"{GATEWAY_IP}/{SUBNET_PREFIXLEN}", "dev", "br0")
@@ -493,14 +212,14 @@ class PairLab:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         for name in self.ns.values():
-            _run(["ip", "netns", "del", name], check=False)
+            run(["ip", "netns", "del", name], check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # --- the VIP sampler ------------------------------------------------------------------
 
     def holds_vip(self, node: Node) -> bool | None:
         """Whether ``eth0`` of ``node`` carries the node IP (None: could not read)."""
-        done = _run(["ip", "-n", self.ns[node], "-j", "-4", "addr", "show", "dev", "eth0"],
+        done = run(["ip", "-n", self.ns[node], "-j", "-4", "addr", "show", "dev", "eth0"],
                     check=False, timeout=5)
         if done.returncode != 0:
             return None
@@ -640,10 +359,10 @@ class PairLab:
             args += ["loss", f"{loss_pct}%"]
         if delay_ms or jitter_ms:
             args += ["delay", f"{delay_ms}ms", f"{jitter_ms}ms"]
-        _run(args)
+        run(args)
 
     def clear_netem(self, node: Node) -> None:
-        _run(["tc", "-n", self.ns[node], "qdisc", "del", "dev", "eth0", "root"], check=False)
+        run(["tc", "-n", self.ns[node], "qdisc", "del", "dev", "eth0", "root"], check=False)
 
     def impair_heartbeat(self, node: Node, *, loss_pct: float, delay_ms: float,
                          jitter_ms: float, proto: str = "vrrp", port: int | None = None) -> None:
@@ -654,8 +373,8 @@ class PairLab:
         delays. Replaces an earlier impairment of the node."""
         self.clear_heartbeat_impairment(node)
         match = self._heartbeat_match(node, proto, port)
-        _run(["ip", "netns", "exec", self.ns[node], "iptables", "-w", "-N", "VXHA_HB"])
-        _run(["ip", "netns", "exec", self.ns[node], "iptables", "-w", "-A", "VXHA_HB", *match,
+        run(["ip", "netns", "exec", self.ns[node], "iptables", "-w", "-N", "VXHA_HB"])
+        run(["ip", "netns", "exec", self.ns[node], "iptables", "-w", "-A", "VXHA_HB", *match,
               "-j", "NFQUEUE", "--queue-num", "7", "--queue-bypass"])
         proc = self.spawn(node, [sys.executable, "-I", "-c", HEARTBEAT_IMPAIRER, "7",
                                  str(loss_pct), str(delay_ms), str(jitter_ms)],
@@ -664,7 +383,7 @@ class PairLab:
         time.sleep(0.2)  # bound to the queue before packets are sent to it
         if proc.poll() is not None:
             raise LabError(f"the heartbeat impairer on node {node} exited with {proc.returncode}")
-        _run(["ip", "netns", "exec", self.ns[node], "iptables", "-w", "-I", "OUTPUT",
+        run(["ip", "netns", "exec", self.ns[node], "iptables", "-w", "-I", "OUTPUT",
               "-j", "VXHA_HB"])
 
     def drop_ethernet_frames(self, node: Node, *, ethertype: int, loss_pct: int) -> None:
@@ -686,10 +405,10 @@ class PairLab:
     def clear_heartbeat_impairment(self, node: Node) -> None:
         ns = self.ns[node]
         self.nsexec(node, "nft", "delete", "table", "netdev", "vxha_l2", check=False)
-        _run(["ip", "netns", "exec", ns, "iptables", "-w", "-D", "OUTPUT", "-j", "VXHA_HB"],
+        run(["ip", "netns", "exec", ns, "iptables", "-w", "-D", "OUTPUT", "-j", "VXHA_HB"],
              check=False)
-        _run(["ip", "netns", "exec", ns, "iptables", "-w", "-F", "VXHA_HB"], check=False)
-        _run(["ip", "netns", "exec", ns, "iptables", "-w", "-X", "VXHA_HB"], check=False)
+        run(["ip", "netns", "exec", ns, "iptables", "-w", "-F", "VXHA_HB"], check=False)
+        run(["ip", "netns", "exec", ns, "iptables", "-w", "-X", "VXHA_HB"], check=False)
         proc = self._impairers.pop(node, None)
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -697,7 +416,7 @@ class PairLab:
 
     def heartbeat_impaired_packets(self, node: Node) -> int:
         """Packets of ``node``'s heartbeat sent through the impairer so far (0 if none)."""
-        done = _run(["ip", "netns", "exec", self.ns[node], "iptables", "-w", "-L", "VXHA_HB",
+        done = run(["ip", "netns", "exec", self.ns[node], "iptables", "-w", "-L", "VXHA_HB",
                      "-v", "-x", "-n"], check=False)
         rows = [line.split() for line in done.stdout.splitlines()[2:] if line.strip()]
         return sum(int(row[0]) for row in rows if row and row[0].isdigit())
@@ -791,161 +510,3 @@ class PairLab:
         for node in NODES:
             pids += [p for p in namespace_pids(self.ns[node]) if p not in self.helper_pids]
         return pids
-
-
-# --- CPU --------------------------------------------------------------------------------------
-
-
-def _cpu_ticks(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-
-
-def cpu_percent(pids: Sequence[int], seconds: float) -> float:
-    """CPU used by ``pids`` over ``seconds`` (sum, % of one core); processes that exit
-    in between count up to their last reading."""
-    hz = os.sysconf("SC_CLK_TCK")
-    start = {pid: _cpu_ticks(pid) for pid in pids}
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    used = 0
-    for pid, before in start.items():
-        after = _cpu_ticks(pid)
-        if before is not None and after is not None:
-            used += after - before
-    return 100.0 * used / hz / (time.monotonic() - t0)
-
-
-# --- keepalived -------------------------------------------------------------------------------
-
-KEEPALIVED_PRIORITY = 100  # both equal: the takeover skew is the same whichever node dies
-_STATE_LINE = re.compile(r"\((\w+)\) Entering (MASTER|BACKUP|FAULT) STATE")
-
-
-def render_keepalived_conf(node: Node, *, advert_s: float, priority: int = KEEPALIVED_PRIORITY,
-                           router_id: int = 51) -> str:
-    """keepalived.conf for one node: unicast to the peer, nopreempt, BACKUP at start."""
-    version = 2 if advert_s >= 1 and float(advert_s).is_integer() else 3
-    advert = f"{advert_s:g}"
-    return f"""# rendered by lab/pair/harness.py for lab node {node}
-global_defs {{
-    router_id vxha_{node}
-    vrrp_version {version}
-    vrrp_garp_master_delay 5
-    vrrp_garp_master_repeat 5
-    vrrp_garp_master_refresh 0
-    enable_script_security
-}}
-
-vrrp_instance VI_1 {{
-    state BACKUP
-    nopreempt
-    interface eth0
-    virtual_router_id {router_id}
-    priority {priority}
-    advert_int {advert}
-    unicast_src_ip {NODE_ADDRESSES[node]}
-    unicast_peer {{
-        {NODE_ADDRESSES[other(node)]}
-    }}
-    virtual_ipaddress {{
-        {NODE_IP}/{SUBNET_PREFIXLEN} dev eth0 label eth0:vip
-    }}
-}}
-"""
-
-
-class KeepalivedPair:
-    """keepalived in both node namespaces, config and pid files under the lab's workdir
-    (never /etc/keepalived, never the host's instance). Roles come from its log."""
-
-    def __init__(self, lab: PairLab, advert_s: float) -> None:
-        self.lab = lab
-        self.advert_s = advert_s
-        self.base = lab.workdir / f"keepalived-{advert_s:g}"
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.parents: dict[Node, subprocess.Popen[bytes]] = {}
-
-    def paths(self, node: Node) -> dict[str, Path]:
-        return {k: self.base / f"{node}.{k}" for k in ("conf", "pid", "vrrp.pid", "log")}
-
-    def start_node(self, node: Node) -> None:
-        paths = self.paths(node)
-        paths["conf"].write_text(render_keepalived_conf(node, advert_s=self.advert_s))
-        self.parents[node] = self.lab.spawn(node, [
-            "keepalived", "-n", "-l", "-D", "-P", "-f", str(paths["conf"]),
-            "-p", str(paths["pid"]), "-r", str(paths["vrrp.pid"]),
-        ], log=paths["log"])
-
-    def start(self, *, timeout: float | None = None) -> Node:
-        for node in NODES:
-            self.start_node(node)
-        return self.wait_master(timeout=timeout or 3 * (4 * self.advert_s + 1))
-
-    def state(self, node: Node) -> str | None:
-        """The last state keepalived logged on ``node`` (MASTER, BACKUP, FAULT) or None;
-        "DEAD" once its parent exited or the node crashed."""
-        proc = self.parents.get(node)
-        if proc is None:
-            return None
-        if proc.poll() is not None or node in self.lab.faults.crashed:
-            return "DEAD"
-        try:
-            text = self.paths(node)["log"].read_text(errors="replace")
-        except FileNotFoundError:
-            return None
-        states = _STATE_LINE.findall(text)
-        return states[-1][1] if states else None
-
-    def master(self) -> Node | None:
-        masters = [n for n in NODES if self.state(n) == "MASTER"]
-        return masters[0] if len(masters) == 1 else None
-
-    def wait_master(self, *, timeout: float) -> Node:
-        """One node MASTER holding the node IP, the other BACKUP."""
-        deadline = time.monotonic() + timeout
-        while True:
-            master = self.master()
-            if (master is not None and self.state(other(master)) == "BACKUP"
-                    and self.lab.vip_holders() == {master}):
-                return master
-            if time.monotonic() > deadline:
-                states = {n: self.state(n) for n in NODES}
-                raise LabError(f"keepalived: no single master within {timeout:g} s ({states})")
-            time.sleep(0.05)
-
-    def stop_node(self, node: Node, timeout: float = 10.0) -> float:
-        """SIGTERM keepalived on ``node`` (it sends a priority-0 advert and drops the node
-        IP); the time of the signal."""
-        proc = self.parents[node]
-        at = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout)
-        return at
-
-    def stop(self) -> None:
-        for node, proc in self.parents.items():
-            if proc.poll() is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.stop_node(node)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-
-
-@contextlib.contextmanager
-def keepalived_lab(advert_s: float, *, sample_vip: bool = True
-                   ) -> Iterator[tuple[PairLab, KeepalivedPair]]:
-    """A lab with a keepalived pair up (one master, the client answered by it)."""
-    with PairLab(sample_vip=sample_vip) as lab:
-        pair = KeepalivedPair(lab, advert_s)
-        try:
-            master = pair.start()
-            lab.wait_steady(master, for_s=0.3, timeout=10)
-            yield lab, pair
-        finally:
-            pair.stop()

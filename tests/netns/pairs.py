@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from lab.pair.harness import PairLab, missing_tools
+from lab.pair.harness import PairLab
+from lab.pair.topology import missing_tools
 from lab.pair.voxnode import VoxnodePair
 
 

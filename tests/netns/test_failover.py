@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.pair.harness import NODE_ADDRESSES, NODES, other
+from lab.pair.topology import NODE_ADDRESSES, NODES, other
 from lab.pair.voxnode import VoxnodePair
 from tests.netns.pairs import assert_never_both, codes, start, voxnode_pair
 

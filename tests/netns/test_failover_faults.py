@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.pair.harness import GATEWAY_IP, NODE_ADDRESSES, NODE_IP, NODES, PairLab, other
+from lab.pair.harness import PairLab
+from lab.pair.topology import GATEWAY_IP, NODE_ADDRESSES, NODE_IP, NODES, other
 from lab.pair.voxnode import VoxnodePair
 from tests.netns.pairs import assert_never_both, codes, lab_or_skip, start, voxnode_pair
 

@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lab.pair.harness import (
+from lab.pair.harness import PairLab
+from lab.pair.keepalived import KeepalivedPair, keepalived_lab
+from lab.pair.topology import (
     GATEWAY_IP,
     NODE_ADDRESSES,
     NODES,
-    KeepalivedPair,
-    PairLab,
-    keepalived_lab,
     lab_namespaces,
     missing_tools,
     namespace_pids,
