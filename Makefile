@@ -28,13 +28,15 @@ apt:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# the node's distribution (pyproject.toml: agent/, ha/) and the development tools' (lab/:
+# voxnode-lab, voxnode-license-server, the image builders), both editable, in one resolve
+$(VENV)/.installed: pyproject.toml lab/pyproject.toml
 	@test -x $(PY) || $(SYSPYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e ./lab
 	@touch $@
 
-lint: setup ## ruff and mypy (strict on agent/ and ha/)
+lint: setup ## ruff and mypy (strict on agent/, ha/, image/, lab/, license_server/)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

@@ -8,12 +8,13 @@ complete (an interrupted build is never used):
    host's own Debian mirror. Key: the exact mmdebstrap command line.
 2. ``venv-<hash>``: ``/opt/voxnode/venv`` made by the rootfs's own python3, holding the
    agent's dependencies from PyPI. Key: base key + the dependency list of pyproject.toml.
-3. ``agent-<hash>``: the wheel of this repository installed into that venv, the
+3. ``agent-<hash>``: the node's wheel (agent/ and ha/, as the repository's pyproject.toml
+   builds it: no lab/, image/ or license_server/) installed into that venv, the
    ``/usr/bin`` symlinks, ``image/overlay/`` (the unit and tmpfiles the AlmaLinux image
    carries too) and the unit policy (agent enabled; PBX units disabled, left for the
    agent's services subsystem), and the lab vendor public key as
-   ``/etc/voxnode/vendor.pub``. Key: venv key + pyproject.toml, README.md, every file
-   under agent/, ha/ and image/ (this build script and the overlay included) and that
+   ``/etc/voxnode/vendor.pub``. Key: venv key + the wheel's inputs (pyproject.toml,
+   README.md, every file under agent/ and ha/), the overlay, this build script and that
    public key.
 
 The lab vendor key pair (``lab_vendor_key``) is made once under the lab cache directory
@@ -63,7 +64,10 @@ PACKAGES = (
 )
 VENV = "/opt/voxnode/venv"
 OVERLAY = REPO / "image" / "overlay"
-WHEEL_INPUTS = ("pyproject.toml", "README.md", "agent", "ha", "image")
+# what the node's wheel is built from (its pyproject.toml packages agent/ and ha/ only)
+WHEEL_INPUTS = ("pyproject.toml", "README.md", "agent", "ha")
+# what the agent layer is made of: the wheel's inputs, the overlay and this build script
+AGENT_LAYER_INPUTS = (*WHEEL_INPUTS, "image/overlay", "lab/rootfs.py")
 
 AGENT_UNIT = "voxnode-agent.service"
 # installed enabled by Debian; the agent's services subsystem starts them by licence/role
@@ -159,7 +163,7 @@ def dependencies() -> list[str]:
 
 def _input_files() -> list[Path]:
     files: list[Path] = []
-    for name in WHEEL_INPUTS:
+    for name in AGENT_LAYER_INPUTS:
         path = REPO / name
         if path.is_file():
             files.append(path)
