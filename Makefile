@@ -79,6 +79,8 @@ test-node: setup lab-apt ## node tests: starts the lab once, removes it at the e
 	$(PY) -m pytest -q tests/node
 
 # --- images: agent RPM, kickstarts, installer ISO, raw/qcow2 disk, AMI (image/*.py) ----------
+# Each step records what it made, with sha256, for the next: out/rpm.json -> iso ->
+# out/iso.json -> raw / ami -> out/packer/raw.json, out/packer/ami.json -> out/ami.json.
 # Host tools for the image pipeline and its tests (QEMU boots, RPM build, ISO remaster).
 APT_IMAGE  := xorriso isolinux syslinux-common syslinux-utils grub-efi-amd64-bin grub-pc-bin \
 	grub-common mtools dosfstools isomd5sum rpm createrepo-c qemu-system-x86 qemu-utils ovmf \
@@ -103,17 +105,17 @@ kickstart: setup ## render the kickstart variants (iso, disk, aws) into $(IMAGE_
 	$(PY) -m image.kickstart --out $(IMAGE_OUT)/kickstart
 
 iso: rpm ## installer ISO from an AlmaLinux 8 ISO: make iso BASE_ISO=AlmaLinux-8.10-x86_64-dvd.iso
-	BASE_ISO="$(BASE_ISO)" BASE_URL="$(BASE_URL)" $(PY) -m image.iso --out $(IMAGE_OUT) --repo $(IMAGE_OUT)/repo
+	BASE_ISO="$(BASE_ISO)" BASE_URL="$(BASE_URL)" $(PY) -m image.iso --out $(IMAGE_OUT) --rpm $(IMAGE_OUT)/rpm.json
 
 packer-validate: setup image-apt ## packer validate the templates (offline)
 	$(PY) -m image.packer validate
 
 raw: setup image-apt ## raw + qcow2 disk images from the ISO (Packer qemu; ACCEL=kvm|tcg)
-	$(PY) -m image.packer raw --out $(IMAGE_OUT) --accelerator $(ACCEL)
+	$(PY) -m image.packer raw --out $(IMAGE_OUT) --iso $(IMAGE_OUT)/iso.json --accelerator $(ACCEL)
 
 ami: setup image-apt ## AMI: install ks-aws.cfg to raw, import + register (AWS_S3_BUCKET=…)
-	AWS_REGION=$(AWS_REGION) PKR_VAR_aws_region=$(AWS_REGION) PKR_VAR_aws_s3_bucket=$(AWS_S3_BUCKET) \
-		$(PY) -m image.packer ami --out $(IMAGE_OUT) --accelerator $(ACCEL)
+	AWS_REGION=$(AWS_REGION) VOXNODE_S3_BUCKET=$(AWS_S3_BUCKET) \
+		$(PY) -m image.packer ami --out $(IMAGE_OUT) --iso $(IMAGE_OUT)/iso.json --accelerator $(ACCEL)
 
 test-image: setup image-apt ## image tests: kickstarts, RPM, ISO remaster booted in QEMU, packer
 	$(PY) -m pytest -q tests/image
