@@ -58,7 +58,7 @@ def other(node: str) -> str:
 
 def node_run(node: str, *cmd: str, stdin: str | None = None,
              timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run a command inside a node (what `voxnode lab exec` does, without a Python start)."""
+    """Run a command inside a node (what `voxnode-lab exec` does, without a Python start)."""
     pid = nodes.nspawn_pid(nodes.member(node))
     leader = nodes.container_pid(pid) if pid else None
     assert leader is not None, f"{node} is not running"
