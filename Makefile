@@ -58,7 +58,8 @@ clean:
 # --- lab: two systemd-nspawn nodes + a client on 10.77.0.0/24 (lab/; needs root) -----------
 # Host packages the lab needs; the rootfs itself comes from the same apt mirror (mmdebstrap).
 APT_LAB    := mmdebstrap systemd-container iproute2 util-linux procps iputils-ping openvpn kmod
-# lab-down/-status must work without the .venv too: `python -m lab` uses only the standard library
+# lab-down/-status must work without the .venv too: `python -m lab` needs the standard library
+# and agent/errors.py only
 LABPY       = $(shell test -x $(PY) && echo $(PY) || echo $(SYSPYTHON))
 
 .PHONY: lab lab-apt lab-down lab-status test-node
