@@ -23,6 +23,7 @@ from image import ami
 from image.artifacts import Artifact, DiskBuild, IsoBuild, read_result, write_result
 from image.buildutil import (
     EXIT_MISSING_INPUT,
+    EXIT_WRONG_INPUT,
     OUT,
     REPO,
     BuildError,
@@ -78,9 +79,12 @@ def disk_files(out: Path, target: str, name: str) -> list[Path]:
 def iso_vars(iso: IsoBuild, out: Path) -> list[str]:
     """Packer's variables from the ISO build's result. The ISO's digest is not computed
     again here: Packer checks the file against it (``iso_checksum``)."""
-    if not iso.iso.path.is_file() or iso.iso.path.stat().st_size != iso.iso.size:
-        raise BuildError(f"{iso.iso.path} is missing or not the ISO `{IsoBuild.MADE_BY}` made: "
-                         "build it again", EXIT_MISSING_INPUT)
+    if not iso.iso.path.is_file():
+        raise BuildError(f"{iso.iso.path} is missing: build it again with "
+                         f"`{IsoBuild.MADE_BY}`", EXIT_MISSING_INPUT)
+    if iso.iso.path.stat().st_size != iso.iso.size:
+        raise BuildError(f"{iso.iso.path} changed after `{IsoBuild.MADE_BY}` made it (size "
+                         f"{iso.iso.size} recorded): build it again", EXIT_WRONG_INPUT)
     volume_id = iso.volume_id.replace(" ", "\\x20")
     return ["-var", f"iso_path={iso.iso.path}", "-var", f"iso_checksum=sha256:{iso.iso.sha256}",
             "-var", f"volume_id={volume_id}", "-var", f"output_dir={out / 'packer'}",

@@ -124,7 +124,13 @@ def test_make_raw_reads_the_iso_from_the_iso_step(tmp_path: Path) -> None:
     iso.path.write_bytes(b"another iso")
     with pytest.raises(BuildError) as changed:
         packer.iso_vars(result, out)
-    assert changed.value.code == EXIT_MISSING_INPUT
+    assert changed.value.code == EXIT_WRONG_INPUT
+    assert changed.value.message == (f"{iso.path} changed after `make iso BASE_ISO=…` made it "
+                                     "(size 6 recorded): build it again")
+    iso.path.unlink()
+    with pytest.raises(BuildError) as gone:
+        packer.iso_vars(result, out)
+    assert gone.value.code == EXIT_MISSING_INPUT
 
 
 def test_make_ami_needs_a_bucket_before_it_builds(tmp_path: Path,
