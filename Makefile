@@ -28,13 +28,15 @@ apt:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# the node's distribution (pyproject.toml: agent/, ha/) and the development tools' (lab/:
+# voxnode-lab, voxnode-license-server, the image builders), both editable, in one resolve
+$(VENV)/.installed: pyproject.toml lab/pyproject.toml
 	@test -x $(PY) || $(SYSPYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e ./lab
 	@touch $@
 
-lint: setup ## ruff and mypy (strict on agent/ and ha/)
+lint: setup ## ruff and mypy (strict on agent/, ha/, image/, lab/, license_server/)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
@@ -53,10 +55,11 @@ test-netns: setup
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
 
-# --- lab: two systemd-nspawn nodes + a client on 10.77.0.0/24 (image/lab.py; needs root) -----
+# --- lab: two systemd-nspawn nodes + a client on 10.77.0.0/24 (lab/; needs root) -----------
 # Host packages the lab needs; the rootfs itself comes from the same apt mirror (mmdebstrap).
 APT_LAB    := mmdebstrap systemd-container iproute2 util-linux procps iputils-ping openvpn kmod
-# lab-down/-status must work without the .venv too: image.lab uses only the standard library
+# lab-down/-status must work without the .venv too: `python -m lab` needs the standard library
+# and agent/errors.py only
 LABPY       = $(shell test -x $(PY) && echo $(PY) || echo $(SYSPYTHON))
 
 .PHONY: lab lab-apt lab-down lab-status test-node
@@ -65,18 +68,20 @@ lab-apt:
 	@$(call apt_install,$(APT_LAB))
 
 lab: setup lab-apt ## build the lab rootfs (cached) and start node1, node2 and the client
-	$(PY) -m image.lab up
+	$(PY) -m lab up
 
 lab-down: ## stop the lab and remove its namespaces, containers and node roots
-	$(LABPY) -m image.lab down
+	$(LABPY) -m lab down
 
 lab-status: ## what runs in the lab (containers, addresses, agents)
-	$(LABPY) -m image.lab status
+	$(LABPY) -m lab status
 
 test-node: setup lab-apt ## node tests: starts the lab once, removes it at the end (root)
 	$(PY) -m pytest -q tests/node
 
 # --- images: agent RPM, kickstarts, installer ISO, raw/qcow2 disk, AMI (image/*.py) ----------
+# Each step records what it made, with sha256, for the next: out/rpm.json -> iso ->
+# out/iso.json -> raw / ami -> out/packer/raw.json, out/packer/ami.json -> out/ami.json.
 # Host tools for the image pipeline and its tests (QEMU boots, RPM build, ISO remaster).
 APT_IMAGE  := xorriso isolinux syslinux-common syslinux-utils grub-efi-amd64-bin grub-pc-bin \
 	grub-common mtools dosfstools isomd5sum rpm createrepo-c qemu-system-x86 qemu-utils ovmf \
@@ -101,17 +106,17 @@ kickstart: setup ## render the kickstart variants (iso, disk, aws) into $(IMAGE_
 	$(PY) -m image.kickstart --out $(IMAGE_OUT)/kickstart
 
 iso: rpm ## installer ISO from an AlmaLinux 8 ISO: make iso BASE_ISO=AlmaLinux-8.10-x86_64-dvd.iso
-	BASE_ISO="$(BASE_ISO)" BASE_URL="$(BASE_URL)" $(PY) -m image.iso --out $(IMAGE_OUT) --repo $(IMAGE_OUT)/repo
+	BASE_ISO="$(BASE_ISO)" BASE_URL="$(BASE_URL)" $(PY) -m image.iso --out $(IMAGE_OUT) --rpm $(IMAGE_OUT)/rpm.json
 
 packer-validate: setup image-apt ## packer validate the templates (offline)
 	$(PY) -m image.packer validate
 
 raw: setup image-apt ## raw + qcow2 disk images from the ISO (Packer qemu; ACCEL=kvm|tcg)
-	$(PY) -m image.packer raw --out $(IMAGE_OUT) --accelerator $(ACCEL)
+	$(PY) -m image.packer raw --out $(IMAGE_OUT) --iso $(IMAGE_OUT)/iso.json --accelerator $(ACCEL)
 
 ami: setup image-apt ## AMI: install ks-aws.cfg to raw, import + register (AWS_S3_BUCKET=…)
-	AWS_REGION=$(AWS_REGION) PKR_VAR_aws_region=$(AWS_REGION) PKR_VAR_aws_s3_bucket=$(AWS_S3_BUCKET) \
-		$(PY) -m image.packer ami --out $(IMAGE_OUT) --accelerator $(ACCEL)
+	AWS_REGION=$(AWS_REGION) VOXNODE_S3_BUCKET=$(AWS_S3_BUCKET) \
+		$(PY) -m image.packer ami --out $(IMAGE_OUT) --iso $(IMAGE_OUT)/iso.json --accelerator $(ACCEL)
 
 test-image: setup image-apt ## image tests: kickstarts, RPM, ISO remaster booted in QEMU, packer
 	$(PY) -m pytest -q tests/image

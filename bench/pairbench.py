@@ -1,4 +1,4 @@
-"""The failover benchmark: failover pairs in the namespace lab of ``tests/halab.py``.
+"""The failover benchmark: failover pairs in the namespace lab of ``lab/pair/harness.py``.
 
 Every trial builds a fresh lab, starts the pair, lets the client see steady replies from
 the master, waits a random fraction of the implementation's heartbeat interval (so the fault
@@ -55,19 +55,19 @@ if str(REPO) not in sys.path:
 
 from agent.state.model import HAProfile  # noqa: E402
 from ha.machine import TIMINGS  # noqa: E402
-from tests.halab import (  # noqa: E402
+from lab.pair.harness import PairLab  # noqa: E402
+from lab.pair.keepalived import KeepalivedPair  # noqa: E402
+from lab.pair.topology import (  # noqa: E402
     GATEWAY_IP,
     NODE_ADDRESSES,
     NODES,
-    KeepalivedPair,
     LabError,
     Node,
-    PairLab,
     cpu_percent,
     missing_tools,
     other,
 )
-from tests.voxpair import VoxnodePair  # noqa: E402
+from lab.pair.voxnode import VoxnodePair  # noqa: E402
 
 CASES = ("crash", "link-down", "graceful")
 FAULT_CASES = ("ip-partition", "l2-cut", "flood")
@@ -113,7 +113,7 @@ class PairImpl(Protocol):
 
 
 class KeepalivedImpl:
-    """The anchor: keepalived 2.2 unicast, nopreempt, equal priorities (halab)."""
+    """The anchor: keepalived 2.2 unicast, nopreempt, equal priorities (lab/pair/harness.py)."""
 
     configures_addresses = False
     heartbeat: tuple[str, int | None] = ("vrrp", None)
@@ -147,7 +147,7 @@ class KeepalivedImpl:
 
 
 class VoxnodeImpl:
-    """voxnode's own failover: two real agents with an ``ha`` section (tests/voxpair.py)."""
+    """voxnode's own failover: two real agents with an ``ha`` section (lab/pair/voxnode.py)."""
 
     configures_addresses = True
     heartbeat_port = 694

@@ -1,6 +1,8 @@
-"""Shared pieces of the image build (``image.rpm``, ``image.iso``, ``image.disk``): the
-error type and its exit codes, timed progress steps, running host tools with one-line
-failures, the project version, and ``SOURCE_DATE_EPOCH``.
+"""The image build's one kit, shared by its steps (``image.rpm``, ``image.kickstart``,
+``image.iso``, ``image.packer``, ``image.ami``): the error type and its exit codes, timed
+progress steps, running host tools with one-line failures, paths given on a command line,
+the project version, ``SOURCE_DATE_EPOCH`` and sha256. What a step hands to the next is
+``image.artifacts``.
 
 Every ``main()`` of the build reports a ``BuildError`` as one line on stderr and exits with
 its code, never with a traceback.

@@ -12,8 +12,11 @@ lorax's mkksiso does it.
   isohybrid MBR/GPT, so the file works as CD and as USB stick) and the volume id;
 - implants the media checksum (``implantisomd5``).
 
-Outputs ``out/voxnode-<version>-x86_64.iso``, ``.iso.sha256`` and ``.manifest.json``. With
-the same inputs and ``SOURCE_DATE_EPOCH`` the ISO is byte-identical.
+Reads what ``make rpm`` produced from its result, ``out/rpm.json`` (the RPM and the
+repository, checked against their recorded sha256). Outputs
+``out/voxnode-<version>-x86_64.iso``, ``.iso.sha256``, ``.manifest.json`` and the step's
+result ``out/iso.json`` (``image.artifacts.IsoBuild``) that ``make raw`` and ``make ami``
+read. With the same inputs and ``SOURCE_DATE_EPOCH`` the ISO is byte-identical.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image import kickstart
+from image.artifacts import Artifact, IsoBuild, RpmBuild, read_result, write_result
 from image.buildutil import (
     EXIT_MISSING_INPUT,
     EXIT_USAGE,
@@ -189,12 +193,10 @@ def _tool_version(argv: list[str]) -> str:
         return "?"
 
 
-def remaster(base: BaseIso, repo: Path, out_iso: Path, *, build_id: str, epoch: int,
+def remaster(base: BaseIso, rpm: RpmBuild, out_iso: Path, *, build_id: str, epoch: int,
              base_url: str = "") -> dict[str, object]:
-    """Write ``out_iso``; returns the manifest."""
-    if not (repo / "repodata" / "repomd.xml").exists():
-        raise BuildError(f"appliance repository {repo} is missing: run `make rpm` first",
-                         EXIT_MISSING_INPUT)
+    """Write ``out_iso`` with the appliance repository of ``rpm``; returns the manifest."""
+    repo = rpm.repo
     if not base.dvd and not base_url:
         raise BuildError(f"BASE_ISO {base.path} is a boot ISO (no BaseOS/AppStream): give "
                          "BASE_URL=<AlmaLinux 8 mirror> for a network install, or use the "
@@ -203,7 +205,7 @@ def remaster(base: BaseIso, repo: Path, out_iso: Path, *, build_id: str, epoch: 
     try:
         with step(f"kickstarts (volume id {base.volid!r})"):
             ks_files = kickstart.write_all(work / "ks", volid=base.volid, build_id=build_id,
-                                           version_=version(), base_url=base_url)
+                                           version_=rpm.version, base_url=base_url)
         with step("boot entries: isolinux.cfg, EFI/BOOT/grub.cfg, efiboot.img:/EFI/BOOT/grub.cfg"):
             iso_cfg = _extract(base.path, "isolinux/isolinux.cfg", work / "isolinux.cfg")
             iso_cfg.write_text(edit_isolinux(iso_cfg.read_text(), base.volid))
@@ -240,19 +242,18 @@ def remaster(base: BaseIso, repo: Path, out_iso: Path, *, build_id: str, epoch: 
             run(["checkisomd5", "--verbose", tmp_iso])
         os.replace(tmp_iso, out_iso)
         manifest: dict[str, object] = {
-            "artifact": out_iso.name, "version": version(), "build_id": build_id,
+            "artifact": out_iso.name, "version": rpm.version, "build_id": build_id,
             "source_date_epoch": epoch, "sha256": sha256(out_iso),
             "size": out_iso.stat().st_size, "volume_id": base.volid,
             "inputs": {
                 "base_iso": {"name": base.path.name, "sha256": sha256(base.path),
                              "size": base.path.stat().st_size, "release": base.release,
                              "kind": "dvd" if base.dvd else "boot"},
-                "rpms": [{"name": p.name, "sha256": sha256(p)}
-                         for p in sorted(repo.rglob("*.rpm"))],
+                "rpms": [{"name": rpm.rpm.path.name, "sha256": rpm.rpm.sha256}],
                 "kickstarts": {p.name: sha256(p) for p in ks_files},
                 "base_url": base_url or None,
             },
-            "packages": _package_list(ks_files[0], repo),
+            "packages": _package_list(ks_files[0], rpm.rpm.path),
             "tools": {"xorriso": _tool_version(["xorriso", "-version"]),
                       "createrepo_c": _tool_version(["createrepo_c", "--version"]),
                       "rpm": _tool_version(["rpm", "--version"])},
@@ -265,14 +266,26 @@ def remaster(base: BaseIso, repo: Path, out_iso: Path, *, build_id: str, epoch: 
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _package_list(ks: Path, repo: Path) -> dict[str, list[str]]:
+def _package_list(ks: Path, rpm: Path) -> dict[str, list[str]]:
     text = ks.read_text()
     section = text.split("%packages", 1)[1].split("%end", 1)[0]
     wanted = [ln.strip() for ln in section.splitlines()[1:] if ln.strip()]
-    rpms = sorted(repo.rglob("*.rpm"))
-    appliance = (run(["rpm", "-qp", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n", *rpms])
-                 .split() if rpms else [])
+    appliance = run(["rpm", "-qp", "--qf", "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n", rpm]).split()
     return {"kickstart": wanted, "appliance_repository": appliance}
+
+
+def build(base: BaseIso, rpm: RpmBuild, out: Path, *, build_id: str, epoch: int,
+          base_url: str = "") -> IsoBuild:
+    """The whole step: the ISO, its ``.sha256`` and its manifest in ``out``."""
+    out_iso = out / f"voxnode-{rpm.version}-x86_64.iso"
+    manifest = remaster(base, rpm, out_iso, build_id=build_id, epoch=epoch, base_url=base_url)
+    digest = str(manifest["sha256"])
+    Path(f"{out_iso}.sha256").write_text(f"{digest}  {out_iso.name}\n")
+    manifest_path = Path(str(out_iso).removesuffix(".iso") + ".manifest.json")
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return IsoBuild(iso=Artifact(out_iso, digest, out_iso.stat().st_size),
+                    manifest=manifest_path, volume_id=base.volid, version=rpm.version,
+                    build_id=build_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,14 +294,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="AlmaLinux 8 x86_64 DVD (or boot) ISO (env BASE_ISO)")
     p.add_argument("--base-url", default=os.environ.get("BASE_URL", ""),
                    help="AlmaLinux 8 mirror for a boot ISO (env BASE_URL)")
-    p.add_argument("--repo", type=Path, default=OUT / "repo")
+    p.add_argument("--rpm", type=Path, default=OUT / "rpm.json",
+                   help="the result of `make rpm` (default %(default)s)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--build-id", default=os.environ.get("BUILD_ID", ""))
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else 0
-    out, repo = output_dir(args.out, "--out", create=False), absolute(args.repo)
+    out, rpm_result = output_dir(args.out, "--out", create=False), absolute(args.rpm)
     started = time.monotonic()
     epoch = source_date_epoch()
     build_id = args.build_id or f"{version()}-{time.strftime('%Y%m%d%H%M%S', time.gmtime(epoch))}"
@@ -296,17 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         base = inspect(args.base_iso)
         say(f"    {base.path.name}: volume id {base.volid!r}, AlmaLinux {base.release}, "
             f"{'DVD' if base.dvd else 'boot'} ISO")
+    rpm = read_result(rpm_result, RpmBuild).check()
     out = output_dir(out, "--out")
-    out_iso = out / f"voxnode-{version()}-x86_64.iso"
-    manifest = remaster(base, repo, out_iso, build_id=build_id, epoch=epoch,
-                        base_url=args.base_url)
-    digest = str(manifest["sha256"])
-    Path(f"{out_iso}.sha256").write_text(f"{digest}  {out_iso.name}\n")
-    Path(str(out_iso).removesuffix(".iso") + ".manifest.json").write_text(
-        json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    rel = out_iso.relative_to(REPO) if out_iso.is_relative_to(REPO) else out_iso
-    say(f"iso: {rel} ({out_iso.stat().st_size / 1e6:.1f} MB, sha256 {digest[:16]}…) "
-        f"in {time.monotonic() - started:.1f} s")
+    result = build(base, rpm, out, build_id=build_id, epoch=epoch, base_url=args.base_url)
+    written = write_result(result, out / "iso.json")
+    rel = result.iso.path.relative_to(REPO) if result.iso.path.is_relative_to(REPO) else (
+        result.iso.path)
+    say(f"iso: {rel} ({result.iso.size / 1e6:.1f} MB, sha256 {result.iso.sha256[:16]}…) "
+        f"in {time.monotonic() - started:.1f} s ({written})")
     return 0
 
 

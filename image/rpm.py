@@ -12,7 +12,9 @@ Owns three steps:
    tmpfiles, preset — the same files the lab rootfs carries) and the default config.
 3. **createrepo_c**: ``out/repo/`` is the appliance repository the ISO and kickstarts use.
 
-Outputs: ``out/rpm/voxnode-<version>-<release>.el8.x86_64.rpm``, ``out/repo/``.
+Outputs: ``out/rpm/voxnode-<version>-<release>.el8.x86_64.rpm``, ``out/repo/``, and
+``out/rpm.json``, the step's result (``image.artifacts.RpmBuild``: both, with their sha256)
+that ``make iso`` reads.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from image.artifacts import Artifact, RpmBuild, write_result
 from image.buildutil import (
     EXIT_CHECK,
     EXIT_MISSING_INPUT,
@@ -227,6 +230,16 @@ def build_repo(rpm: Path, out: Path, epoch: int) -> Path:
     return repo
 
 
+def build(out: Path, build_id: str, epoch: int, vendor_pub: bytes | None = None) -> RpmBuild:
+    """The whole step: the frozen binary (cached), the RPM and the repository."""
+    binary = freeze(CACHE)
+    rpm = build_rpm(binary, out, build_id, epoch, vendor_pub)
+    repo = build_repo(rpm, out, epoch)
+    return RpmBuild(rpm=Artifact.of(rpm), repo=repo,
+                    repomd=Artifact.of(repo / "repodata" / "repomd.xml"), version=version(),
+                    build_id=build_id)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m image.rpm", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=OUT)
@@ -239,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     epoch = source_date_epoch()
     build_id = args.build_id or f"{version()}-{time.strftime('%Y%m%d%H%M%S', time.gmtime(epoch))}"
     started = time.monotonic()
-    binary = freeze(CACHE)
-    rpm = build_rpm(binary, out, build_id, epoch, vendor_pub)
-    build_repo(rpm, out, epoch)
-    say(f"rpm: {rpm} and repository {out / 'repo'} in {time.monotonic() - started:.1f} s")
+    result = build(out, build_id, epoch, vendor_pub)
+    written = write_result(result, out / "rpm.json")
+    say(f"rpm: {result.rpm.path} and repository {result.repo} in "
+        f"{time.monotonic() - started:.1f} s (sha256 {result.rpm.sha256[:16]}…; {written})")
     return 0
 
 

@@ -15,7 +15,7 @@ source "qemu" "raw" {
   iso_url          = var.iso_path
   iso_checksum     = var.iso_checksum
   output_directory = "${var.output_dir}/raw"
-  vm_name          = "voxnode-${var.version}-x86_64.raw"
+  vm_name          = "${var.image_name}.raw"
   format           = "raw"
   disk_size        = var.disk_size
   disk_interface   = "virtio"
@@ -38,7 +38,7 @@ source "qemu" "aws" {
   iso_url          = var.iso_path
   iso_checksum     = var.iso_checksum
   output_directory = "${var.output_dir}/aws"
-  vm_name          = "voxnode-${var.version}-x86_64-aws.raw"
+  vm_name          = "${var.image_name}-aws.raw"
   format           = "raw"
   disk_size        = "8G"
   disk_interface   = "virtio"
@@ -63,8 +63,7 @@ build {
   # the same installed disk as qcow2 for KVM / Proxmox / OpenStack
   post-processor "shell-local" {
     inline = [
-      "qemu-img convert -O qcow2 -c ${var.output_dir}/raw/voxnode-${var.version}-x86_64.raw ${var.output_dir}/raw/voxnode-${var.version}-x86_64.qcow2",
-      "cd ${var.output_dir}/raw && sha256sum voxnode-${var.version}-x86_64.raw voxnode-${var.version}-x86_64.qcow2 > SHA256SUMS"
+      "qemu-img convert -O qcow2 -c ${var.output_dir}/raw/${var.image_name}.raw ${var.output_dir}/raw/${var.image_name}.qcow2"
     ]
   }
 }

@@ -1,9 +1,10 @@
-# Inputs of the disk-image and AMI builds. image/packer.py fills them from the ISO build
-# (out/voxnode-<version>-x86_64.iso and its manifest).
+# Inputs of the disk-image and AMI builds. image/packer.py fills them from the ISO build's
+# result (out/iso.json) and records what the builds wrote (out/packer/<build>.json).
 
-variable "version" {
-  type    = string
-  default = "0.1.0"
+variable "image_name" {
+  type        = string
+  default     = "voxnode-0.1.0-x86_64"
+  description = "File name stem of the disk images (<stem>.raw, <stem>.qcow2, <stem>-aws.raw)."
 }
 
 variable "iso_path" {
@@ -15,7 +16,7 @@ variable "iso_path" {
 variable "iso_checksum" {
   type        = string
   default     = "none"
-  description = "sha256:<hex> of the ISO; image/packer.py passes the value from the .sha256 file."
+  description = "sha256:<hex> of the ISO; image/packer.py passes the digest the ISO build recorded."
 }
 
 variable "volume_id" {
@@ -39,21 +40,4 @@ variable "accelerator" {
   type        = string
   default     = "kvm"
   description = "kvm on a build host with working KVM; tcg (slow) elsewhere."
-}
-
-variable "aws_region" {
-  type    = string
-  default = "eu-south-1"
-}
-
-variable "aws_s3_bucket" {
-  type        = string
-  default     = ""
-  description = "Bucket the raw image is uploaded to for the snapshot import (image/ami.py)."
-}
-
-variable "repo_dir" {
-  type        = string
-  default     = ".."
-  description = "The voxnode checkout (image/packer.py passes it; the templates may run from a copy)."
 }

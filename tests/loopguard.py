@@ -8,7 +8,7 @@ blocking write or a CPU-heavy step there is a false failover waiting for a slow 
   ``agent.loopwatch`` with ``STALL_S``; the test fails if a callback held the loop longer.
 - Namespace tier: agents started by the tests get ``VOXNODE_LOOP_STALL_MS`` (the daemon
   then runs the same watch) and ``VOXNODE_STRICT_LOOP=1`` (a durable write on the loop
-  raises); ``problems_in_log`` finds either in an agent's log.
+  raises); ``lab.pair.voxnode.problems_in_log`` finds either in an agent's log.
 """
 
 from __future__ import annotations
@@ -36,13 +36,6 @@ async def watch_loop() -> AsyncIterator[list[str]]:
     finally:
         loopwatch.uninstall()
         loop.set_debug(was_debug)
-
-
-def problems_in_log(text: str) -> list[str]:
-    """Stalls and durable writes on the loop that an agent's log reports."""
-    return [line[:400] for line in text.splitlines()
-            if loopwatch.STALL_MARK in line or "BlockingOnLoop" in line
-            or "on the event loop" in line]
 
 
 def export_agent_env() -> None:

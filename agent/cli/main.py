@@ -260,16 +260,6 @@ def cmd_mode_set(client: Client, args: argparse.Namespace) -> int:
     return output.show(args, client.post("/v1/mode", body), output.outcome)
 
 
-# --- lab ---------------------------------------------------------------------------------------
-
-
-def cmd_lab(client: Client, args: argparse.Namespace) -> int:
-    """The development lab lives in the image pipeline; it is not part of a node."""
-    from image.lab import main as lab_main
-
-    return lab_main(list(args.lab_args))
-
-
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -347,13 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_cli.register(sub, add)
     mcs_cli.register(sub, add)
     licence_cli.register(sub, add)
-    lab = sub.add_parser(
-        "lab", add_help=False, prefix_chars="\0",
-        help="the two-node development lab: up | down | status | shell NODE | "
-        "exec NODE -- CMD… (see `voxnode lab --help`)",
-    )
-    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
-    lab.set_defaults(handler=cmd_lab)
     return parser
 
 

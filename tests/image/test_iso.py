@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from image.artifacts import Artifact, IsoBuild, RpmBuild, read_result
 from image.buildutil import EXIT_MISSING_INPUT, EXIT_MISSING_TOOL, EXIT_WRONG_INPUT, sha256
 from tests.image import qemuboot, synthiso
 from tests.image.conftest import Build, run_py
@@ -92,10 +94,45 @@ def test_checksum_sha256_and_manifest(build: Build) -> None:
 
 
 def test_same_inputs_same_bytes(build: Build, tmp_path: Path) -> None:
-    again = run_py("-m", "image.iso", "--base-iso", str(build.base_iso), "--repo",
-                   str(build.out / "repo"), "--out", str(tmp_path))
+    again = run_py("-m", "image.iso", "--base-iso", str(build.base_iso), "--rpm",
+                   str(build.out / "rpm.json"), "--out", str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert sha256(tmp_path / build.iso.name) == sha256(build.iso)
+
+
+def test_each_step_records_what_it_made_for_the_next(build: Build) -> None:
+    """`make rpm` and `make iso` write their results (out/rpm.json, out/iso.json) with the
+    paths relative to out/ and the sha256 of what they made; the next step reads those."""
+    rpm = read_result(build.out / "rpm.json", RpmBuild)
+    assert rpm.rpm == Artifact(build.rpm, sha256(build.rpm), build.rpm.stat().st_size)
+    assert rpm.repo == build.out / "repo" and rpm.check() == rpm
+    assert json.loads((build.out / "rpm.json").read_text())["rpm"]["path"] == (
+        f"rpm/{build.rpm.name}")
+    iso = read_result(build.out / "iso.json", IsoBuild)
+    assert iso.iso == Artifact(build.iso, sha256(build.iso), build.iso.stat().st_size)
+    assert iso.volume_id == synthiso.VOLID and iso.version == rpm.version
+    assert iso.manifest == Path(str(build.iso).removesuffix(".iso") + ".manifest.json")
+
+
+def test_iso_takes_the_rpm_the_rpm_step_recorded(build: Build, tmp_path: Path) -> None:
+    """No result of `make rpm`: one line naming it; an RPM changed after it was recorded:
+    one line, nothing built."""
+    missing = run_py("-m", "image.iso", "--base-iso", str(build.base_iso), "--rpm",
+                     str(tmp_path / "rpm.json"), "--out", str(tmp_path / "out"))
+    assert missing.returncode == EXIT_MISSING_INPUT, missing.stdout + missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'rpm.json'} not found: build it first with `make rpm`"]
+    out = tmp_path / "moved"  # a whole out/ moved elsewhere still reads (relative paths)
+    shutil.copytree(build.out, out, ignore=shutil.ignore_patterns("*.iso", "iso.json", "cache"))
+    with (out / "rpm" / build.rpm.name).open("ab") as rpm:
+        rpm.write(b"\0")
+    changed = run_py("-m", "image.iso", "--base-iso", str(build.base_iso), "--rpm",
+                     str(out / "rpm.json"), "--out", str(out))
+    assert changed.returncode == EXIT_WRONG_INPUT, changed.stdout + changed.stderr
+    assert changed.stderr.strip().splitlines() == [
+        f"error: {out / 'rpm' / build.rpm.name} changed after `make rpm` made it (sha256 "
+        f"{sha256(build.rpm)[:16]}… recorded): build it again"]
+    assert not (out / "iso.json").exists() and not list(out.glob("*.iso"))
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,21 @@
-"""The agent RPM: contents, requirements (nothing on the build host's glibc), scripts and
-config flags; the frozen binary is static and runs in an empty chroot; the appliance
-repository lists it."""
+"""The agent RPM: contents (and none of the development tools: no lab/, image/ or
+license_server/ file or module), requirements (nothing on the build host's glibc),
+scripts and config flags; the frozen binary is static and runs in an empty chroot; the
+appliance repository lists it."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from PyInstaller.archive.readers import CArchiveReader
 
 from image import rpm as rpm_build
 from image.buildutil import EXIT_CHECK, EXIT_MISSING_INPUT, EXIT_WRONG_INPUT, BuildError
@@ -71,6 +74,32 @@ def binary(build: Build, tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(f"rpm2cpio {build.rpm} | cpio -idm --quiet", shell=True, cwd=dest,
                    check=True)
     return dest / "usr/libexec/voxnode/voxnode"
+
+
+DEVELOPMENT_TOOLS = ("lab", "image", "license_server")
+
+
+def frozen_modules(binary: Path, work: Path) -> set[str]:
+    """The Python modules frozen into the binary: staticx's archive unpacked
+    (``sx-extract``), then the table of contents of the PyInstaller program's PYZ."""
+    subprocess.run([str(Path(sys.executable).parent / "sx-extract"), str(binary), str(work)],
+                   check=True, capture_output=True)
+    program = work / os.readlink(work / ".staticx.prog")
+    return set(CArchiveReader(str(program)).open_embedded_archive("PYZ.pyz").toc)
+
+
+def test_no_development_tools_in_the_rpm(build: Build, binary: Path, tmp_path: Path) -> None:
+    """The lab and the vendor's licence server are not part of a node: no file of the RPM
+    comes from lab/ or license_server/, and the binary freezes no module of theirs (nor of
+    the image builders: the frozen entry is a script, not the image package)."""
+    files = rpmq("-qlp", str(build.rpm)).split()
+    tools = [f for f in files if any(part in DEVELOPMENT_TOOLS for part in f.split("/"))
+             or f.rsplit("/", 1)[-1] in ("voxnode-lab", "voxnode-license-server")]
+    assert tools == [], tools
+    modules = frozen_modules(binary, tmp_path / "extracted")
+    assert {"agent.cli.main", "agent.daemon", "agent.firstboot", "ha.arbiter"} <= modules
+    frozen_tools = sorted(m for m in modules if m.split(".")[0] in DEVELOPMENT_TOOLS)
+    assert frozen_tools == [], frozen_tools
 
 
 def test_binary_needs_no_system_glibc(binary: Path) -> None:

@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from tests.loopguard import export_agent_env, problems_in_log
+from lab.pair.voxnode import problems_in_log
+from tests.loopguard import export_agent_env
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -1,5 +1,5 @@
 """What the failover scenario files share: the voxnode pair in a fresh namespace lab, and
-the checks every scenario makes (tests/halab.py, tests/voxpair.py)."""
+the checks every scenario makes (lab/pair/harness.py, lab/pair/voxnode.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.halab import PairLab, missing_tools
-from tests.voxpair import VoxnodePair
+from lab.pair.harness import PairLab
+from lab.pair.topology import missing_tools
+from lab.pair.voxnode import VoxnodePair
 
 
 def lab_or_skip() -> None:

@@ -1,4 +1,4 @@
-"""Failover of the node IP between two real agents, in the namespace lab (tests/halab.py).
+"""Failover of the node IP between two real agents, in the namespace lab (lab/pair/harness.py).
 
 Every scenario asserts the roles, who holds the node IP (``ip -j``), that the client's
 UDP echo keeps or resumes answering from the right node, and that at no sampled moment
@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.halab import NODE_ADDRESSES, NODES, other
+from lab.pair.topology import NODE_ADDRESSES, NODES, other
+from lab.pair.voxnode import VoxnodePair
 from tests.netns.pairs import assert_never_both, codes, start, voxnode_pair
-from tests.voxpair import VoxnodePair
 
 pytestmark = pytest.mark.root
 

@@ -1,4 +1,4 @@
-"""The pair under real faults and a hostile LAN (tests/halab.py's lab, two real agents).
+"""The pair under real faults and a hostile LAN (lab/pair/harness.py's lab, two real agents).
 
 Each scenario is a way the world breaks a pair: routes that make ``sendto`` fail, a
 firewall that rejects, a configuration edit on the master, a rekey, a LAN host sending
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.halab import GATEWAY_IP, NODE_ADDRESSES, NODE_IP, NODES, PairLab, other
+from lab.pair.harness import PairLab
+from lab.pair.topology import GATEWAY_IP, NODE_ADDRESSES, NODE_IP, NODES, other
+from lab.pair.voxnode import VoxnodePair
 from tests.netns.pairs import assert_never_both, codes, lab_or_skip, start, voxnode_pair
-from tests.voxpair import VoxnodePair
 
 pytestmark = pytest.mark.root
 

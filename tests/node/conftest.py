@@ -1,4 +1,4 @@
-"""Node tests: the two-node lab (image/lab.py) started once for the node tier and removed
+"""Node tests: the two-node lab (lab/) started once for the node tier and removed
 after its last test.
 
 Needs root and the host tools `make lab` installs (mmdebstrap, systemd-nspawn); skipped
@@ -22,15 +22,17 @@ from pathlib import Path
 
 import pytest
 
+from lab.util import EXIT_UNREACHABLE
+
 REPO = Path(__file__).resolve().parents[2]
 UP_TIMEOUT_S = 600  # a cold rootfs build included
 DOWN_TIMEOUT_S = 90  # lab down's own bounded waits (20 s + 10 s + 10 s) and the clean-up
 
 
 def lab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `python -m image.lab ARGS…` and capture its output."""
+    """Run `python -m lab ARGS…` and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "image.lab", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "lab", *args], cwd=REPO, capture_output=True, text=True,
         timeout=timeout, check=False,
     )
 
@@ -46,7 +48,7 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def node_write(node: str, path: str, data: str) -> None:
     """Write ``data`` to ``path`` inside a lab node (parent directories created)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "image.lab", "exec", node, "--", "sh", "-c",
+        [sys.executable, "-m", "lab", "exec", node, "--", "sh", "-c",
          f"mkdir -p $(dirname {path}) && cat > {path}"],
         input=data, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -117,7 +119,7 @@ def teardown_problems() -> list[str]:
         up = json.loads(status.stdout)["up"]
     except (ValueError, KeyError, TypeError):
         up = f"unreadable ({status.stdout.strip() or status.stderr.strip()})"
-    if status.returncode != 1 or up is not False:
+    if status.returncode != EXIT_UNREACHABLE or up is not False:
         problems.append(f"`lab status` after down: exit {status.returncode}, up {up}")
     return problems
 

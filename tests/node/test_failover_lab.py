@@ -12,10 +12,10 @@ only from the agent's word:
   serves the node IP (the agent takes the address, then starts the master's units, so
   Debian's default kamailio.cfg, which binds the addresses present at its start, needs
   no ``listen=``);
-- the master crashes (``image.lab.crash``: every process of the container frozen and
+- the master crashes (``lab.lifecycle.crash``: every process of the container frozen and
   killed; its kernel keeps the node IP and answers ARP, like a hung machine): the slave
   takes the node IP and starts Kamailio within seconds, and SIP works again;
-- the crashed node boots again on its own disk (``image.lab.start``) and stays slave with
+- the crashed node boots again on its own disk (``lab.lifecycle.start``) and stays slave with
   Kamailio stopped (no preemption);
 - ``voxnode ha switchover`` moves the node IP and Kamailio to the other node.
 
@@ -36,8 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
-from image import lab as labmod
-from image import labnet
+from lab import lifecycle, net, nodes
 from tests.node.conftest import UP_TIMEOUT_S, lab
 from tests.node.test_sip import assert_call_went_through, assert_registered
 from tests.sipclient import run_in_lab
@@ -59,11 +58,11 @@ def other(node: str) -> str:
 
 def node_run(node: str, *cmd: str, stdin: str | None = None,
              timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run a command inside a node (what `voxnode lab exec` does, without a Python start)."""
-    pid = labmod.nspawn_pid(labmod.member(node))
-    leader = labmod.container_pid(pid) if pid else None
+    """Run a command inside a node (what `voxnode-lab exec` does, without a Python start)."""
+    pid = nodes.nspawn_pid(nodes.member(node))
+    leader = nodes.container_pid(pid) if pid else None
     assert leader is not None, f"{node} is not running"
-    return subprocess.run(labmod.node_command(leader, list(cmd)), input=stdin,
+    return subprocess.run(nodes.node_command(leader, list(cmd)), input=stdin,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -203,7 +202,7 @@ def later_tests_use_the_lab(request: pytest.FixtureRequest) -> bool:
 
 def standalone(node: str) -> bool:
     """The node runs, without fault tolerance, and its kernel has no node IP."""
-    if labmod.nspawn_pid(labmod.member(node)) is None:
+    if nodes.nspawn_pid(nodes.member(node)) is None:
         return False
     proc = node_run(node, "voxnode", "--json", "ha", "status", timeout=10)
     return (proc.returncode == 0 and json.loads(proc.stdout)["enabled"] is False
@@ -255,7 +254,7 @@ def test_one_master_holds_the_node_ip_and_the_other_is_slave(pair: Pair) -> None
     assert node_ip_label(pair.master) == "eth0:vip"
     # each node keeps its own address besides
     for node, address in NODES.items():
-        assert f"{address}/24" in labnet.addresses(f"vxlab-{node}")
+        assert f"{address}/24" in net.addresses(f"vxlab-{node}")
 
 
 def test_kamailio_runs_on_the_master_only(pair: Pair) -> None:
@@ -276,7 +275,7 @@ def test_sip_register_and_call_through_the_node_ip(pair: Pair) -> None:
 
 def test_master_crash_moves_the_node_ip_and_kamailio(pair: Pair) -> None:
     crashed, survivor = pair.master, pair.slave
-    at = labmod.crash(crashed)
+    at = lifecycle.crash(crashed)
     ip_at = wait_for(f"{survivor} holds {NODE_IP}", lambda: holds_node_ip(survivor), 10)
     kam_at = wait_for(f"kamailio serves {NODE_IP} on {survivor}",
                       lambda: serves_node_ip(survivor) and kamailio(survivor) == "active", 10)
@@ -297,9 +296,9 @@ def test_master_crash_moves_the_node_ip_and_kamailio(pair: Pair) -> None:
 
 def test_crashed_node_comes_back_as_slave_without_kamailio(pair: Pair) -> None:
     back, master = pair.slave, pair.master
-    assert labmod.nspawn_pid(labmod.member(back)) is None, "run after the crash test"
+    assert nodes.nspawn_pid(nodes.member(back)) is None, "run after the crash test"
     booted = time.monotonic()
-    labmod.start(back)
+    lifecycle.start(back)
     wait_for(f"{back} slave", lambda: role(back) == "slave", 15, interval=0.1)
     # its dead kernel still had the node IP: the agent releases it before deciding
     wait_for(f"{back} releases {NODE_IP}", lambda: not holds_node_ip(back), 5)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from image import rpm as rpm_build
-from image.labutil import Paths
+from lab.util import Paths
 from tests.node.conftest import lab_exec
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("lab_up")]

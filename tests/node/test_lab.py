@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from lab.util import EXIT_INVALID, EXIT_USAGE
 from tests.node.conftest import lab, lab_exec
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("lab_up")]
@@ -86,10 +87,10 @@ def test_exit_codes_pass_through() -> None:
 
 def test_bad_input_is_one_line_and_distinct() -> None:
     unknown = lab_exec("node9", "true")
-    assert unknown.returncode == 3
+    assert unknown.returncode == EXIT_INVALID
     assert unknown.stderr.count("\n") == 1 and "Traceback" not in unknown.stderr
     no_dashes = lab("exec", "node1", "true")
-    assert no_dashes.returncode == 2
+    assert no_dashes.returncode == EXIT_USAGE
     assert "Traceback" not in no_dashes.stderr
 
 

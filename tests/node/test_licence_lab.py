@@ -2,7 +2,7 @@
 engine.
 
 ``vxlab-lic`` (10.77.0.201 on the lab bridge) runs ``voxnode-license-server`` signing with
-the lab vendor key (``image.rootfs.lab_vendor_key``: the rootfs ships its public half as
+the lab vendor key (``lab.rootfs.lab_vendor_key``: the rootfs ships its public half as
 ``/etc/voxnode/vendor.pub``) and the aiosmtpd mail sink it sends codes to. For this module
 node1's agent runs a copy of the lab catalogue in which the PBX engine (Kamailio) needs the
 ``PBX`` module, as on the appliance (a runtime drop-in under /run), and its document points
@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from image.labutil import Paths
-from image.rootfs import lab_vendor_key
+from lab.rootfs import lab_vendor_key
+from lab.util import Paths
 from tests.licence.conftest import LicenceServerLab
 from tests.node.conftest import REPO, attach_host, detach_host, lab_exec, node_write
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,22 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         main(["frobnicate"])
     assert info.value.code == 2
     assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
+
+
+def test_help_lists_no_lab_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """The development lab is not part of a node: it is `voxnode-lab`, never `voxnode lab`."""
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    commands = out.split("positional arguments:", 1)[1].split("options:", 1)[0]
+    listed = set(re.findall(r"^    (\S+)", commands, flags=re.M))
+    assert {"status", "config", "ha", "license"} <= listed, listed
+    assert "lab" not in listed, commands
+    with pytest.raises(SystemExit) as lab:
+        main(["lab", "status"])
+    assert lab.value.code == 2
+    assert "invalid choice: 'lab'" in capsys.readouterr().err
 
 
 def test_bad_option_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

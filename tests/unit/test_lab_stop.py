@@ -1,4 +1,4 @@
-"""`lab down`'s wait for the lab's processes (image.labutil.stop_processes), with real child
+"""`lab down`'s wait for the lab's processes (lab.util.stop_processes), with real child
 processes: one slow to exit is waited for, one that outlives the timeout is returned and
 named, a PID reused by another process is not mistaken for it, and processes found while
 waiting are signalled and waited for too; and down's sequence (SIGTERM to each node's
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from image import lab
-from image.labutil import (
+from lab import lifecycle
+from lab.util import (
     LabError,
     LabProcess,
     Paths,
@@ -147,10 +147,10 @@ def test_down_waits_for_a_node_slow_to_power_off(
         monkeypatch: pytest.MonkeyPatch) -> None:
     node = spawn_nspawn(children, nspawn_named, delay=0.6)
     helper = spawn(children)  # e.g. a command left in a lab namespace
-    monkeypatch.setattr(lab, "lab_processes", lambda paths: [node, helper])
-    monkeypatch.setattr(lab, "registered_machines", list)
+    monkeypatch.setattr(lifecycle, "lab_processes", lambda paths: [node, helper])
+    monkeypatch.setattr(lifecycle, "registered_machines", list)
     started = time.monotonic()
-    lab._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
+    lifecycle._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
     assert time.monotonic() - started >= 0.5
     assert not is_running(node) and not is_running(helper)
     assert children[0].wait(1) == 0  # the node powered off by itself, on SIGTERM
@@ -161,10 +161,10 @@ def test_down_kills_a_node_that_ignores_sigterm_after_the_stop_timeout(
         children: list[subprocess.Popen[str]], nspawn_named: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     node = spawn_nspawn(children, nspawn_named, ignore_term=True)
-    monkeypatch.setattr(lab, "lab_processes", lambda paths: [node])
-    monkeypatch.setattr(lab, "registered_machines", list)
-    monkeypatch.setattr(lab, "STOP_TIMEOUT_S", 0.3)
-    lab._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
+    monkeypatch.setattr(lifecycle, "lab_processes", lambda paths: [node])
+    monkeypatch.setattr(lifecycle, "registered_machines", list)
+    monkeypatch.setattr(lifecycle, "STOP_TIMEOUT_S", 0.3)
+    lifecycle._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
     assert children[0].wait(1) == -signal.SIGKILL
     assert (f"systemd-nspawn (pid {node.pid}, node1) still running after 0 s: SIGKILL"
             in capsys.readouterr().out)
@@ -172,9 +172,9 @@ def test_down_kills_a_node_that_ignores_sigterm_after_the_stop_timeout(
 
 def test_down_names_a_node_machinectl_still_lists(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lab, "lab_processes", lambda paths: [])
-    monkeypatch.setattr(lab, "registered_machines", lambda: ["node2"])
-    monkeypatch.setattr(lab, "KILL_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(lifecycle, "lab_processes", lambda paths: [])
+    monkeypatch.setattr(lifecycle, "registered_machines", lambda: ["node2"])
+    monkeypatch.setattr(lifecycle, "KILL_TIMEOUT_S", 0.3)
     with pytest.raises(LabError) as err:
-        lab._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
+        lifecycle._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
     assert err.value.message.startswith("lab down: machinectl still lists node2 0 s after")

@@ -1,4 +1,4 @@
-"""The failover lab's bookkeeping (tests/halab.py): the steadiness rule the namespace tests
+"""The failover lab's bookkeeping (lab/pair/probes.py): the steadiness rule the namespace tests
 wait on, checked on written logs at clock values a long-running machine has, and the
 bracketing of node-IP reads that tells a real overlap from a handover between two reads."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.halab import ProbeLog, VipRead, bracket
+from lab.pair.probes import ProbeLog, VipRead, bracket
 
 
 def write_log(path: Path, rows: list[tuple[float, str]]) -> ProbeLog:

@@ -2,8 +2,8 @@
 commands with readable failures, timed progress steps, the lab's file locations, and
 stopping processes with a bounded wait until they are gone.
 
-Nothing here knows about nodes or rootfs layers; ``image.rootfs``, ``image.labnet`` and
-``image.lab`` build on it.
+Nothing here knows about nodes or rootfs layers; ``lab.rootfs``, ``lab.net`` and
+``lab.lifecycle`` build on it.
 """
 
 from __future__ import annotations
@@ -18,15 +18,31 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# exit codes of `voxnode lab` (`exec` passes the command's own code through instead)
-EXIT_OK = 0
-EXIT_FAILED = 1  # a host command failed, or `status` found the lab down / degraded
-EXIT_USAGE = 2  # bad arguments (argparse), `exec` without `--`
-EXIT_UNKNOWN_NODE = 3
-EXIT_NOT_ROOT = 4  # not root, or a host tool / kernel feature is missing
-EXIT_NOT_UP = 5  # `exec` / `shell` on a node that is not running
-EXIT_BUILD = 6  # building the rootfs failed
-EXIT_BOOT = 7  # a node did not come up (its agent did not answer in time)
+from agent import errors
+
+# Exit statuses of `voxnode-lab`: the CLI's table (agent.errors, the README) as the lab reads
+# it. 4 ("the previous revision was re-applied") has no meaning here: the lab has no
+# revisions. `exec` and `shell` return the command's own status instead.
+EXIT_OK = errors.EXIT_OK
+EXIT_FAILED = errors.EXIT_INTERNAL
+EXIT_USAGE = errors.EXIT_USAGE
+EXIT_INVALID = errors.EXIT_INVALID
+EXIT_UNREACHABLE = errors.EXIT_UNREACHABLE
+EXIT_REFUSED = errors.EXIT_REFUSED
+
+EXIT_STATUSES = {
+    EXIT_OK: "ok (`exec`, `shell`: the command's own exit status instead)",
+    EXIT_FAILED: "a step failed: a host command, the rootfs build (the build log's tail "
+    "follows), or `down` could not remove everything (it names what is left; run it again)",
+    EXIT_USAGE: "usage: unknown command or option, `exec` without `--`",
+    EXIT_INVALID: "invalid input: an unknown node; nothing changed",
+    EXIT_UNREACHABLE: "unreachable: a node is not running or its agent does not answer "
+    "(`status` of a lab that is not fully up; `exec`, `shell` or `crash` of a stopped node; "
+    "`up` or `start` whose agent did not answer in time, the lab left running for a look)",
+    EXIT_REFUSED: "refused, nothing changed: not root, a host tool or kernel feature "
+    "missing (`make lab-apt`, the tun or overlay module), `start` of a node that runs or "
+    "of a lab that is not up",
+}
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +87,8 @@ class Paths:
 
 
 class LabError(Exception):
-    """A failure to report as one line (plus optional detail), with a distinct exit code."""
+    """A failure to report as one line (plus optional detail), with its exit status
+    (``EXIT_STATUSES``)."""
 
     def __init__(self, message: str, code: int = EXIT_FAILED, detail: str = "") -> None:
         super().__init__(message)
@@ -106,7 +123,7 @@ def run(
                 timeout=timeout, env=env, check=False,
             )
     except FileNotFoundError:
-        raise LabError(f"{argv[0]} is not installed", EXIT_NOT_ROOT) from None
+        raise LabError(f"{argv[0]} is not installed", EXIT_REFUSED) from None
     except subprocess.TimeoutExpired:
         raise LabError(f"`{' '.join(argv)}` did not finish within {timeout:.0f} s") from None
     if check and proc.returncode != 0:

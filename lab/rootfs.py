@@ -8,12 +8,13 @@ complete (an interrupted build is never used):
    host's own Debian mirror. Key: the exact mmdebstrap command line.
 2. ``venv-<hash>``: ``/opt/voxnode/venv`` made by the rootfs's own python3, holding the
    agent's dependencies from PyPI. Key: base key + the dependency list of pyproject.toml.
-3. ``agent-<hash>``: the wheel of this repository installed into that venv, the
+3. ``agent-<hash>``: the node's wheel (agent/ and ha/, as the repository's pyproject.toml
+   builds it: no lab/, image/ or license_server/) installed into that venv, the
    ``/usr/bin`` symlinks, ``image/overlay/`` (the unit and tmpfiles the AlmaLinux image
    carries too) and the unit policy (agent enabled; PBX units disabled, left for the
    agent's services subsystem), and the lab vendor public key as
-   ``/etc/voxnode/vendor.pub``. Key: venv key + pyproject.toml, README.md, every file
-   under agent/, ha/ and image/ (this build script and the overlay included) and that
+   ``/etc/voxnode/vendor.pub``. Key: venv key + the wheel's inputs (pyproject.toml,
+   README.md, every file under agent/ and ha/), the overlay, this build script and that
    public key.
 
 The lab vendor key pair (``lab_vendor_key``) is made once under the lab cache directory
@@ -41,9 +42,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from image.labutil import (
-    EXIT_BUILD,
-    EXIT_NOT_ROOT,
+from lab.util import (
+    EXIT_FAILED,
+    EXIT_REFUSED,
     REPO,
     LabError,
     Paths,
@@ -63,7 +64,10 @@ PACKAGES = (
 )
 VENV = "/opt/voxnode/venv"
 OVERLAY = REPO / "image" / "overlay"
-WHEEL_INPUTS = ("pyproject.toml", "README.md", "agent", "ha", "image")
+# what the node's wheel is built from (its pyproject.toml packages agent/ and ha/ only)
+WHEEL_INPUTS = ("pyproject.toml", "README.md", "agent", "ha")
+# what the agent layer is made of: the wheel's inputs, the overlay and this build script
+AGENT_LAYER_INPUTS = (*WHEEL_INPUTS, "image/overlay", "lab/rootfs.py")
 
 AGENT_UNIT = "voxnode-agent.service"
 # installed enabled by Debian; the agent's services subsystem starts them by licence/role
@@ -159,7 +163,7 @@ def dependencies() -> list[str]:
 
 def _input_files() -> list[Path]:
     files: list[Path] = []
-    for name in WHEEL_INPUTS:
+    for name in AGENT_LAYER_INPUTS:
         path = REPO / name
         if path.is_file():
             files.append(path)
@@ -297,7 +301,7 @@ def _build_base(paths: Paths, key: str) -> Path:
                 if line.startswith("I: ") and "success" not in line:
                     say(f"    {line[3:].rstrip()}")
             if proc.wait() != 0:
-                raise LabError("mmdebstrap failed", EXIT_BUILD, detail=_tail_log(paths))
+                raise LabError("mmdebstrap failed", EXIT_FAILED, detail=_tail_log(paths))
         os.rename(tmp, final)
     return final
 
@@ -337,7 +341,7 @@ def build_wheel(paths: Paths) -> Path:
     shutil.rmtree(src)
     wheels = sorted(dist.glob("voxnode-*.whl"))
     if not wheels:
-        raise LabError("pip wheel produced no voxnode wheel", EXIT_BUILD)
+        raise LabError("pip wheel produced no voxnode wheel", EXIT_FAILED)
     return dist
 
 
@@ -415,7 +419,7 @@ def ensure(paths: Paths) -> Rootfs:
         run(["modprobe", "overlay"], check=False)
         if "overlay" not in Path("/proc/filesystems").read_text():
             raise LabError("the kernel has no overlayfs (needed for the lab's node roots)",
-                           code=EXIT_NOT_ROOT)
+                           code=EXIT_REFUSED)
     paths.layers.mkdir(parents=True, exist_ok=True)
     paths.out.mkdir(parents=True, exist_ok=True)
     with locked(paths.cache / "lock"):
@@ -433,17 +437,12 @@ def _ensure(paths: Paths) -> Rootfs:
     else:
         say(f"==> building the lab rootfs {k['agent']} (log: {paths.build_log})")
         paths.build_log.write_text("")
-        try:
-            if not base.is_dir():
-                _build_base(paths, k["base"])
-            if not venv.is_dir():
-                _build_venv(paths, k["venv"], base)
-            if not agent.is_dir():
-                _build_agent(paths, k["agent"], [base / "root", venv / "root"], vendor_pub)
-        except LabError as exc:
-            if exc.code == 1:
-                exc.code = EXIT_BUILD
-            raise
+        if not base.is_dir():
+            _build_base(paths, k["base"])
+        if not venv.is_dir():
+            _build_venv(paths, k["venv"], base)
+        if not agent.is_dir():
+            _build_agent(paths, k["agent"], [base / "root", venv / "root"], vendor_pub)
     _prune(paths, {"base": base, "venv": venv, "agent": agent})
     return Rootfs(layers=(base / "root", venv / "root", agent / "root"), key=k["agent"])
 
@@ -452,7 +451,7 @@ if __name__ == "__main__":  # build (or confirm the cache) without starting anyt
     try:
         print(ensure(Paths.default()).lowerdir)
     except LabError as exc:
-        print(f"image.rootfs: error: {exc.message}", file=sys.stderr)
+        print(f"lab.rootfs: error: {exc.message}", file=sys.stderr)
         if exc.detail:
             print(exc.detail, file=sys.stderr)
         sys.exit(exc.code)

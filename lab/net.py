@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from image.labutil import run
+from lab.util import run
 
 PREFIX = "vxlab-"
 BRIDGE_NS = f"{PREFIX}br"

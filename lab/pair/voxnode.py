@@ -1,10 +1,11 @@
-"""The voxnode pair in the failover lab (``tests.halab.PairLab``): two real agents.
+"""The voxnode pair in the failover lab (``lab.pair.harness.PairLab``): two real agents.
 
 Each node namespace runs ``voxnode-agent`` with its own state directory, socket and root
 under the lab's workdir; its seed document configures the node address, the gateway (the
 witness) and the ``ha`` section; both get the same pair key. Roles are read from each
 agent's API (``GET /v1/ha``) through the CLI's own client, in-process, so polling is cheap.
-Used by ``tests/netns/test_failover.py`` and ``bench/failover``.
+Used by ``tests/netns`` and ``bench/pairbench.py``; ``problems_in_log`` also by the
+namespace tier for every agent it starts.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from typing import Any
 
 import yaml
 
+from agent import loopwatch
 from agent.cli.client import Client
 from agent.errors import VoxnodeError
-from tests.halab import (
+from lab.pair.harness import PairLab
+from lab.pair.topology import (
     GATEWAY_IP,
     NODE_ADDRESSES,
     NODE_IP,
@@ -30,12 +33,18 @@ from tests.halab import (
     SUBNET_PREFIXLEN,
     LabError,
     Node,
-    PairLab,
     other,
 )
-from tests.loopguard import problems_in_log
 
 BIN = Path(sys.executable).parent
+
+
+def problems_in_log(text: str) -> list[str]:
+    """Stalls and durable writes on the event loop that an agent's log reports (an agent
+    started with ``VOXNODE_LOOP_STALL_MS`` and ``VOXNODE_STRICT_LOOP=1`` logs both)."""
+    return [line[:400] for line in text.splitlines()
+            if loopwatch.STALL_MARK in line or "BlockingOnLoop" in line
+            or "on the event loop" in line]
 
 
 def seed(node: Node, profile: str, extra_ha: dict[str, Any] | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The failover lab harness (tests/halab.py) proven with keepalived as the pair.
+"""The failover lab harness (lab/pair/harness.py) proven with keepalived as the pair.
 
 keepalived is the anchor: if the harness measures it as platform-notes says (takeover
 after a crash or a link loss, a short gap on a graceful stop) and detects its split brain
@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.halab import (
+from lab.pair.harness import PairLab
+from lab.pair.keepalived import KeepalivedPair, keepalived_lab
+from lab.pair.topology import (
     GATEWAY_IP,
     NODE_ADDRESSES,
     NODES,
-    KeepalivedPair,
-    PairLab,
-    keepalived_lab,
     lab_namespaces,
     missing_tools,
     namespace_pids,
