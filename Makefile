@@ -33,7 +33,10 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml lab/pyproject.toml
 	@test -x $(PY) || $(SYSPYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' -e ./lab
+	$(PY) -m pip install -q -e '.[dev]'
+	@# the development tools second: an older node distribution that carried their
+	@# commands is replaced first, so its uninstall cannot take their scripts with it
+	$(PY) -m pip install -q -e ./lab
 	@touch $@
 
 lint: setup ## ruff and mypy (strict on agent/, ha/, image/, lab/, license_server/)
