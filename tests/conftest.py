@@ -1,5 +1,5 @@
-"""For every tier (the directories under tests/): under ``CI=true`` a skipped test fails
-with its reason (tests/preconditions.py), and the run ends with how many tests passed,
+"""For every tier but unit (the directories under tests/): under ``CI=true`` a skipped test
+fails with its reason (tests/preconditions.py), and the run ends with how many tests passed,
 failed and were skipped in each tier."""
 
 from __future__ import annotations
@@ -23,8 +23,22 @@ def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     return f"{reason.removeprefix(SKIP_PREFIX)}: {CI_REMEDY}"
 
 
+# the tiers whose preconditions (root, host tools, the lab, image tooling) CI must meet; the
+# unit tier needs none of them, so a skip there is a test's own decision and stays a skip
+UNCONDITIONAL_TIERS = frozenset({"unit"})
+
+
+def _tier(nodeid: str) -> str:
+    parts = nodeid.split("::", 1)[0].split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "tests" else parts[0]
+
+
+def _must_run(nodeid: str) -> bool:
+    return in_ci() and _tier(nodeid) not in UNCONDITIONAL_TIERS
+
+
 def _fail_instead_of_skip(report: pytest.TestReport, error: BaseException | None) -> None:
-    if (report.skipped and not hasattr(report, "wasxfail") and in_ci()
+    if (report.skipped and not hasattr(report, "wasxfail") and _must_run(report.nodeid)
             and not is_not_applicable(error)):
         report.longrepr = _reason(report)
         report.outcome = "failed"
@@ -85,7 +99,7 @@ class TierSummary:
         self.outcomes[report.nodeid] = max(previous, outcome, key=RANK.index)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.skipped and in_ci():
+        if report.skipped and _must_run(report.nodeid):
             self.skipped_modules.append((report.nodeid, _reason(report)))
             self.outcomes[report.nodeid] = "failed"
         elif report.skipped:

@@ -8,7 +8,6 @@ error that names the flag and says what is wrong, in the model's own words.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import types
 import typing
 from collections.abc import Callable
@@ -44,18 +43,22 @@ def _scalar(options: type[ChangeOptions], name: str, field: FieldInfo) -> type:
 
 
 def _value_of(options: type[ChangeOptions], name: str, kind: type) -> Callable[[str], Any]:
-    """argparse's ``type=``: the text converted, then checked by the model (limits too)."""
+    """argparse's ``type=``: the text converted to the field's type; text that is not of
+    that type is a usage error in the model's words (exit 2). Limits are the model's to
+    check when the options are built (``change_options``): a value out of range is invalid
+    input (exit 3, the problem listed), as the agent says it."""
 
     def convert(text: str) -> Any:
-        value: Any = text  # if it does not convert, the model says what is wrong with it
-        with contextlib.suppress(ValueError):
-            value = kind(text)
         try:
-            options.parse({name: value})
+            return kind(text)
+        except ValueError:
+            pass
+        try:
+            options.parse({name: text})  # the model's sentence for a value of another type
         except InvalidInput as exc:
             raise argparse.ArgumentTypeError(
                 "; ".join(p.message for p in exc.problems)) from None
-        return value
+        return text
 
     convert.__name__ = kind.__name__  # argparse names the type in some messages
     return convert

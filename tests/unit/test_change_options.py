@@ -200,28 +200,39 @@ async def test_a_new_field_is_an_api_key() -> None:
                                       "dry_run, force, mode, yes)")
 
 
-# --- bad flags are usage errors --------------------------------------------------------------
+# --- bad flags: not a number is a usage error, out of range is invalid input ------------------
 
-# (case, --confirm-within value, what is wrong)
-BAD_FLAGS = [
-    ("not a number", "abc", "must be a number of seconds"),
-    ("zero", "0", "must be 1-3600 seconds"),
-    ("negative", "-1", "must be 1-3600 seconds"),
-    ("over an hour", "3601", "must be 1-3600 seconds"),
-    ("not a number at all", "nan", "must be 1-3600 seconds"),
-]
+@pytest.mark.parametrize("argv", CLI_CHANGES, ids=[" ".join(a[:2]) for a in CLI_CHANGES])
+def test_a_confirm_window_that_is_not_a_number_is_a_usage_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--socket", str(tmp_path / "none.sock"), *argv, "--confirm-within", "abc"])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == (f"voxnode {' '.join(argv[:2])}: error: argument --confirm-within: "
+                    "must be a number of seconds")
+
+
+# (case, --confirm-within value)
+OUT_OF_RANGE_FLAGS = [("zero", "0"), ("negative", "-1"), ("over an hour", "3601"),
+                      ("not a number at all", "nan")]
 
 
 @pytest.mark.parametrize("argv", CLI_CHANGES, ids=[" ".join(a[:2]) for a in CLI_CHANGES])
-@pytest.mark.parametrize(("case", "value", "wrong"), BAD_FLAGS, ids=[c[0] for c in BAD_FLAGS])
-def test_a_bad_confirm_window_is_a_usage_error(
+@pytest.mark.parametrize(("case", "value"), OUT_OF_RANGE_FLAGS,
+                         ids=[c[0] for c in OUT_OF_RANGE_FLAGS])
+def test_a_confirm_window_out_of_range_is_invalid_input(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        argv: list[str], case: str, value: str, wrong: str) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["--socket", str(tmp_path / "none.sock"), *argv, "--confirm-within", value])
-    assert info.value.code == 2
-    last = capsys.readouterr().err.splitlines()[-1]
-    assert last == f"voxnode {' '.join(argv[:2])}: error: argument --confirm-within: {wrong}"
+        argv: list[str], case: str, value: str) -> None:
+    """Exit 3 with the problem listed, as when the agent refused it (nothing is sent:
+    the agent need not even run)."""
+    document = tmp_path / "x.yaml"
+    document.write_text("schema_version: 1\n")
+    argv = [str(document) if a == "x.yaml" else a for a in argv]
+    code = main(["--socket", str(tmp_path / "none.sock"), *argv, "--confirm-within", value])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "confirm_within: must be 1-3600 seconds" in err and "Traceback" not in err, err
 
 
 def test_good_flags_go_on_to_the_agent_as_the_models_wire_form(

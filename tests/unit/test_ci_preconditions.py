@@ -19,8 +19,10 @@ TESTS = Path(__file__).resolve().parents[1]
 
 TIERS = {
     "unit/test_pure.py": """
+import pytest
 def test_one(): pass
 def test_two(): pass
+def test_skips_by_itself(): pytest.skip("the unit tier has no preconditions: its skips stay")
 """,
     "netns/test_root.py": """
 import pytest
@@ -82,7 +84,7 @@ def test_without_ci_missing_preconditions_skip(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr  # node's test_a_failure
     assert "tests per tier\n" not in done.stdout
     assert re.search(r"-+ tests per tier -+\n", done.stdout), done.stdout
-    assert tier_lines(done.stdout) == {"unit": (2, 0, 0), "netns": (1, 0, 2),
+    assert tier_lines(done.stdout) == {"unit": (2, 0, 1), "netns": (1, 0, 2),
                                        "image": (0, 0, 1), "infra": (0, 0, 1),
                                        "node": (0, 1, 1)}
     assert "SKIPPED [1] tests/netns/test_root.py" in done.stdout
@@ -95,7 +97,7 @@ def test_under_ci_a_missing_precondition_fails_with_its_reason(tmp_path: Path,
     out = done.stdout
     assert done.returncode == 1, out + done.stderr
     assert "tests per tier (CI=true: a skipped precondition is a failure)" in out
-    assert tier_lines(out) == {"unit": (2, 0, 0), "netns": (1, 2, 0), "image": (0, 1, 0),
+    assert tier_lines(out) == {"unit": (2, 0, 1), "netns": (1, 2, 0), "image": (0, 1, 0),
                                "infra": (0, 0, 1), "node": (0, 2, 0)}
     remedy = "under CI=true a missing precondition fails instead of skipping"
     for reason in ("needs root (network namespaces)", "needs nftables (nft)",
