@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -50,8 +51,11 @@ class Artifact:
 
     @classmethod
     def from_json(cls, data: Any, base: Path) -> Artifact:
-        return cls(path=_resolve(data["path"], base), sha256=str(data["sha256"]),
-                   size=int(data["size"]))
+        path, digest, size = data["path"], data["sha256"], data["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"size {size!r} is not a byte count")
+        return cls(path=_resolve(path, base), sha256=_token(digest, "sha256", _SHA256),
+                   size=size)
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -59,9 +63,27 @@ def _relative(path: Path, base: Path) -> str:
 
 
 def _resolve(text: Any, base: Path) -> Path:
-    if not isinstance(text, str) or not text:
+    """A recorded path, inside the result file's directory: a result file is an input the
+    next step trusts (its names reach kickstarts and Packer's shell), so an absolute path
+    or one that climbs out with ``..`` is refused."""
+    if not isinstance(text, str) or not text or "\0" in text:
         raise ValueError(f"not a path: {text!r}")
+    if os.path.isabs(text) or ".." in Path(text).parts:
+        raise ValueError(f"{text!r}: a recorded path is relative and stays inside {base}")
     return Path(os.path.normpath(base / text))
+
+
+# what a version, build id, volume id or cloud id may hold: they end up in file names, the
+# kickstart's %post (run as root on the installed node) and Packer's shell-local steps
+_TOKEN = re.compile(r"[0-9A-Za-z._+~-]{1,128}")
+_VOLUME_ID = re.compile(r"[0-9A-Za-z._ -]{1,32}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _token(value: Any, what: str, pattern: re.Pattern[str] = _TOKEN) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not a plain name ({pattern.pattern})")
+    return value
 
 
 class StepResult:
@@ -100,7 +122,8 @@ class RpmBuild(StepResult):
     def from_json(cls, data: dict[str, Any], base: Path) -> RpmBuild:
         return cls(rpm=Artifact.from_json(data["rpm"], base), repo=_resolve(data["repo"], base),
                    repomd=Artifact.from_json(data["repomd"], base),
-                   version=str(data["version"]), build_id=str(data["build_id"]))
+                   version=_token(data["version"], "version"),
+                   build_id=_token(data["build_id"], "build id"))
 
     def check(self) -> RpmBuild:
         """The RPM and the repository are still what ``make rpm`` made."""
@@ -132,8 +155,9 @@ class IsoBuild(StepResult):
     def from_json(cls, data: dict[str, Any], base: Path) -> IsoBuild:
         return cls(iso=Artifact.from_json(data["iso"], base),
                    manifest=_resolve(data["manifest"], base),
-                   volume_id=str(data["volume_id"]), version=str(data["version"]),
-                   build_id=str(data["build_id"]))
+                   volume_id=_token(data["volume_id"], "volume id", _VOLUME_ID),
+                   version=_token(data["version"], "version"),
+                   build_id=_token(data["build_id"], "build id"))
 
 
 @dataclass(frozen=True)
@@ -161,8 +185,11 @@ class DiskBuild(StepResult):
         disks = tuple(Artifact.from_json(d, base) for d in data["disks"])
         if not disks:
             raise ValueError("no disk")
+        if data["target"] not in ("raw", "ami"):
+            raise ValueError(f"target {data['target']!r} is not raw or ami")
         return cls(target=str(data["target"]), disks=disks,
-                   iso_sha256=str(data["iso_sha256"]), version=str(data["version"]))
+                   iso_sha256=_token(data["iso_sha256"], "ISO sha256", _SHA256),
+                   version=_token(data["version"], "version"))
 
 
 @dataclass(frozen=True)
@@ -183,9 +210,10 @@ class AmiBuild(StepResult):
 
     @classmethod
     def from_json(cls, data: dict[str, Any], base: Path) -> AmiBuild:
-        return cls(image_id=str(data["image_id"]), snapshot_id=str(data["snapshot_id"]),
-                   name=str(data["name"]), region=str(data["region"]),
-                   disk_sha256=str(data["disk_sha256"]))
+        return cls(image_id=_token(data["image_id"], "image id"),
+                   snapshot_id=_token(data["snapshot_id"], "snapshot id"),
+                   name=_token(data["name"], "name"), region=_token(data["region"], "region"),
+                   disk_sha256=_token(data["disk_sha256"], "disk sha256", _SHA256))
 
 
 def write_result(result: StepResult, path: Path) -> Path:

@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"    {base.path.name}: volume id {base.volid!r}, AlmaLinux {base.release}, "
             f"{'DVD' if base.dvd else 'boot'} ISO")
     rpm = read_result(rpm_result, RpmBuild).check()
+    if rpm.version != version():
+        raise BuildError(f"{rpm_result} holds the RPM of version {rpm.version}, this checkout "
+                         f"is {version()}: build it again with `make rpm`", EXIT_WRONG_INPUT)
     out = output_dir(out, "--out")
     result = build(base, rpm, out, build_id=build_id, epoch=epoch, base_url=args.base_url)
     written = write_result(result, out / "iso.json")

@@ -54,6 +54,7 @@ from lab.util import (
     locked,
     run,
     say,
+    started_at,
     step,
     still_running_error,
     stop_processes,
@@ -215,7 +216,8 @@ def up(paths: Paths, timeout: float) -> int:
         for node in NODES:
             root = _prepare_root(paths, node, fs)
             pid = _boot(paths, node, root)
-            state["nodes"][node.name] = {"nspawn_pid": pid, "root": str(root),
+            state["nodes"][node.name] = {"nspawn_pid": pid, "nspawn_started": started_at(pid),
+                                         "root": str(root),
                                          "log": str(paths.node_log(node.name))}
             save_state(paths, state)
     with step(f"waiting for both agents to answer (up to {timeout:.0f} s)"):
@@ -282,7 +284,7 @@ def start(name: str, paths: Paths | None = None, timeout: float = UP_TIMEOUT_S) 
         pid = _boot(paths, node, root, append=True)
         state = load_state(paths)
         state.setdefault("nodes", {}).setdefault(node.name, {}).update(
-            nspawn_pid=pid, crashed=None)
+            nspawn_pid=pid, nspawn_started=started_at(pid), crashed=None)
         save_state(paths, state)
         return _wait_agents(paths, timeout, (node,))[0]
 

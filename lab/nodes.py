@@ -177,11 +177,15 @@ def _recorded_nspawn(paths: Paths, node: Member) -> int | None:
     """The systemd-nspawn PID ``up``/``start`` recorded for ``node``, if that PID is still a
     systemd-nspawn: the command line search misses one that is exiting (its command line
     reads empty once its memory is released, while it still runs)."""
-    pid = load_state(paths).get("nodes", {}).get(node.name, {}).get("nspawn_pid")
-    if not isinstance(pid, int):
+    recorded = load_state(paths).get("nodes", {}).get(node.name, {})
+    pid, started = recorded.get("nspawn_pid"), recorded.get("nspawn_started")
+    if not isinstance(pid, int) or not isinstance(started, int):
         return None
+    # the same process as recorded (pid and start time), not whatever reuses the pid now:
+    # a stale or edited state file must not aim the root `down` at another container
     process = lab_process(pid, node.name)
-    return pid if process is not None and process.name == "systemd-nspawn" else None
+    return pid if (process is not None and process.name == "systemd-nspawn"
+                   and process.started == started) else None
 
 
 def lab_processes(paths: Paths) -> list[LabProcess]:

