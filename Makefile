@@ -29,7 +29,8 @@ apt:
 venv: $(VENV)/.installed
 
 # the node's distribution (pyproject.toml: agent/, ha/) and the development tools' (lab/:
-# voxnode-lab, voxnode-license-server, the image builders), both editable, in one resolve
+# voxnode-lab, voxnode-license-server, the image builders), both editable, one after the
+# other (the tools use the node distribution's dependencies and declare none of their own)
 $(VENV)/.installed: pyproject.toml lab/pyproject.toml
 	@test -x $(PY) || $(SYSPYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
