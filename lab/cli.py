@@ -107,7 +107,10 @@ def parser() -> argparse.ArgumentParser:
         epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    up_p = sub.add_parser("up", help="build (cached) and start the lab; waits for both agents")
+    up_p = sub.add_parser("up", help="build (cached) and start the lab as the appliance: a "
+                          "licence server, both nodes licensed, the pair on 10.77.0.10")
+    up_p.add_argument("--standalone", action="store_true",
+                      help="two bare nodes instead: unlicensed, unpaired (revision 1)")
     up_p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S,
                       help=f"seconds to wait for the agents (default {UP_TIMEOUT_S:.0f})")
     sub.add_parser("down", help="stop and remove everything the lab made")
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise LabError(f"missing host tools: {', '.join(missing)} (`make lab` installs "
                                "them)", EXIT_REFUSED)
             with locked(paths.out / "lock"):
-                return lifecycle.up(paths, args.timeout)
+                return lifecycle.up(paths, args.timeout, args.standalone)
         if args.command == "down":
             with locked(paths.out / "lock"):
                 return lifecycle.down(paths)

@@ -1,10 +1,11 @@
 """`voxnode-lab`: a two-node lab of systemd-nspawn containers on one isolated LAN.
 
 Owns the lab's life cycle: ``up`` (build or reuse the cached rootfs, make the network,
-boot ``node1`` and ``node2``, wait until both agents answer), ``down`` (stop everything,
-wait, bounded, until every process of the lab has exited, verify nothing is left); for
-failover tests, ``crash`` (kill one node at once, leaving its network namespace and disk)
-and ``start`` (boot it again on its disk).
+boot ``node1`` and ``node2``, wait until both agents answer, then make them the appliance:
+a licensed pair, ``lab.appliance``; ``up --standalone`` stops at two bare nodes), ``down``
+(stop everything, wait, bounded, until every process of the lab has exited, verify nothing
+is left); for failover tests, ``crash`` (kill one node at once, leaving its network
+namespace and disk) and ``start`` (boot it again on its disk).
 
 Each node is ``systemd-nspawn --boot --register=no --keep-unit`` (the host has no systemd
 as PID 1 and no D-Bus) joined to its own network namespace, on an overlay of the cached
@@ -187,25 +188,38 @@ def ensure_tun() -> None:
                        "with `modprobe tun`", EXIT_REFUSED)
 
 
-def up(paths: Paths, timeout: float) -> int:
+def up(paths: Paths, timeout: float, standalone: bool = False) -> int:
+    """Start the lab: the appliance (a licensed pair, ``lab.appliance``), or with
+    ``standalone`` two bare nodes (unlicensed, unpaired, revision 1)."""
     ensure_tun()
+    mode = "standalone" if standalone else "appliance"
     current = {n.name: probe(n) for n in NODES}
     complete = all(p.running and p.agent for p in current.values()) and all(
         net.exists(m.netns) for m in (*NODES, CLIENT))
-    if complete:
-        say("The lab is already up.")
-        if load_state(paths).get("rootfs") != rootfs.keys()["agent"]:
+    previous = load_state(paths)
+    if complete and previous.get("mode", "standalone") == mode and (
+            standalone or previous.get("master")):
+        say(f"The lab is already up ({mode}).")
+        if previous.get("rootfs") != rootfs.keys()["agent"]:
             say("note: the sources changed since it started; `lab down` then `lab up` to "
                 "run the new rootfs.")
         say(usage_text(list(current.values())))
+        if not standalone:
+            from lab import appliance
+
+            say(appliance.pair_text())
         return EXIT_OK
-    if any(p.running for p in current.values()) or net.namespaces() or paths.state_file.exists():
+    if complete:
+        say(f"==> the lab runs, but not as {mode}: removing it first")
+        down(paths, quiet=True)
+    elif any(p.running for p in current.values()) or net.namespaces() or \
+            paths.state_file.exists():
         say("==> a previous lab is partly up: removing it first")
         down(paths, quiet=True)
     started = time.monotonic()
     fs = rootfs.ensure(paths)
     state: dict[str, Any] = {"rootfs": fs.key, "layers": [str(p) for p in fs.layers],
-                             "started": time.time(), "nodes": {}}
+                             "started": time.time(), "mode": mode, "nodes": {}}
     save_state(paths, state)
     with step("network: bridge 10.77.0.1/24 and namespaces for node1, node2, client"):
         net.create_bridge()
@@ -222,8 +236,16 @@ def up(paths: Paths, timeout: float) -> int:
             save_state(paths, state)
     with step(f"waiting for both agents to answer (up to {timeout:.0f} s)"):
         probes = _wait_agents(paths, timeout)
+    if standalone:
+        say(f"lab up in {time.monotonic() - started:.1f} s")
+        say(usage_text(probes))
+        return EXIT_OK
+    from lab import appliance  # the venv's (the vendor key, the licence server)
+
+    appliance.configure(paths, state, lambda s: save_state(paths, s))
     say(f"lab up in {time.monotonic() - started:.1f} s")
-    say(usage_text(probes))
+    say(usage_text([probe(n) for n in NODES]))
+    say(appliance.pair_text())
     return EXIT_OK
 
 

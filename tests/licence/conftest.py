@@ -86,7 +86,7 @@ class LicenceServerLab:
 
     def start(self) -> None:
         seen = self.log("mailsink").count("mailsink on")
-        sink = self._spawn("mailsink", sys.executable, "-m", "tests.licence.mailsink",
+        sink = self._spawn("mailsink", sys.executable, "-m", "lab.mailsink",
                            "127.0.0.1", str(self.smtp_port), str(self.mailbox))
         self._wait(sink, "mailsink", "mailsink on", seen)
         self.start_server()

@@ -134,7 +134,7 @@ def lab_up() -> Iterator[None]:
                if shutil.which(t) is None]
     if missing:
         pytest.skip(f"host tools missing: {', '.join(missing)} (run `make lab-apt`)")
-    proc = lab("up", timeout=UP_TIMEOUT_S)
+    proc = lab("up", "--standalone", timeout=UP_TIMEOUT_S)
     if proc.returncode != 0:
         lab("down")
         pytest.fail(f"lab up failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

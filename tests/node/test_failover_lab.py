@@ -188,7 +188,7 @@ def wait_pair(timeout: float) -> str:
 
 
 def restart_lab() -> None:
-    for args, timeout in ((("down",), 60.0), (("up",), float(UP_TIMEOUT_S))):
+    for args, timeout in ((("down",), 60.0), (("up", "--standalone"), float(UP_TIMEOUT_S))):
         proc = lab(*args, timeout=timeout)
         assert proc.returncode == 0, f"lab {args[0]}: {proc.stdout}{proc.stderr}"
 

@@ -95,6 +95,6 @@ def test_bad_input_is_one_line_and_distinct() -> None:
 
 
 def test_up_again_is_a_no_op() -> None:
-    proc = lab("up")
+    proc = lab("up", "--standalone")
     assert proc.returncode == 0, proc.stderr
     assert "already up" in proc.stdout

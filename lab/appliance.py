@@ -1,0 +1,263 @@
+"""The appliance as an administrator has it at the end of the product guide, made of the
+booted lab (``voxnode-lab up`` without ``--standalone``):
+
+1. the vendor's licence server and mail sink in the lab (``lab.vendor``, 10.77.0.201);
+2. each node licensed through the real flow: its document's ``license.server_url`` points
+   at the lab server, one serial per node (modules ``PBX``), ``voxnode license activate``
+   (the server emails a code to the sink), ``voxnode license verify --code``;
+3. working mode Standard (the seed's), the pair: ``voxnode ha pair-key generate`` on node1,
+   ``set -`` on node2, the arbiter (``voxnode-arbiter`` in the bridge namespace, on the
+   gateway 10.77.0.1:7412, the pair key in ``out/lab/arbiter.key``), then each node's
+   document plus an ``ha`` section (peer, node IP 10.77.0.10/24 on eth0, the gateway as
+   witness, the arbiter), node1 first;
+4. waits until one master holds 10.77.0.10 in its kernel, the other is slave, and Kamailio
+   serves the node IP on the master.
+
+Everything goes through the agent's own interfaces (``voxnode`` inside the nodes), as an
+administrator would. What was started is recorded in the state file; ``lab down`` stops it
+(everything runs in a lab namespace).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lab import net, vendor
+from lab.net import Member
+from lab.nodes import NODES, container_pid, nspawn_pid
+from lab.nodes import node_command as _node_command
+from lab.util import (
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    REPO,
+    LabError,
+    Paths,
+    started_at,
+    step,
+    tail,
+)
+
+NODE_IP = "10.77.0.10"
+NODE_IP_CIDR = f"{NODE_IP}/{net.PREFIXLEN}"
+ARBITER_PORT = 7412
+EMAIL = "admin@lab.example"
+COMPANY = "voxnode lab"
+MODULES = "PBX"
+PAIR_TIMEOUT_S = 30.0
+
+
+@dataclass
+class NodeRole:
+    name: str
+    role: str | None
+    holds_node_ip: bool
+    kamailio: str
+    licence: str | None
+    serial: str | None
+
+
+def _leader(node: Member) -> int:
+    pid = nspawn_pid(node)
+    leader = container_pid(pid) if pid else None
+    if leader is None:
+        raise LabError(f"{node.name} is not running", EXIT_UNREACHABLE)
+    return leader
+
+
+def node_run(node: Member, *cmd: str, stdin: str | None = None,
+             timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(_node_command(_leader(node), list(cmd)), input=stdin,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{node.name}: `{' '.join(cmd)}` did not finish within "
+                       f"{timeout:.0f} s", EXIT_UNREACHABLE) from None
+
+
+def voxnode(node: Member, *args: str, stdin: str | None = None) -> str:
+    proc = node_run(node, "voxnode", *args, stdin=stdin)
+    if proc.returncode != 0:
+        raise LabError(f"{node.name}: `voxnode {' '.join(args)}` exited {proc.returncode}",
+                       detail=(proc.stderr + proc.stdout).strip())
+    return proc.stdout
+
+
+def voxnode_json(node: Member, *args: str, stdin: str | None = None) -> Any:
+    return json.loads(voxnode(node, "--json", *args, stdin=stdin))
+
+
+def apply(node: Member, document: dict[str, Any], comment: str) -> str:
+    """``voxnode config apply -`` of ``document`` (JSON is YAML: no YAML library needed)."""
+    return voxnode(node, "config", "apply", "-", "--comment", comment,
+                   stdin=json.dumps(document))
+
+
+def document(node: Member) -> dict[str, Any]:
+    doc: dict[str, Any] = voxnode_json(node, "config", "show")["document"]
+    return doc
+
+
+def other(node: Member) -> Member:
+    return NODES[1] if node == NODES[0] else NODES[0]
+
+
+def license_node(node: Member, shop: vendor.Vendor) -> str:
+    """The real flow: a serial, activate (a code emailed to the sink), verify. The serial."""
+    doc = document(node)
+    doc["license"] = {**(doc.get("license") or {}), "server_url": vendor.URL}
+    apply(node, doc, "the lab's licence server")
+    serial = shop.create_serial(MODULES, EMAIL, COMPANY)
+    seen = shop.mail_count()
+    voxnode(node, "license", "activate", "--serial", serial, "--email", EMAIL)
+    code = shop.last_code(after=seen)
+    verified = voxnode_json(node, "license", "verify", "--code", code)
+    state = (verified.get("licence") or {}).get("state")
+    if state != "ACTIVE":
+        raise LabError(f"{node.name}: licence {serial} is {state} after verify, not ACTIVE",
+                       detail=json.dumps(verified, indent=2))
+    return serial
+
+
+def start_arbiter(paths: Paths, key: str) -> dict[str, Any]:
+    """``voxnode-arbiter`` on the gateway address, in the bridge namespace (a lab namespace:
+    ``lab down`` stops it)."""
+    key_file = paths.out / "arbiter.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    log = paths.out / "arbiter.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", net.BRIDGE_NS, sys.executable, "-m", "ha.arbiter",
+             "--listen", f"{net.GATEWAY}:{ARBITER_PORT}", "--key-file", str(key_file)],
+            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env,
+            start_new_session=True)
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        raise LabError(f"the arbiter exited {proc.returncode} (log {log})", detail=tail(log, 10))
+    return {"pid": proc.pid, "started": started_at(proc.pid), "log": str(log),
+            "address": f"{net.GATEWAY}:{ARBITER_PORT}", "key_file": str(key_file)}
+
+
+def ha_document(node: Member) -> dict[str, Any]:
+    doc = document(node)
+    ha = dict(doc.get("ha") or {})
+    ha.update(enabled=True, peer=other(node).address,
+              shared_ips=[{"interface": "eth0", "address": NODE_IP_CIDR, "primary": True}],
+              witnesses=[net.GATEWAY],
+              arbiter={"address": net.GATEWAY, "port": ARBITER_PORT})
+    doc["ha"] = ha
+    return doc
+
+
+def _holds_node_ip(node: Member) -> bool:
+    return NODE_IP_CIDR in net.addresses(node.netns)
+
+
+def _serves_node_ip(node: Member) -> bool:
+    proc = subprocess.run(["ip", "netns", "exec", node.netns, "ss", "-Hulnp", "sport", "=",
+                           ":5060"], capture_output=True, text=True, check=False)
+    return "kamailio" in proc.stdout and any(
+        f"{a}:5060" in proc.stdout for a in (NODE_IP, "0.0.0.0", "*"))
+
+
+def roles() -> list[NodeRole]:
+    found = []
+    for node in NODES:
+        role = licence = serial = None
+        kamailio = "-"
+        try:
+            status = voxnode_json(node, "status")
+            licence = (status.get("licence") or {}).get("state")
+            serial = (status.get("licence") or {}).get("serial")
+            role = voxnode_json(node, "ha", "status").get("role")
+            kamailio = node_run(node, "systemctl", "is-active", "kamailio",
+                                timeout=10).stdout.strip()
+        except (LabError, ValueError):
+            pass
+        found.append(NodeRole(node.name, role, _holds_node_ip(node), kamailio, licence,
+                              serial))
+    return found
+
+
+def wait_pair(timeout: float = PAIR_TIMEOUT_S) -> Member:
+    """One master whose kernel holds the node IP and whose Kamailio serves it; the other
+    slave without it. The master."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = {r.name: r for r in roles()}
+        masters = [n for n in NODES if now[n.name].role == "master"]
+        if len(masters) == 1:
+            master = masters[0]
+            slave = other(master)
+            if (now[slave.name].role == "slave" and _holds_node_ip(master)
+                    and not _holds_node_ip(slave) and _serves_node_ip(master)):
+                return master
+        if time.monotonic() > deadline:
+            raise LabError(f"the pair did not settle within {timeout:.0f} s (one master "
+                           f"holding {NODE_IP} with Kamailio serving it, one slave)",
+                           EXIT_UNREACHABLE, detail="\n".join(str(r) for r in now.values()))
+        time.sleep(0.3)
+
+
+def configure(paths: Paths, state: dict[str, Any], save: Any) -> Member:
+    """Make the booted lab the appliance (see the module docstring); ``save(state)`` after
+    each thing started. The master."""
+    with step(f"vendor: licence server {vendor.URL} and mail sink (netns {vendor.NETNS})"):
+        shop, started = vendor.start(paths)
+        state["vendor"] = started
+        save(state)
+    for node in NODES:
+        with step(f"{node.name}: licence (serial, emailed code, verify)"):
+            serial = license_node(node, shop)
+            state["nodes"][node.name]["serial"] = serial
+            save(state)
+    with step(f"pair: key, arbiter {net.GATEWAY}:{ARBITER_PORT}, node IP {NODE_IP_CIDR}"):
+        key = voxnode(NODES[0], "ha", "pair-key", "generate").strip()
+        if len(key) != 64:
+            raise LabError("`voxnode ha pair-key generate` printed no key", EXIT_FAILED)
+        voxnode(NODES[1], "ha", "pair-key", "set", "-", stdin=key + "\n")
+        state["arbiter"] = start_arbiter(paths, key)
+        save(state)
+        for node in NODES:  # node1 first: it hears no master and is elected
+            apply(node, ha_document(node), "the pair")
+    with step(f"waiting for one master holding {NODE_IP} with Kamailio (up to "
+              f"{PAIR_TIMEOUT_S:.0f} s)"):
+        master = wait_pair()
+    state["master"] = master.name
+    save(state)
+    return master
+
+
+def pair_text() -> str:
+    lines = ["", f"The appliance is up: a licensed pair serving the node IP {NODE_IP}"]
+    for r in roles():
+        node = next(n for n in NODES if n.name == r.name)
+        lines.append(f"  {r.name}: {node.address}  {r.role or '?':6}  "
+                     f"{'holds ' + NODE_IP if r.holds_node_ip else 'no node IP':18}  "
+                     f"kamailio {r.kamailio:8}  licence {r.licence} ({r.serial})")
+    lines += [
+        f"  vendor: {vendor.URL} (licence server, netns {vendor.NETNS}; mail in "
+        "out/lab/vendor/mail.jsonl)",
+        f"  arbiter: {net.GATEWAY}:{ARBITER_PORT}; witness: the gateway {net.GATEWAY}",
+        "",
+        "Try it:",
+        "  ip netns exec vxlab-client .venv/bin/python -m tests.sipclient --registrar "
+        f"{NODE_IP}   # two phones register and call",
+        "  .venv/bin/voxnode-lab exec node2 -- watch -n0.5 voxnode ha status   # in a 2nd "
+        "terminal",
+        "  .venv/bin/voxnode-lab crash node1      # the master dies; node2 takes "
+        f"{NODE_IP}",
+        "  .venv/bin/voxnode-lab start node1      # it comes back as slave",
+        "  .venv/bin/voxnode-lab exec node2 -- voxnode ha switchover   # hand it back",
+        "  make lab-down                          # remove everything",
+    ]
+    return "\n".join(lines)
