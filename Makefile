@@ -71,7 +71,7 @@ LABPY       = $(shell test -x $(PY) && echo $(PY) || echo $(SYSPYTHON))
 lab-apt:
 	@$(call apt_install,$(APT_LAB))
 
-lab: setup lab-apt ## build the lab rootfs (cached) and start node1, node2 and the client
+lab: setup lab-apt ## the appliance lab: node1 + node2 licensed and paired on 10.77.0.10, a client
 	$(PY) -m lab up
 
 lab-down: ## stop the lab and remove its namespaces, containers and node roots
