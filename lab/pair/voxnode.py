@@ -151,10 +151,19 @@ class VoxnodePair:
             time.sleep(0.05)
         return time.monotonic()
 
-    def switchover(self) -> float:
+    def switchover(self, *, peer_within: float = 5.0) -> float:
+        """Ask the master to hand over, once it hears its peer (a node that just started
+        says "slave" as soon as it heard the master, a heartbeat before the master has heard
+        it; a switchover asked then is refused: nobody would take over); when it was asked."""
         master = self.master()
         if master is None:
             raise LabError("switchover: no master")
+        deadline = time.monotonic() + peer_within
+        while not ((self.status(master) or {}).get("peer") or {}).get("reachable"):
+            if time.monotonic() > deadline:
+                raise LabError(f"switchover: the master {master} has not heard its peer "
+                               f"within {peer_within:g} s")
+            time.sleep(0.05)
         at = time.monotonic()
         self.client(master).post("/v1/ha/switchover", {})
         return at

@@ -104,6 +104,12 @@ def teardown_problems() -> list[str]:
         if proc.returncode != 0:
             problems.append(f"the {attempt} `lab down` exited {proc.returncode}: "
                             f"{(proc.stdout + proc.stderr).strip()}")
+    return problems + leftovers()
+
+
+def leftovers() -> list[str]:
+    """What of the lab is still there: namespaces, nspawn processes, node roots, status."""
+    problems = []
     netns = Path("/run/netns")
     left = sorted(n for n in os.listdir(netns) if n.startswith("vxlab-")) if netns.exists() else []
     if left:
@@ -138,8 +144,25 @@ def lab_up() -> Iterator[None]:
     if proc.returncode != 0:
         lab("down")
         pytest.fail(f"lab up failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    _LAB_USED.append(True)
     yield
     problems = teardown_problems()
     if problems:
         pytest.fail("the lab was not torn down properly: " + "; ".join(problems),
                     pytrace=False)
+
+
+_LAB_USED: list[bool] = []  # the node tier brought the lab up in this session
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The session's last word on the lab: once the node tier has used it, nothing of it
+    may be left when the run ends, whichever test or fixture brought it up last (the
+    fixture's own check covers its teardown; this one every module's)."""
+    if not _LAB_USED:
+        return
+    problems = leftovers()
+    if problems:
+        session.config.get_terminal_writer().line(
+            "the lab was left behind at the end of the run: " + "; ".join(problems), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
