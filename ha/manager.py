@@ -635,6 +635,34 @@ class HAManager:
             return "standalone"
         return {Role.MASTER: "master", Role.OFF: "off"}.get(self.role, "slave")
 
+    def summary(self) -> dict[str, Any]:
+        """The pair at a glance (``pair`` of ``/v1/status``): whether failover runs, this
+        node's role, the peer and its role, who holds the node IP, what stops it."""
+        runtime = self.runtime
+        if runtime is None:
+            return {"enabled": self.config.enabled, "running": False,
+                    "role": None, "peer": None, "peer_role": None,
+                    "node_ip_holder": None, "problem": self.problem}
+        now = runtime.clock()
+        view = runtime.peer.view
+        alive = runtime.peer_alive(now)
+        return {
+            "enabled": self.config.enabled,
+            "running": True,
+            "role": self.role.value,
+            "peer": str(runtime.cfg.peer_ip),
+            "peer_role": view.role.value if alive and view is not None else None,
+            "node_ip_holder": self._holder(alive, view, runtime),
+            "problem": self.problem,
+        }
+
+    def _holder(self, alive: bool, peer: Any, runtime: Any) -> str:
+        if self.holds_vip:
+            return "this node"
+        if alive and peer is not None and peer.holds_vip:
+            return "peer"
+        return "nobody" if alive or not runtime.cfg.shared_ips else "unknown"
+
     def status(self) -> dict[str, Any]:
         runtime = self.runtime
         out: dict[str, Any] = {
@@ -666,11 +694,7 @@ class HAManager:
                 {"address": str(s.address), "interface": s.interface, "primary": s.primary}
                 for s in runtime.cfg.shared_ips
             ],
-            "node_ip_holder": (
-                "this node" if self.holds_vip
-                else "peer" if alive and peer is not None and peer.holds_vip
-                else "nobody" if alive or not runtime.cfg.shared_ips else "unknown"
-            ),
+            "node_ip_holder": self._holder(alive, peer, runtime),
             "witnesses": runtime.witness.details(now) if runtime.witness else [],
             "arbiter": runtime.arbiter.status(now) if runtime.arbiter else None,
             "decision": decision.reason,

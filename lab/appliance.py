@@ -25,12 +25,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from lab import net, vendor
 from lab.net import Member
-from lab.nodes import NODES, container_pid, nspawn_pid
+from lab.nodes import NODES, alive, container_pid, nspawn_pid
 from lab.nodes import node_command as _node_command
 from lab.util import (
     EXIT_FAILED,
@@ -50,6 +52,7 @@ EMAIL = "admin@lab.example"
 COMPANY = "voxnode lab"
 MODULES = "PBX"
 PAIR_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -107,21 +110,47 @@ def other(node: Member) -> Member:
     return NODES[1] if node == NODES[0] else NODES[0]
 
 
-def license_node(node: Member, shop: vendor.Vendor) -> str:
-    """The real flow: a serial, activate (a code emailed to the sink), verify. The serial."""
+@dataclass
+class Vendor:
+    """The vendor's side, made while the nodes boot: its servers and one serial a node."""
+
+    shop: vendor.Vendor
+    serials: dict[str, str]
+
+
+def prepare(paths: Paths, state: dict[str, Any], save: Callable[[dict[str, Any]], None]
+            ) -> Vendor:
+    """Start the licence server and mail sink (recorded in ``state`` at once, so that
+    ``lab down`` stops them whatever fails next) and sell each node a serial."""
+    shop, started = vendor.start(paths)
+    state["vendor"] = started
+    save(state)
+    return Vendor(shop, {node.name: shop.create_serial(MODULES, EMAIL, COMPANY)
+                         for node in NODES})
+
+
+def license_node(node: Member, shop: vendor.Vendor, serial: str) -> str:
+    """The real flow with a serial the vendor sold: the node's licence server, activate
+    (a code emailed to the sink), verify. The serial."""
     doc = document(node)
     doc["license"] = {**(doc.get("license") or {}), "server_url": vendor.URL}
     apply(node, doc, "the lab's licence server")
-    serial = shop.create_serial(MODULES, EMAIL, COMPANY)
-    seen = shop.mail_count()
     voxnode(node, "license", "activate", "--serial", serial, "--email", EMAIL)
-    code = shop.last_code(after=seen)
+    code = shop.code_for(serial)
     verified = voxnode_json(node, "license", "verify", "--code", code)
     state = (verified.get("licence") or {}).get("state")
     if state != "ACTIVE":
         raise LabError(f"{node.name}: licence {serial} is {state} after verify, not ACTIVE",
                        detail=json.dumps(verified, indent=2))
     return serial
+
+
+def both(work: Callable[[Member], T]) -> dict[str, T]:
+    """``work(node)`` for node1 and node2 at once (each mostly waits on its agent); the
+    results by node name, or the first node's error."""
+    with ThreadPoolExecutor(max_workers=len(NODES)) as pool:
+        futures = {node.name: pool.submit(work, node) for node in NODES}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def start_arbiter(paths: Paths, key: str) -> dict[str, Any]:
@@ -140,9 +169,12 @@ def start_arbiter(paths: Paths, key: str) -> dict[str, Any]:
              "--listen", f"{net.GATEWAY}:{ARBITER_PORT}", "--key-file", str(key_file)],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env,
             start_new_session=True)
-    time.sleep(1.0)
-    if proc.poll() is not None:
-        raise LabError(f"the arbiter exited {proc.returncode} (log {log})", detail=tail(log, 10))
+    deadline = time.monotonic() + 15
+    while "arbiter listening on" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"the arbiter did not start (exit {proc.poll()}, log {log})",
+                           detail=tail(log, 10))
+        time.sleep(0.05)
     return {"pid": proc.pid, "started": started_at(proc.pid), "log": str(log),
             "address": f"{net.GATEWAY}:{ARBITER_PORT}", "key_file": str(key_file)}
 
@@ -169,23 +201,23 @@ def _serves_node_ip(node: Member) -> bool:
         f"{a}:5060" in proc.stdout for a in (NODE_IP, "0.0.0.0", "*"))
 
 
+def role_of(node: Member) -> NodeRole:
+    role = licence = serial = None
+    kamailio = "-"
+    try:
+        status = voxnode_json(node, "status")
+        licence = (status.get("licence") or {}).get("state")
+        serial = (status.get("licence") or {}).get("serial")
+        role = (status.get("pair") or {}).get("role")
+        kamailio = node_run(node, "systemctl", "is-active", "kamailio",
+                            timeout=10).stdout.strip()
+    except (LabError, ValueError):
+        pass
+    return NodeRole(node.name, role, _holds_node_ip(node), kamailio, licence, serial)
+
+
 def roles() -> list[NodeRole]:
-    found = []
-    for node in NODES:
-        role = licence = serial = None
-        kamailio = "-"
-        try:
-            status = voxnode_json(node, "status")
-            licence = (status.get("licence") or {}).get("state")
-            serial = (status.get("licence") or {}).get("serial")
-            role = voxnode_json(node, "ha", "status").get("role")
-            kamailio = node_run(node, "systemctl", "is-active", "kamailio",
-                                timeout=10).stdout.strip()
-        except (LabError, ValueError):
-            pass
-        found.append(NodeRole(node.name, role, _holds_node_ip(node), kamailio, licence,
-                              serial))
-    return found
+    return list(both(role_of).values())
 
 
 def wait_pair(timeout: float = PAIR_TIMEOUT_S) -> Member:
@@ -208,33 +240,82 @@ def wait_pair(timeout: float = PAIR_TIMEOUT_S) -> Member:
         time.sleep(0.3)
 
 
-def configure(paths: Paths, state: dict[str, Any], save: Any) -> Member:
-    """Make the booted lab the appliance (see the module docstring); ``save(state)`` after
-    each thing started. The master."""
-    with step(f"vendor: licence server {vendor.URL} and mail sink (netns {vendor.NETNS})"):
-        shop, started = vendor.start(paths)
-        state["vendor"] = started
+def configure(paths: Paths, state: dict[str, Any], save: Any, sold: Vendor) -> Member:
+    """Make the booted lab the appliance (see the module docstring) with the vendor
+    ``prepare`` started; ``save(state)`` after each thing started. The master."""
+    shop = sold.shop
+    with step("licences of node1 and node2 (serial, emailed code, verify); the pair key "
+              f"and the arbiter {net.GATEWAY}:{ARBITER_PORT}"):
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            licensing = pool.submit(
+                both, lambda node: license_node(node, shop, sold.serials[node.name]))
+            try:
+                key = voxnode(NODES[0], "ha", "pair-key", "generate").strip()
+                if len(key) != 64:
+                    raise LabError("`voxnode ha pair-key generate` printed no key", EXIT_FAILED)
+                voxnode(NODES[1], "ha", "pair-key", "set", "-", stdin=key + "\n")
+                state["arbiter"] = start_arbiter(paths, key)
+                save(state)
+            finally:
+                serials = licensing.result()
+        for name, serial in serials.items():
+            state["nodes"][name]["serial"] = serial
         save(state)
-    for node in NODES:
-        with step(f"{node.name}: licence (serial, emailed code, verify)"):
-            serial = license_node(node, shop)
-            state["nodes"][node.name]["serial"] = serial
-            save(state)
-    with step(f"pair: key, arbiter {net.GATEWAY}:{ARBITER_PORT}, node IP {NODE_IP_CIDR}"):
-        key = voxnode(NODES[0], "ha", "pair-key", "generate").strip()
-        if len(key) != 64:
-            raise LabError("`voxnode ha pair-key generate` printed no key", EXIT_FAILED)
-        voxnode(NODES[1], "ha", "pair-key", "set", "-", stdin=key + "\n")
-        state["arbiter"] = start_arbiter(paths, key)
-        save(state)
-        for node in NODES:  # node1 first: it hears no master and is elected
-            apply(node, ha_document(node), "the pair")
+    with step(f"pair: node IP {NODE_IP_CIDR}, the gateway as witness, the arbiter"):
+        # both at once: two nodes starting together elect the lower address, node1
+        both(lambda node: apply(node, ha_document(node), "the pair"))
     with step(f"waiting for one master holding {NODE_IP} with Kamailio (up to "
               f"{PAIR_TIMEOUT_S:.0f} s)"):
         master = wait_pair()
     state["master"] = master.name
     save(state)
     return master
+
+
+def _runs(record: dict[str, Any] | None) -> bool:
+    """Whether a process the state file recorded (pid and start time) still runs."""
+    if not record or not isinstance(record.get("pid"), int):
+        return False
+    return started_at(record["pid"]) == record.get("started") and alive(record["pid"])
+
+
+def status(state: dict[str, Any]) -> dict[str, Any]:
+    """The appliance's part of ``voxnode-lab status``: each node's role, node IP, Kamailio
+    and licence, the vendor's servers and the arbiter, and whether the pair is settled
+    (one master holding the node IP, one slave)."""
+    found = roles()
+    vendor_state = state.get("vendor") or {}
+    masters = [r for r in found if r.role == "master"]
+    settled = (len(masters) == 1 and masters[0].holds_node_ip
+               and sum(r.role == "slave" and not r.holds_node_ip for r in found) == 1)
+    return {
+        "node_ip": NODE_IP,
+        "settled": settled,
+        "nodes": {r.name: {"role": r.role, "holds_node_ip": r.holds_node_ip,
+                           "kamailio": r.kamailio, "licence": r.licence, "serial": r.serial}
+                  for r in found},
+        "vendor": {"url": vendor.URL, "netns": vendor.NETNS,
+                   "licence_server": _runs(vendor_state.get("server")),
+                   "mail_sink": _runs(vendor_state.get("mailsink"))},
+        "arbiter": {"address": f"{net.GATEWAY}:{ARBITER_PORT}",
+                    "running": _runs(state.get("arbiter"))},
+    }
+
+
+def status_text(data: dict[str, Any]) -> str:
+    lines = [f"appliance: node IP {data['node_ip']}, "
+             + ("settled (one master holds it, one slave)" if data["settled"]
+                else "NOT SETTLED (no single master holding the node IP)")]
+    for name, n in data["nodes"].items():
+        lines.append(f"  {name}: {n['role'] or '?':6}  "
+                     f"{'holds ' + data['node_ip'] if n['holds_node_ip'] else 'no node IP':18}  "
+                     f"kamailio {n['kamailio']:8}  licence {n['licence']} ({n['serial']})")
+    v, a = data["vendor"], data["arbiter"]
+    lines.append(f"  vendor: {v['url']} licence server "
+                 f"{'running' if v['licence_server'] else 'STOPPED'}, mail sink "
+                 f"{'running' if v['mail_sink'] else 'STOPPED'} (netns {v['netns']})")
+    lines.append(f"  arbiter: {a['address']} {'running' if a['running'] else 'STOPPED'}")
+    return "\n".join(lines)
 
 
 def pair_text() -> str:

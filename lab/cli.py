@@ -19,7 +19,16 @@ from typing import NoReturn
 
 from lab import lifecycle, net
 from lab.lifecycle import UP_TIMEOUT_S
-from lab.nodes import CLIENT, NODES, container_pid, member, node_command, nspawn_pid, probe
+from lab.nodes import (
+    CLIENT,
+    NODES,
+    container_pid,
+    load_state,
+    member,
+    node_command,
+    nspawn_pid,
+    probe,
+)
 from lab.util import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -38,17 +47,29 @@ HOST_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "ip", "mount", "systemc
 # --- status, shell, exec --------------------------------------------------------------------
 
 
-def status(as_json: bool) -> int:
+def status(as_json: bool, paths: Paths) -> int:
     probes = [probe(n) for n in NODES]
     client_addresses = net.addresses(CLIENT.netns)
     client_ns = net.exists(CLIENT.netns)
     client = {"netns": client_ns, "addresses": client_addresses}
     bridge = {"netns": net.exists(net.BRIDGE_NS),
               "addresses": net.addresses(net.BRIDGE_NS, net.BRIDGE)}
-    healthy = all(p.running and p.agent for p in probes) and client_ns
+    running = all(p.running and p.agent for p in probes) and client_ns
+    state = load_state(paths)
+    mode = state.get("mode") if running else None
+    appliance_status = None
+    if mode == "appliance":
+        from lab import appliance
+
+        appliance_status = appliance.status(state)
+    healthy = running and (appliance_status is None or (
+        appliance_status["settled"] and appliance_status["arbiter"]["running"]
+        and appliance_status["vendor"]["licence_server"]))
     if as_json:
-        print(json.dumps({"up": healthy, "nodes": {p.name: p.as_dict() for p in probes},
-                          "client": client, "bridge": bridge}, indent=2))
+        print(json.dumps({"up": healthy, "mode": mode,
+                          "nodes": {p.name: p.as_dict() for p in probes},
+                          "client": client, "bridge": bridge,
+                          "appliance": appliance_status}, indent=2))
     else:
         rows = [("node", "container", "pid", "address", "agent", "revision", "systemd")]
         for p in probes:
@@ -60,8 +81,12 @@ def status(as_json: bool) -> int:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if appliance_status is not None:
+            from lab import appliance
+
+            print(appliance.status_text(appliance_status))
         print("lab: " + ("up" if healthy else "down" if not any(p.running for p in probes)
-                         else "degraded"))
+                         else "degraded") + (f" ({mode})" if mode else ""))
     return EXIT_OK if healthy else EXIT_UNREACHABLE
 
 
@@ -165,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             with locked(paths.out / "lock"):
                 return lifecycle.down(paths)
         if args.command == "status":
-            return status(args.json)
+            return status(args.json, paths)
         if args.command == "crash":
             lifecycle.crash(args.node, paths)
             say(f"{args.node} crashed (its network namespace and disk stay; "

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -234,15 +235,27 @@ def up(paths: Paths, timeout: float, standalone: bool = False) -> int:
                                          "root": str(root),
                                          "log": str(paths.node_log(node.name))}
             save_state(paths, state)
-    with step(f"waiting for both agents to answer (up to {timeout:.0f} s)"):
-        probes = _wait_agents(paths, timeout)
     if standalone:
+        with step(f"waiting for both agents to answer (up to {timeout:.0f} s)"):
+            probes = _wait_agents(paths, timeout)
         say(f"lab up in {time.monotonic() - started:.1f} s")
         say(usage_text(probes))
         return EXIT_OK
     from lab import appliance  # the venv's (the vendor key, the licence server)
 
-    appliance.configure(paths, state, lambda s: save_state(paths, s))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the vendor starts while the nodes boot (it needs nothing of them)
+        vendor = pool.submit(appliance.prepare, paths, state, lambda s: save_state(paths, s))
+        try:
+            with step(f"waiting for both agents to answer (up to {timeout:.0f} s); the "
+                      "vendor's licence server and mail sink meanwhile"):
+                _wait_agents(paths, timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the nodes' error is the one to tell
+                vendor.result()  # (and its servers are recorded for `lab down`)
+            raise
+        sold = vendor.result()
+    appliance.configure(paths, state, lambda s: save_state(paths, s), sold)
     say(f"lab up in {time.monotonic() - started:.1f} s")
     say(usage_text([probe(n) for n in NODES]))
     say(appliance.pair_text())

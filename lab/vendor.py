@@ -61,23 +61,22 @@ class Vendor:
         return self.vendor_cli("serial", "create", "--email", email, "--modules", modules,
                                "--company", company)
 
-    def last_code(self, after: int) -> str:
-        """The verification code of the first message past the ``after`` first ones."""
+    def code_for(self, serial: str) -> str:
+        """The verification code the server emailed for ``serial`` (the last one, if it
+        sent several); waits for it up to 15 s."""
         from lab.mailsink import CODE_RE, messages
 
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            for message in messages(self.mailbox)[after:]:
+            for message in reversed(messages(self.mailbox)):
+                if serial not in message.get("subject", ""):
+                    continue
                 if found := CODE_RE.search(message["body"]):
                     return found.group(1)
             time.sleep(0.1)
-        raise LabError(f"the licence server emailed no verification code ({self.mailbox}; "
-                       f"server log {self.log('server')})", detail=tail(self.log("server"), 12))
-
-    def mail_count(self) -> int:
-        from lab.mailsink import messages
-
-        return len(messages(self.mailbox))
+        raise LabError(f"the licence server emailed no verification code for {serial} "
+                       f"({self.mailbox}; server log {self.log('server')})",
+                       detail=tail(self.log("server"), 12))
 
 
 def _env() -> dict[str, str]:

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from agent import __version__
+from agent.api.ha import HA
 from agent.api.http import CTX, AgentContext, json_response
 from agent.ports.licence import LicenceView
 
@@ -53,6 +54,7 @@ async def status(request: web.Request) -> web.Response:
             ),
             "converge": ctx.engine.last_converge,
             "licence": _licence_summary(ctx, licence),
+            "pair": request.app[HA].summary() if HA in request.app else None,
             "subsystems": [s.name for s in ctx.engine.subsystems],
             "events": [e.to_dict() for e in ctx.events.recent(10)],
         }

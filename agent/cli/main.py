@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
 from rich.markup import escape
 
 from agent import __version__
@@ -28,7 +27,6 @@ from agent.errors import (
     Problem,
     VoxnodeError,
 )
-from agent.state.document import load_document
 from agent.state.edit import SETTINGS_HELP
 
 DEFAULT_SOCKET = "/run/voxnode/agent.sock"
@@ -91,6 +89,18 @@ def _licence_line(lic: dict[str, Any]) -> str:
     return text
 
 
+def _pair_line(pair: dict[str, Any] | None) -> str:
+    """The ``pair`` row of ``voxnode status``: role, peer and its role, the node IP's
+    holder, or why failover does not run."""
+    if not pair or not pair.get("enabled"):
+        return "not paired (ha.enabled is false)"
+    if not pair.get("running"):
+        return f"NOT RUNNING: {escape(str(pair.get('problem') or 'failover is stopped'))}"
+    peer_role = pair.get("peer_role") or "not heard"
+    return (f"{pair['role']}; peer {pair['peer']} {peer_role}; node IP held by "
+            f"{pair['node_ip_holder']}")
+
+
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
     def human(d: dict[str, Any]) -> None:
         rev = d["revision"]
@@ -109,6 +119,7 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
                  f"{pending['rolls_back_to']} in {pending['seconds_left']} s"
                  if pending else "no"),
                 ("licence", _licence_line(d["licence"])),
+                ("pair", _pair_line(d.get("pair"))),
                 ("subsystems", d["subsystems"]),
             ]
         )
@@ -151,12 +162,16 @@ def cmd_config_show(client: Client, args: argparse.Namespace) -> int:
             return
         rev = d["revision"]
         output.write_raw(f"# revision {rev['revision']} ({rev['source']}, {rev['created']})\n")
+        import yaml  # only here: the other commands start faster without it
+
         output.write_raw(yaml.safe_dump(d["document"], sort_keys=False))
 
     return output.show(args, client.get(path), human)
 
 
 def cmd_config_validate(client: Client, args: argparse.Namespace) -> int:
+    from agent.state.document import load_document  # the schema: only this command needs it
+
     source = "<stdin>" if args.file == "-" else args.file
     state = load_document(_read_file(args.file), source)
     return output.show(

@@ -17,8 +17,7 @@ from typing import Any
 from agent.cli import output
 from agent.cli.client import Client
 from agent.errors import InvalidInput, Problem
-from agent.mcs.bundle import MATERIAL
-from agent.mcs.ovpn import decode_text, read_directives
+from agent.mcs.ovpn import MATERIAL, decode_text, read_directives
 
 Handler = Callable[[Client, argparse.Namespace], int]
 AddCommand = Callable[[Any, str, Handler, str], argparse.ArgumentParser]

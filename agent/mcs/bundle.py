@@ -18,14 +18,20 @@ from typing import Any
 
 from agent.errors import InvalidInput, Problem
 from agent.mcs import MCS_MANAGEMENT_SOCKET, MCS_TUN_DEV
-from agent.mcs.ovpn import BundleUnreadable, Directive, Upload, quote, read_directives, unpack
+from agent.mcs.ovpn import (
+    MATERIAL,
+    BundleUnreadable,
+    Directive,
+    Upload,
+    quote,
+    read_directives,
+    unpack,
+)
 from agent.mcs.pem import PemMaterial, check_material
 from agent.paths import MCS_CERT_DIR
 
 PROTOS = ("udp", "tcp", "udp4", "tcp4", "tcp-client")
 DEFAULT_PORT = 1194
-MATERIAL = {"ca": "ca.crt", "cert": "client.crt", "key": "client.key",
-            "tls-auth": "tls-auth.key", "tls-crypt": "tls-crypt.key"}
 RUNS_PROGRAMS = frozenset({
     "up", "down", "route-up", "route-pre-down", "ipchange", "tls-verify", "learn-address",
     "client-connect", "client-disconnect", "auth-user-pass-verify", "plugin", "iproute",

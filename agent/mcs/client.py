@@ -18,8 +18,8 @@ from typing import Any
 from agent.errors import ConfirmationRequired, Conflict, SubsystemError, VoxnodeError
 from agent.events import EventLog
 from agent.mcs import MCS_STOP_FLAG, MCS_UNIT
-from agent.mcs.bundle import MATERIAL, Bundle, load_bundle
-from agent.mcs.ovpn import read_directives
+from agent.mcs.bundle import Bundle, load_bundle
+from agent.mcs.ovpn import MATERIAL, read_directives
 from agent.mcs.pem import certificate_summary
 from agent.mcs.tunnel import TunnelPort
 from agent.paths import MCS_CERT_DIR, MCS_CLIENT_CONF

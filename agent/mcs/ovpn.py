@@ -22,6 +22,9 @@ MAX_BUNDLE_BYTES = 1024 * 1024
 MAX_MEMBERS = 64
 MAX_UNPACKED_BYTES = 4 * 1024 * 1024
 CONFIG_SUFFIXES = (".ovpn", ".conf")
+# The options that name key material, and the file each is stored as on the node.
+MATERIAL = {"ca": "ca.crt", "cert": "client.crt", "key": "client.key",
+            "tls-auth": "tls-auth.key", "tls-crypt": "tls-crypt.key"}
 NOT_TEXT = ("not text (binary data): expected an OpenVPN client configuration (.ovpn) or a "
             "zip or tar bundle containing one")
 

@@ -97,8 +97,11 @@ WARN_PBX_RESTART = (
 _PBX_RESTART = item(C.PBX_RESTART, WARN_PBX_RESTART)
 
 
-def plan_mode(old: DesiredState | None, new: DesiredState) -> SubsystemPlan:
-    """Describe going from ``old`` (None: first start, plan everything) to ``new``."""
+def plan_mode(old: DesiredState | None, new: DesiredState,
+              mcs_present: tuple[str, ...] = MCS_CLIENT_PATHS) -> SubsystemPlan:
+    """Describe going from ``old`` (None: first start, plan everything) to ``new``;
+    ``mcs_present``: the MCS client paths that exist on the node (a switch to Pure Cloud
+    deletes them and needs consent only when there are some)."""
     name = "mode"
     title = MODE_TITLES[new.mode]
     if old is None:
@@ -113,11 +116,11 @@ def plan_mode(old: DesiredState | None, new: DesiredState) -> SubsystemPlan:
                   for c in setting_changes(old.mode, new.mode)]
         steps += _file_steps(new)
         acknowledge: tuple[PlanItem, ...] = ()
-        if new.mode is WorkingMode.PURE_CLOUD:
-            paths = ", ".join(MCS_CLIENT_PATHS)
+        if new.mode is WorkingMode.PURE_CLOUD and mcs_present:
+            paths = ", ".join(mcs_present)
             steps.append(item(C.MCS_CLIENT_DELETE, f"delete the MCS client configuration "
-                              f"({paths})", paths=joined(MCS_CLIENT_PATHS)))
-            acknowledge = (item(C.MCS_CLIENT_LOST, ACK_MCS, paths=joined(MCS_CLIENT_PATHS)),)
+                              f"({paths})", paths=joined(mcs_present)))
+            acknowledge = (item(C.MCS_CLIENT_LOST, ACK_MCS, paths=joined(mcs_present)),)
         return SubsystemPlan(
             name,
             steps=tuple(steps),

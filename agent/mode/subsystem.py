@@ -70,13 +70,29 @@ class ModeSubsystem:
             return [Problem("mode", needs + why)]
         return [Problem("mode", needs + view.reason)]
 
-    async def observe(self, new: DesiredState) -> None:
-        """The plan needs nothing from the machine: the documents say it all."""
-        return None
+    async def observe(self, new: DesiredState) -> tuple[str, ...]:
+        """Which parts of the MCS client configuration exist: a switch to Pure Cloud asks
+        consent to delete them only when there is something to lose."""
+        return await asyncio.to_thread(self._mcs_present)
 
-    def plan(self, old: DesiredState | None, new: DesiredState, observed: None
-             ) -> SubsystemPlan:
-        return plan_mode(old, new)
+    def _mcs_present(self) -> tuple[str, ...]:
+        found = []
+        for node_path in MCS_CLIENT_PATHS:
+            path = self._files.path(node_path)
+            try:
+                if path.is_dir():
+                    if next(path.iterdir(), None) is not None:
+                        found.append(node_path)
+                elif path.exists():
+                    found.append(node_path)
+            except OSError:  # unreadable: say it may be lost
+                found.append(node_path)
+        return tuple(found)
+
+    def plan(self, old: DesiredState | None, new: DesiredState,
+             observed: tuple[str, ...] | None) -> SubsystemPlan:
+        """``observed``: the MCS client paths that exist (None: not looked, assume all)."""
+        return plan_mode(old, new, MCS_CLIENT_PATHS if observed is None else observed)
 
     async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
         # the writes fsync: off the event loop the failover heartbeats share

@@ -139,6 +139,36 @@ def test_a_phone_registers_through_the_node_ip(appliance: dict[str, Any]) -> Non
     assert result["ok"] is True
 
 
+def test_status_shows_the_pair(appliance: dict[str, Any]) -> None:
+    """``voxnode status`` says each node's role and its peer's; ``voxnode-lab status`` the
+    appliance: roles, node IP, licences, the vendor's servers and the arbiter."""
+    roles = {n: role(n) for n in NODES}
+    addresses = {"node1": "10.77.0.11", "node2": "10.77.0.12"}
+    for node in NODES:
+        pair = status(node, "status")["pair"]
+        assert pair["enabled"] is True and pair["running"] is True, pair
+        assert pair["role"] == roles[node]
+        assert (pair["peer"], pair["peer_role"]) == (addresses[other(node)],
+                                                    roles[other(node)]), pair
+        assert pair["node_ip_holder"] == ("this node" if roles[node] == "master" else "peer")
+        text = voxnode(node, "status")
+        assert f"{roles[node]}; peer {addresses[other(node)]} {roles[other(node)]}" in text
+    proc = lab("status", "--json", timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["up"] is True and data["mode"] == "appliance"
+    shown = data["appliance"]
+    assert shown["settled"] is True
+    assert {n: v["role"] for n, v in shown["nodes"].items()} == roles
+    assert {n: v["licence"] for n, v in shown["nodes"].items()} == dict.fromkeys(NODES,
+                                                                                "ACTIVE")
+    assert shown["vendor"]["licence_server"] and shown["vendor"]["mail_sink"]
+    assert shown["arbiter"] == {"address": "10.77.0.1:7412", "running": True}
+    text = lab("status", timeout=60).stdout
+    assert "settled (one master holds it, one slave)" in text
+    assert "arbiter: 10.77.0.1:7412 running" in text
+
+
 def test_up_again_is_a_no_op(appliance: dict[str, Any]) -> None:
     proc = lab("up", timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -151,6 +181,11 @@ def test_a_crash_of_the_master_moves_the_node_ip(appliance: dict[str, Any]) -> N
     survivor = other(master)
     lifecycle.crash(master)
     wait_for(f"{survivor} holds {NODE_IP}", lambda: holds_node_ip(survivor), 10)
+    degraded = lab("status", timeout=60)
+    assert degraded.returncode == 5 and "lab: degraded" in degraded.stdout, degraded.stdout
+    pair = status(survivor, "status")["pair"]
+    assert (pair["role"], pair["peer_role"], pair["node_ip_holder"]) == (
+        "master", None, "this node"), pair
     wait_for(f"kamailio serves {NODE_IP} on {survivor}", lambda: serves_node_ip(survivor), 10)
     result = run_in_lab(NODE_IP, "--stall", "2", attempts=6, timeout=90)
     assert_registered(result, "1001", "1002")

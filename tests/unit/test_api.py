@@ -205,6 +205,9 @@ async def test_the_cli_shows_warnings_and_losses_as_sentences(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     api = await make_client(tmp_path, licensed=True)
+    mcs_conf = tmp_path / "root" / "etc" / "openvpn" / "client" / "mcs.conf"
+    mcs_conf.parent.mkdir(parents=True)
+    mcs_conf.write_text("client\nremote mcs.example.net 1194\n")  # an MCS client to lose
     try:
         await api.post("/v1/config/apply", json={"document": DOC})
         resp = await api.post("/v1/mode", json={"mode": "pure-cloud", "dry_run": True})

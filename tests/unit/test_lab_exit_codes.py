@@ -140,11 +140,12 @@ def paths(tmp_path: Path) -> Paths:
 
 
 def test_status_of_a_lab_that_is_down_is_unreachable(monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     paths: Paths) -> None:
     monkeypatch.setattr(cli, "probe", lambda node: stopped(node.name))
     monkeypatch.setattr(net, "exists", lambda netns: False)
     monkeypatch.setattr(net, "addresses", lambda netns, ifname="eth0": [])
-    assert cli.status(as_json=False) == EXIT_UNREACHABLE
+    assert cli.status(as_json=False, paths=paths) == EXIT_UNREACHABLE
     assert capsys.readouterr().out.splitlines()[-1] == "lab: down"
 
 

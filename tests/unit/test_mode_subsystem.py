@@ -234,3 +234,33 @@ async def test_apply_repairs_a_drifted_file(tmp_path: Path) -> None:
         ("remove", COTURN_CONF),
         ("write", PJSIP_VOXNODE_CONF),
     ]
+
+
+# --- observe: the MCS client configuration that a switch would delete ----------------------
+
+
+async def test_a_switch_without_an_mcs_client_asks_no_consent(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    files.path(MCS_CERT_DIR).mkdir(parents=True)  # an empty directory holds nothing
+    observed = await sub.observe(PURE_CLOUD)
+    assert observed == ()
+    result = sub.plan(STANDARD, PURE_CLOUD, observed)
+    assert result.acknowledge == ()
+    assert "mcs-client-delete" not in [s.code for s in result.steps]
+
+
+async def test_a_switch_with_an_mcs_client_names_what_it_deletes(tmp_path: Path) -> None:
+    sub, files = subsystem(tmp_path)
+    with_mcs_client(files)
+    observed = await sub.observe(PURE_CLOUD)
+    assert observed == (MCS_CLIENT_CONF, MCS_CERT_DIR)
+    result = sub.plan(STANDARD, PURE_CLOUD, observed)
+    [ack] = result.acknowledge
+    assert (ack.code, ack.params) == ("mcs-client-lost",
+                                      {"paths": f"{MCS_CLIENT_CONF},{MCS_CERT_DIR}"})
+    files.path(MCS_CLIENT_CONF).unlink()  # only the certificates left: those are named
+    observed = await sub.observe(PURE_CLOUD)
+    assert observed == (MCS_CERT_DIR,)
+    [ack] = sub.plan(STANDARD, PURE_CLOUD, observed).acknowledge
+    assert ack.params == {"paths": MCS_CERT_DIR}
+
