@@ -92,6 +92,8 @@ class HAManager:
         self.runtime: Runtime | None = None
         self.hooks: list[RoleHook] = []
         self.last_transition: dict[str, Any] | None = None
+        # the transition under way (its steps run: units, hooks), until it is recorded
+        self.in_transition: dict[str, Any] | None = None
         self.config: HAConfig = HAConfig()
         self.problem: str | None = None
         self.decision: Decision | None = None
@@ -358,6 +360,16 @@ class HAManager:
         runtime = self.runtime
         if runtime is None or target is self.role:
             return
+        self.in_transition = {"from": self.role.value, "to": target.value, "reason": reason,
+                              "time": self.wall()}
+        try:
+            await self._transition_steps(runtime, target, reason, bump=bump, release=release,
+                                         fault=fault)
+        finally:
+            self.in_transition = None
+
+    async def _transition_steps(self, runtime: Runtime, target: Role, reason: str, *,
+                                bump: bool, release: bool, fault: bool) -> None:
         old = self.role
         steps: list[str] = []
         started = self.clock()
@@ -675,6 +687,7 @@ class HAManager:
             "profile": self.config.profile.value,
             "pair_key": self.key_installed,
             "last_transition": self.last_transition,
+            "transition_in_progress": self.in_transition,
         }
         if runtime is None:
             out["failover_blockers"] = ([Reason("not-running", self.problem).to_dict()]

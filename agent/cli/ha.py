@@ -24,6 +24,7 @@ def show_status(d: dict[str, Any]) -> None:
         return
     peer = d["peer"]
     last = d["last_transition"]
+    busy = d.get("transition_in_progress")
     output.kv_table([
         ("role", f"{d['role']} (epoch {d['epoch']}, {d['profile']} profile"
          f"{', cloud pair' if d['cloud'] else ''})"),
@@ -44,6 +45,8 @@ def show_status(d: dict[str, Any]) -> None:
             for w in d["witnesses"]) or "none"),
         ("arbiter", _arbiter(d["arbiter"])),
         ("decision", d["decision"]),
+        *([("in progress", f"{busy['from']} → {busy['to']} since "
+            f"{output.when(busy['time'])}: {busy['reason']}")] if busy else []),
         ("last transition", f"{last['from']} → {last['to']} at {output.when(last['time'])}: "
          f"{last['reason']}" if last else "none yet"),
         ("rejected messages", _rejected(peer["rejected_messages"])),

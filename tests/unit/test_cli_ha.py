@@ -58,3 +58,17 @@ def test_status_of_a_pair_that_does_not_run(capsys: pytest.CaptureFixture[str]) 
     show_status({"enabled": True, "running": False, "failover_blockers": [
         {"code": "not-running", "text": "no pair key: run ..."}]})
     assert "no pair key" in capsys.readouterr().out
+
+
+def test_status_shows_a_transition_under_way(capsys: pytest.CaptureFixture[str]) -> None:
+    status = running_status()
+    status["role"] = "master"
+    status["transition_in_progress"] = {"from": "slave", "to": "master",
+                                        "reason": "master unreachable", "time": 1.7e9}
+    show_status(status)
+    shown = capsys.readouterr().out
+    assert "in progress" in shown and "slave → master since" in shown
+    assert "master unreachable" in shown
+    status["transition_in_progress"] = None
+    show_status(status)
+    assert "in progress" not in capsys.readouterr().out
