@@ -230,7 +230,7 @@ async def run(args: argparse.Namespace) -> int:
     licence.services = services
     engine = Engine(
         store,
-        [network, HASubsystem(ha), ModeSubsystem(files, licence),
+        [network, HASubsystem(ha, files), ModeSubsystem(files, licence),
          *([services] if services else [])],
         events,
     )

@@ -74,7 +74,7 @@ TUN_DRIVER = Path("/sys/class/misc/tun")
 def seed_document(node: Member) -> str:
     return (
         "# written by `voxnode-lab up`: the agent applies it as revision 1 at first start\n"
-        "schema_version: 1\n"
+        "schema_version: 2\n"
         "network:\n"
         f"  hostname: {node.name}\n"
         "  interfaces:\n"

@@ -10,16 +10,19 @@ installed.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
 
 from agent.errors import Problem
+from agent.ports.files import FileTree
 from agent.services.catalogue import Role as ServiceRole
 from agent.state.model import DesiredState
 from agent.subsystems.base import Change, PlanItem, SubsystemPlan, item, joined
 from ha.config import PairConfig
 from ha.manager import HAManager
 from ha.protocol import Role
+from ha.replication.config import check_replication_paths
 
 
 class HACode(StrEnum):
@@ -79,11 +82,15 @@ class HASubsystem:
     name = "ha"
     owns: tuple[str, ...] = ("ha",)
 
-    def __init__(self, manager: HAManager) -> None:
+    def __init__(self, manager: HAManager, files: FileTree | None = None) -> None:
         self.manager = manager
+        self.files = files
 
     async def check(self, new: DesiredState) -> list[Problem]:
-        return []
+        """The replicated paths exist on this node (looked at off the event loop)."""
+        if self.files is None or not new.ha.replication.paths:
+            return []
+        return await asyncio.to_thread(check_replication_paths, new, self.files)
 
     async def observe(self, new: DesiredState) -> HAObservation:
         # the manager read the key file at start and follows every install since

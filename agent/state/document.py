@@ -20,6 +20,7 @@ from agent.errors import InvalidInput, Problem
 from agent.state.migrations import migrate
 from agent.state.model import DesiredState, WorkingMode
 from ha.config import check_ha_rules
+from ha.replication.config import check_replication_rules
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -185,6 +186,11 @@ def _translate(err: ErrorDetails) -> Problem:
                 "unquoted on/off/yes/no as true/false)",
             )
         return Problem(path, f"'{given}' is not a working mode (allowed: {allowed})")
+    if kind == "enum":
+        allowed = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        given = err["input"]
+        shown = f"'{given[:100]}'" if isinstance(given, str) else f"a {type(given).__name__}"
+        return Problem(path, f"{shown} is not allowed (allowed: {allowed})")
     if kind in ("greater_than_equal", "less_than_equal"):
         return Problem(path, f"{err['input']} is out of range ({_range_text(path)})")
     if kind == "too_short" and path == "network.interfaces":
@@ -198,7 +204,9 @@ def _translate(err: ErrorDetails) -> Problem:
 
 _RANGES = {
     ".mtu": "576-9216",
-    ".replication_bandwidth_kb": "1-10000000 KB/s",
+    ".bandwidth_kb": "1-10000000 KiB/s",
+    ".max_lag_s": "0.1-3600 seconds",
+    ".database.port": "1-65535",
     ".heartbeat_port": "1-65535",
     ".arbiter.port": "1-65535",
 }
@@ -297,6 +305,7 @@ def check_rules(state: DesiredState) -> list[Problem]:
                 )
             )
     problems.extend(check_ha_rules(state))
+    problems.extend(check_replication_rules(state))
     return problems
 
 

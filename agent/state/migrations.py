@@ -2,8 +2,10 @@
 
 ``MIGRATIONS[n]`` turns a version-``n`` document into a version-``n + 1`` document. Each
 migration is a pure function of a plain mapping, golden-tested in tests/unit. Version 1
-is the first released schema, so the table is empty until the schema changes; the
-machinery below is what every later version plugs into.
+is the first released schema.
+
+- 1 → 2: ``ha.replication_bandwidth_kb`` becomes ``ha.replication.bandwidth_kb`` (the
+  ``ha.replication`` part holds the database, the paths and the lag limit too).
 """
 
 from __future__ import annotations
@@ -17,7 +19,30 @@ from agent.state.model import SCHEMA_VERSION
 Document = dict[str, Any]
 Migration = Callable[[Document], Document]
 
-MIGRATIONS: dict[int, Migration] = {}
+
+
+def _v1_to_v2(doc: Document) -> Document:
+    ha = doc.get("ha")
+    if isinstance(ha, Mapping) and "replication_bandwidth_kb" in ha:
+        ha = dict(ha)
+        bandwidth = ha.pop("replication_bandwidth_kb")
+        replication = ha.get("replication")
+        if replication is None:
+            ha["replication"] = {"bandwidth_kb": bandwidth}
+        elif isinstance(replication, Mapping) and "bandwidth_kb" not in replication:
+            ha["replication"] = {**replication, "bandwidth_kb": bandwidth}
+        else:  # a version-1 document has no ha.replication; say it rather than pick one
+            raise InvalidInput("the document's replication bandwidth is given twice",
+                               problems=[Problem("ha.replication_bandwidth_kb",
+                                                 "schema 1 has no ha.replication: give the "
+                                                 "bandwidth once, as ha.replication.bandwidth_kb "
+                                                 "with schema_version 2")])
+        doc["ha"] = ha
+    doc["schema_version"] = 2
+    return doc
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
 
 
 def migrate(

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -233,13 +233,70 @@ class HAArbiter(Strict):
     port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 7412
 
 
+def _parse_abs_path(value: Any) -> str:
+    text = _need_str(value, "an absolute path like /etc/voxnode/vendor.pub")
+    if not text.startswith("/") or "/../" in f"{text}/" or "\0" in text:
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is not an absolute path (e.g. /etc/voxnode/vendor.pub)",
+            {"value": text},
+        )
+    return text
+
+
+def _parse_dir_path(value: Any) -> str:
+    """An absolute directory path in its plain form: no ``..``, ``.``, doubled or trailing
+    slashes (``/var/spool/asterisk/monitor``)."""
+    text = _need_str(value, "an absolute directory path like /var/spool/asterisk/monitor")
+    parts = text.split("/")
+    plain = (text.startswith("/") and len(text) > 1 and not text.endswith("/")
+             and all(p not in ("", ".", "..") for p in parts[1:]))
+    if not plain or len(text) > 1024 or any(c in text for c in "\0\n\r\t"):
+        raise PydanticCustomError(
+            "voxnode",
+            "'{value}' is not an absolute directory path in plain form (e.g. "
+            "/var/spool/asterisk/monitor: no .., no doubled or trailing /)",
+            {"value": text[:200]},
+        )
+    return text
+
+
+DirPath = Annotated[str, PlainValidator(_parse_dir_path)]
+DEFAULT_DB_SOCKET = "/run/mysqld/mysqld.sock"
+
+
+class DatabaseEngine(StrEnum):
+    MARIADB = "mariadb"
+    NONE = "none"
+
+
+class ReplicationDatabase(Strict):
+    """The PBX's database server, replicated master → slave (``engine: none``: not)."""
+
+    engine: DatabaseEngine = DatabaseEngine.MARIADB
+    # where the agent reaches the local server (unix socket, as root)
+    socket: Annotated[str, PlainValidator(_parse_abs_path)] = DEFAULT_DB_SOCKET
+    # where the peer's replica connects (the management address)
+    port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 3306
+
+
+class ReplicationConfig(Strict):
+    """What the slave keeps of the master (requirements §5): the database and file paths,
+    the bandwidth the file sync and full sync may use, the lag that puts failover at risk."""
+
+    bandwidth_kb: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] = 2048
+    database: ReplicationDatabase = Field(default_factory=ReplicationDatabase)
+    paths: list[DirPath] = Field(default_factory=list, max_length=32)
+    max_lag_s: Annotated[float, Field(strict=True, ge=0.1, le=3600)] = 5.0
+
+
 class HAConfig(Strict):
     """Fault tolerance: the active/standby pair (requirements §5)."""
 
     enabled: StrictBool = False
     peer: IP | None = None
     management_ip: IP | None = None
-    replication_bandwidth_kb: Annotated[int, Field(strict=True, ge=1, le=10_000_000)] = 2048
+    replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
     shared_ips: list[SharedIP] = Field(default_factory=list)
     witnesses: list[IP] = Field(default_factory=list)
     cloud: StrictBool = False
@@ -269,17 +326,6 @@ def _parse_server_url(value: Any) -> str:
     return text.rstrip("/")
 
 
-def _parse_abs_path(value: Any) -> str:
-    text = _need_str(value, "an absolute path like /etc/voxnode/vendor.pub")
-    if not text.startswith("/") or "/../" in f"{text}/" or "\0" in text:
-        raise PydanticCustomError(
-            "voxnode",
-            "'{value}' is not an absolute path (e.g. /etc/voxnode/vendor.pub)",
-            {"value": text},
-        )
-    return text
-
-
 class LicenceConfig(Strict):
     """Where the Security Update client finds the vendor (requirements §2).
 
@@ -295,7 +341,7 @@ class LicenceConfig(Strict):
 class DesiredState(Strict):
     """The whole desired state of a node."""
 
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     network: NetworkConfig
     mode: WorkingMode = WorkingMode.STANDARD
     ha: HAConfig = Field(default_factory=HAConfig)

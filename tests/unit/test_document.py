@@ -97,11 +97,11 @@ BAD_DOCS = [
                           "network": {"interfaces": {"eth0": {"dhcp": True}}}},
      ["network.hostname: required"]),
     ("missing schema version", {"network": {}},
-     ["schema_version: required (this agent writes 1)"]),
-    ("newer schema", {"schema_version": 2, "network": {}},
-     ["schema_version: 2 is newer than this agent understands (1); update voxnode first"]),
+     ["schema_version: required (this agent writes 2)"]),
+    ("newer schema", {"schema_version": 3, "network": {}},
+     ["schema_version: 3 is newer than this agent understands (2); update voxnode first"]),
     ("schema version as text", {"schema_version": "1", "network": {}},
-     ["schema_version: must be a whole number like 1"]),
+     ["schema_version: must be a whole number like 2"]),
     ("bad CIDR", base(interfaces={"eth0": {"addresses": ["10.0.0.300/24"]}}),
      ["network.interfaces.eth0.addresses[0]: '10.0.0.300/24' is not a valid address "
       "(expected CIDR like 10.0.0.11/24)"]),
@@ -258,8 +258,29 @@ BAD_HA = [
      ["ha.management_ip: 10.0.0.99 is not one of this node's static addresses"]),
     ("bad profile", {"profile": "turbo"},
      ["ha.profile: 'turbo' is not a profile (allowed: standard, fast)"]),
-    ("bandwidth zero", {"replication_bandwidth_kb": 0},
-     ["ha.replication_bandwidth_kb: 0 is out of range (1-10000000 KB/s)"]),
+    ("bandwidth zero", {"replication": {"bandwidth_kb": 0}},
+     ["ha.replication.bandwidth_kb: 0 is out of range (1-10000000 KiB/s)"]),
+    ("bandwidth huge", {"replication": {"bandwidth_kb": 10**12}},
+     ["ha.replication.bandwidth_kb: 1000000000000 is out of range (1-10000000 KiB/s)"]),
+    ("lag limit zero", {"replication": {"max_lag_s": 0}},
+     ["ha.replication.max_lag_s: 0 is out of range (0.1-3600 seconds)"]),
+    ("unknown engine", {"replication": {"database": {"engine": "mongodb"}}},
+     ["ha.replication.database.engine: 'mongodb' is not allowed (allowed: mariadb, none)"]),
+    ("relative path", {"replication": {"paths": ["var/spool/x"]}},
+     ["ha.replication.paths[0]: 'var/spool/x' is not an absolute directory path in plain "
+      "form (e.g. /var/spool/asterisk/monitor: no .., no doubled or trailing /)"]),
+    ("dot-dot path", {"replication": {"paths": ["/var/spool/asterisk/../../../etc"]}},
+     ["ha.replication.paths[0]: '/var/spool/asterisk/../../../etc' is not an absolute "
+      "directory path in plain form (e.g. /var/spool/asterisk/monitor: no .., no doubled "
+      "or trailing /)"]),
+    ("trailing slash", {"replication": {"paths": ["/srv/rec/"]}},
+     ["ha.replication.paths[0]: '/srv/rec/' is not an absolute directory path in plain "
+      "form (e.g. /var/spool/asterisk/monitor: no .., no doubled or trailing /)"]),
+    ("path not text", {"replication": {"paths": [7]}},
+     ["ha.replication.paths[0]: must be a string (an absolute directory path like "
+      "/var/spool/asterisk/monitor)"]),
+    ("too many paths", {"replication": {"paths": [f"/srv/p{i}" for i in range(33)]}},
+     ["ha.replication.paths: at most 32 entries"]),
 ]
 
 
@@ -289,3 +310,64 @@ def test_pure_cloud_pair_must_be_cloud() -> None:
         "ha.cloud: must be true in pure-cloud mode (the public address moves at the cloud "
         "provider, by hand)"
     ]
+
+
+# --- ha.replication: the schema 1 key, the path rules ----------------------------------------
+
+
+def test_schema_1_bandwidth_is_read_into_ha_replication() -> None:
+    doc = ha_doc(replication_bandwidth_kb=512)
+    assert doc["schema_version"] == 1
+    state = validate_document(doc)
+    assert state.ha.replication.bandwidth_kb == 512
+    written = state.to_document()
+    assert written["schema_version"] == 2
+    assert written["ha"]["replication"]["bandwidth_kb"] == 512
+    assert "replication_bandwidth_kb" not in written["ha"]
+    assert validate_document(written) == state  # what is written reads back the same
+
+
+def test_schema_1_bandwidth_out_of_range_is_reported_at_its_new_place() -> None:
+    assert problems_of(ha_doc(replication_bandwidth_kb=0)) == [
+        "ha.replication.bandwidth_kb: 0 is out of range (1-10000000 KiB/s)"]
+
+
+def test_the_schema_1_key_is_unknown_in_schema_2() -> None:
+    doc = ha_doc(replication_bandwidth_kb=100)
+    doc["schema_version"] = 2
+    assert problems_of(doc) == [
+        "ha.replication_bandwidth_kb: unknown key (allowed: enabled, peer, management_ip, "
+        "replication, shared_ips, witnesses, cloud, profile, heartbeat_port, arbiter)"]
+
+
+@pytest.mark.parametrize(("paths", "expected"), [
+    (["/var/spool/asterisk/monitor", "/var/spool/asterisk/voicemail", "/etc/asterisk"], []),
+    (["/srv/rec", "/srv/rec/2026"],
+     ["ha.replication.paths[1]: /srv/rec/2026 is inside /srv/rec (paths[0] and paths[1] "
+      "overlap): list only /srv/rec"]),
+    (["/srv/rec/2026", "/srv/rec"],
+     ["ha.replication.paths[1]: /srv/rec/2026 is inside /srv/rec (paths[0] and paths[1] "
+      "overlap): list only /srv/rec"]),
+    (["/srv/rec", "/srv/rec"], ["ha.replication.paths[1]: /srv/rec is listed twice (paths[0])"]),
+    (["/srv/recordings", "/srv/rec"], []),  # a shared prefix is not nesting
+    (["/var/lib/voxnode/ha"],
+     ["ha.replication.paths[0]: /var/lib/voxnode/ha holds or is inside the agent's state "
+      "directory /var/lib/voxnode (each node keeps its own)"]),
+    (["/var/lib/voxnode"],
+     ["ha.replication.paths[0]: /var/lib/voxnode holds or is inside the agent's state "
+      "directory /var/lib/voxnode (each node keeps its own)"]),
+    (["/etc"],
+     ["ha.replication.paths[0]: /etc is a system directory: replicate the application's own "
+      "directories (e.g. /var/spool/asterisk/monitor), not the system's"]),
+    (["/var/lib/mysql/pbx"],
+     ["ha.replication.paths[0]: /var/lib/mysql/pbx is inside /var/lib/mysql: the database's "
+      "data directory (the database is replicated by the server)"]),
+    (["/proc/1"], ["ha.replication.paths[0]: /proc/1 is inside /proc: not a place for kept "
+                   "data"]),
+])
+def test_replication_path_rules(paths: list[str], expected: list[str]) -> None:
+    doc = ha_doc(replication={"paths": paths})
+    if not expected:
+        assert validate_document(doc).ha.replication.paths == paths
+        return
+    assert problems_of(doc) == sorted(expected)

@@ -12,7 +12,7 @@ from agent.state.edit import edit_mode, edit_network
 from agent.state.migrations import migrate
 
 DOC: dict[str, Any] = {
-    "schema_version": 1,
+    "schema_version": 2,
     "network": {"hostname": "pbx1", "interfaces": {"eth0": {"addresses": ["10.0.0.11/24"]}},
                 "gateway": "10.0.0.1", "dns": ["10.0.0.2"]},
     "mode": "standard",

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from agent.events import EventLog
 from agent.ha.subsystem import HAObservation, HASubsystem
+from agent.ports.files import FileTree
 from agent.ports.netlink_memory import MemoryNetlink
 from agent.state.document import validate_document
 from agent.state.model import DesiredState
@@ -83,3 +84,23 @@ async def test_observe_reports_whether_the_manager_holds_a_key(tmp_path: Path) -
     assert await sub.observe(state()) == UNKEYED
     manager.key_installed = True  # as install_key leaves it
     assert await sub.observe(state()) == KEYED
+
+
+# --- check: the replicated paths exist on the node ------------------------------------------
+
+
+async def test_replicated_paths_must_exist_as_directories(tmp_path: Path) -> None:
+    files = FileTree(tmp_path / "root")
+    sub = HASubsystem(cast(HAManager, Untouchable("failover manager")), files)
+    (tmp_path / "root" / "srv" / "rec").mkdir(parents=True)
+    (tmp_path / "root" / "srv" / "file").write_text("x")
+    (tmp_path / "root" / "srv" / "link").symlink_to(tmp_path / "root" / "srv" / "rec")
+    paths = ["/srv/rec", "/srv/missing", "/srv/file", "/srv/link"]
+    problems = await sub.check(state(replication={"paths": paths}))
+    assert [str(p) for p in problems] == [
+        "ha.replication.paths[1]: /srv/missing does not exist on this node (create it, or "
+        "install what owns it, first)",
+        "ha.replication.paths[2]: /srv/file is not a directory",
+        "ha.replication.paths[3]: /srv/link is a symbolic link: give the directory it points to",
+    ]
+    assert await sub.check(state(replication={"paths": ["/srv/rec"]})) == []

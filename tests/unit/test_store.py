@@ -50,7 +50,7 @@ def test_commits_are_numbered_and_readable(store: Store) -> None:
 def test_revision_file_is_a_plain_document_usable_with_apply(store: Store) -> None:
     store.commit(state(), source="apply")
     text = (store.revisions_dir / "00000001" / "state.yaml").read_text()
-    assert text.startswith("schema_version: 1\n")
+    assert text.startswith("schema_version: 2\n")
     assert "hostname: pbx1" in text
 
 

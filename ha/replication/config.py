@@ -1,0 +1,81 @@
+"""The rules of ``ha.replication``: pure ones for document validation, and the checks
+against the node's file system that a revision must pass before it is applied."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from agent.errors import Problem
+from agent.ports.files import FileTree
+from agent.state.model import DesiredState
+
+DEFAULT_STATE_DIR = "/var/lib/voxnode"
+# Trees that are never replicated whole: the system's own (a sync would overwrite the
+# slave's network, users, packages), pseudo file systems, and the database's data
+# directory (the database is replicated by the server itself; a file copy corrupts it).
+_SYSTEM = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
+           "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib",
+           "/var/log", "/var/spool", "/var/tmp")
+_NEVER_INSIDE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/lib/mysql",
+                 "/boot")
+
+
+def _inside(path: PurePosixPath, tree: PurePosixPath) -> bool:
+    return path == tree or tree in path.parents
+
+
+def check_replication_rules(state: DesiredState, state_dir: str = DEFAULT_STATE_DIR
+                            ) -> list[Problem]:
+    """``ha.replication.paths``: each a tree of its own, none inside another, none under
+    the agent's state directory, the system's trees or pseudo file systems."""
+    problems: list[Problem] = []
+    paths = [PurePosixPath(p) for p in state.ha.replication.paths]
+    own = PurePosixPath(state_dir)
+    for i, path in enumerate(paths):
+        where = f"ha.replication.paths[{i}]"
+        if str(path) in _SYSTEM:
+            problems.append(Problem(where, f"{path} is a system directory: replicate the "
+                                    "application's own directories (e.g. "
+                                    "/var/spool/asterisk/monitor), not the system's"))
+            continue
+        if _inside(path, own) or own in path.parents or path in own.parents:
+            problems.append(Problem(where, f"{path} holds or is inside the agent's state "
+                                    f"directory {own} (each node keeps its own)"))
+            continue
+        barred = next((t for t in _NEVER_INSIDE if _inside(path, PurePosixPath(t))), None)
+        if barred is not None:
+            what = ("the database's data directory (the database is replicated by the "
+                    "server)" if barred == "/var/lib/mysql" else "not a place for kept data")
+            problems.append(Problem(where, f"{path} is inside {barred}: {what}"))
+            continue
+        for j, other in enumerate(paths[:i]):
+            if path == other:
+                problems.append(Problem(where, f"{path} is listed twice (paths[{j}])"))
+                break
+            if _inside(path, other) or _inside(other, path):
+                inner, outer = (path, other) if _inside(path, other) else (other, path)
+                problems.append(Problem(where, f"{inner} is inside {outer} (paths[{j}] and "
+                                        f"paths[{i}] overlap): list only {outer}"))
+                break
+    return problems
+
+
+def check_replication_paths(state: DesiredState, files: FileTree) -> list[Problem]:
+    """Each path exists on this node as a directory (not a link to elsewhere): the sync
+    must not create the application's trees nor follow a link out of them."""
+    problems: list[Problem] = []
+    for i, node_path in enumerate(state.ha.replication.paths):
+        where = f"ha.replication.paths[{i}]"
+        path = files.path(node_path)
+        try:
+            if path.is_symlink():
+                problems.append(Problem(where, f"{node_path} is a symbolic link: give the "
+                                        "directory it points to"))
+            elif not path.exists():
+                problems.append(Problem(where, f"{node_path} does not exist on this node "
+                                        "(create it, or install what owns it, first)"))
+            elif not path.is_dir():
+                problems.append(Problem(where, f"{node_path} is not a directory"))
+        except OSError as exc:
+            problems.append(Problem(where, f"{node_path} cannot be read: {exc.strerror}"))
+    return problems
