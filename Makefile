@@ -6,7 +6,8 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 SYSPYTHON  := /usr/bin/python3
 # Debian packages the tests need (the lab and image targets add their own).
-APT_TEST   := python3-venv python3-dev gcc iproute2 procps util-linux nftables iptables keepalived iputils-ping faketime
+APT_TEST   := python3-venv python3-dev gcc iproute2 procps util-linux nftables iptables keepalived iputils-ping faketime \
+             mariadb-server mariadb-backup mariadb-client rsync
 
 .PHONY: help setup apt venv test test-unit test-netns lint fmt clean
 
