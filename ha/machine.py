@@ -99,6 +99,9 @@ class PeerView:
     last_seen: float  # local monotonic time of the last authentic message
     released_at: float | None = None  # when it announced a graceful release
     dead: float = 0.0  # the peer's own dead interval (its profile may be slower than ours)
+    db: str = ""  # its database position while master (or frozen at, handing over)
+    db_sync: str = ""  # "semi", "async", "frozen", "replica" or "" (no database)
+    db_fork: str = ""  # a master's position when it opened for writes
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,9 @@ class Inputs:
     arbiter: bool = False  # an arbiter is configured: a takeover needs its lease
     arbiter_age: float = float("inf")  # since the arbiter last answered
     lease_until: float = float("-inf")  # when this node's lease ends (local monotonic)
+    # the master's last word says a takeover may lose acknowledged data (its database
+    # replication fell back to asynchronous): no takeover on the rules alone
+    data_risk: Reason | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +207,8 @@ def blockers(i: Inputs) -> tuple[Reason, ...]:
         found.append(ARBITER_LOST)
     if i.promote_held is not None and i.now < i.promote_after and i.role is not Role.MASTER:
         found.append(i.promote_held)
+    if i.data_risk is not None and i.role is not Role.MASTER:
+        found.append(i.data_risk)
     return tuple(dict.fromkeys(found))
 
 
@@ -280,6 +288,10 @@ def _decide_slave(i: Inputs, stuck: tuple[Reason, ...]) -> Decision:
     if witness_ok(i) and i.arbiter and not holds_lease(i):
         return Decision(None, f"master unreachable ({silent}) but this node does not hold "
                         "the arbiter's lease: not taking over", stuck)
+    if witness_ok(i) and i.data_risk is not None:
+        return Decision(None, f"master unreachable ({silent}) but its database replication "
+                        "was asynchronous: not taking over on its own (`voxnode ha set-state "
+                        "master --force` takes the risk)", stuck)
     if witness_ok(i):
         lease = " and the arbiter's lease is ours" if i.arbiter else ""
         return Decision(Role.MASTER, f"master unreachable ({silent}) and a witness answers"

@@ -31,13 +31,14 @@ from typing import Any
 
 from agent.errors import Conflict, VoxnodeError
 from agent.events import EventLog
-from agent.ports.files import durable
+from agent.ports.files import FileTree, durable
 from agent.ports.netlink import NetlinkPort
 from agent.state.model import DesiredState, HAConfig
 from ha.config import PairConfig
 from ha.keys import Keyring
 from ha.machine import Decision, Inputs, Reason, decide, next_change
 from ha.protocol import Kind, Role, parse_key
+from ha.replication.database import DatabaseReplication, DbSettings
 from ha.runtime import Local, Runtime
 from ha.store import HAStore, Persisted
 
@@ -72,8 +73,11 @@ class HAManager:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         proc_conf: Path = Path("/proc/sys/net/ipv4/conf"),
+        files: FileTree | None = None,
     ) -> None:
         self.store = HAStore(state_dir)
+        self.files = files  # the node's file tree (the database's drop-in and TLS files)
+        self.database: DatabaseReplication | None = None
         self.netlink = netlink
         self.events = events
         self.clock = clock
@@ -121,9 +125,10 @@ class HAManager:
         cfg = PairConfig.from_state(state) if state.ha.enabled else None
         runtime = self.runtime
         if runtime is not None and cfg is not None:
+            done = await self._restart_database(runtime, DbSettings.from_state(state))
             if cfg == runtime.cfg:
-                return []
-            return await self._reconfigure(runtime, cfg)
+                return done
+            return done + await self._reconfigure(runtime, cfg)
         done = []
         if runtime is not None:
             await self.stop(reason="fault tolerance switched off")
@@ -155,6 +160,7 @@ class HAManager:
         self._loop_task = asyncio.create_task(self._decide_loop(runtime), name="ha-decide")
         done.append(f"started the failover runtime ({cfg.profile.value} profile) as "
                     f"{self.role.value}")
+        done += await self._start_database(runtime, DbSettings.from_state(state))
         self.events.emit("ha.started", done[-1])
         return done
 
@@ -179,6 +185,45 @@ class HAManager:
             "; ".join(steps) or "timing only") + ")"
         self.events.emit("ha.reconfigured", text)
         return [text]
+
+    # --- the database's replication ---------------------------------------------------------
+
+    async def _start_database(self, runtime: Runtime, settings: DbSettings | None) -> list[str]:
+        if settings is None:
+            return []
+        database = DatabaseReplication(settings, lambda: runtime.keys.current, self.events,
+                                       files=self.files, wall=self.wall)
+        self.database = database
+        done = await self._prepare_database(database)
+        runtime.db_report = database.report
+        database.start(lambda: (self.role, runtime.peer.view,
+                                runtime.peer_alive(self.clock())))
+        return [*done, f"following the roles with the database on "
+                f"{settings.socket} (replica of {settings.peer} while slave)"]
+
+    async def _prepare_database(self, database: DatabaseReplication) -> list[str]:
+        try:
+            return await database.prepare()
+        except (OSError, VoxnodeError) as exc:
+            text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
+            self.events.emit("replication.database-files", f"the database's replication "
+                             f"files cannot be written: {text}", level=logging.ERROR)
+            return [f"database files not written: {text}"]
+
+    async def _restart_database(self, runtime: Runtime, settings: DbSettings | None
+                                ) -> list[str]:
+        current = self.database.settings if self.database is not None else None
+        if settings == current:
+            return []
+        await self._stop_database()
+        runtime.db_report = lambda role: ("", "", "")
+        return await self._start_database(runtime, settings) or [
+            "stopped following the roles with the database"]
+
+    async def _stop_database(self) -> None:
+        database, self.database = self.database, None
+        if database is not None:
+            await database.stop()
 
     def _load_keys(self) -> Keyring | None:
         key = self.store.key()
@@ -215,6 +260,8 @@ class HAManager:
             runtime.keys.rekey(new)
             note = ("the pair goes on: both keys are accepted until the peer uses the new "
                     "one; set it on the peer now")
+            if self.database is not None:
+                await self._prepare_database(self.database)
         elif self.last_state is not None:
             note = "; ".join(await self.configure(self.last_state)) or "nothing to run"
         else:
@@ -236,6 +283,7 @@ class HAManager:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._loop_task = self._announcer = None
+        await self._stop_database()
         await runtime.close()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -262,6 +310,8 @@ class HAManager:
             cloud=cfg.cloud, timing=cfg.timing, hold_off=self.hold_off_until > seen.now,
             witness_streak=seen.witness_streak, promote_after=self.promote_after,
             promote_held=self.promote_held, arbiter=cfg.arbiter is not None,
+            data_risk=(DatabaseReplication.risk(runtime.peer.view)
+                       if self.database is not None else None),
             arbiter_age=seen.arbiter_age, lease_until=seen.lease_until,
         )
 
@@ -388,8 +438,12 @@ class HAManager:
         else:
             if old is Role.MASTER and fault:
                 steps += await self._release_ip()
+                steps += await self._freeze_database()
                 steps += await self._demote_units(old, target)
             elif old is Role.MASTER:
+                # no write is acknowledged from here on: the position it stops at goes in
+                # the release, for the new master to wait for
+                steps += await self._freeze_database()
                 steps += await self._demote_units(old, target)
                 steps += await self._release_ip()
             self.role = target
@@ -456,10 +510,16 @@ class HAManager:
         if self._announcer is not None:
             self._announcer.cancel()
         self._announcer = asyncio.create_task(self._repeat_announce(runtime))
+        peer = runtime.peer.view
+        handed_over = peer is not None and peer.released_at is not None
         runtime.take_release()
         steps.append(f"PROMOTING: master with epoch {epoch}")
         if self._on_disk.role is not Role.MASTER or self._on_disk.epoch != epoch:
             self._spawn(self._save_in_background())
+        if self.database is not None:
+            # writable before the PBX starts: after a switchover once the old master's last
+            # transaction is applied, after a crash once the relay log is
+            steps += await self.database.promote(peer, switchover=handed_over)
         steps += await self._run_hooks(old, Role.MASTER)
         return steps
 
@@ -489,9 +549,15 @@ class HAManager:
         self.hold_off_until = self.clock() + 2 * runtime.cfg.timing.dead
         return steps
 
+    async def _freeze_database(self) -> list[str]:
+        if self.database is None:
+            return []
+        return await self.database.freeze()
+
     async def _release(self, reason: str) -> None:
         old = self.role
-        steps = await self._demote_units(old, Role.SLAVE)
+        steps = await self._freeze_database()
+        steps += await self._demote_units(old, Role.SLAVE)
         steps += await self._release_ip()
         if self.runtime is not None:
             self.runtime.give_up_lease()
@@ -599,6 +665,8 @@ class HAManager:
         }
         self.events.emit("ha.transition", f"{old.value} → {new.value}: {reason}")
         self.wake()  # the new role has rules of its own: decide again
+        if self.database is not None:
+            self.database.wake()
         try:
             await asyncio.to_thread(self.store.append_event, self.last_transition)
         except OSError as exc:
@@ -606,13 +674,19 @@ class HAManager:
 
     # --- operator control ------------------------------------------------------------------
 
-    async def set_state(self, target: Role) -> None:
+    async def set_state(self, target: Role, *, force: bool = False) -> None:
+        """The operator's STATE control; ``force``: take the role although the master's
+        database replication was asynchronous (acknowledged transactions may be lost)."""
         runtime = self._running()
         peer = runtime.peer.view
         alive = runtime.peer_alive(self.clock())
         if target is Role.MASTER and alive and peer is not None and peer.role is Role.MASTER:
             raise Conflict(f"the peer {peer.node_id} is master",
                            remedy="Run `voxnode ha switchover` on it, or set it off first.")
+        risk = DatabaseReplication.risk(peer) if self.database is not None else None
+        if target is Role.MASTER and risk is not None and not force and self.role is not (
+                Role.MASTER):
+            raise Conflict(risk.text, remedy="Add --force to take the role and the risk.")
         if target is Role.SLAVE and self.role is Role.MASTER and not runtime.cfg.cloud:
             await self.switchover()
             return
@@ -630,6 +704,11 @@ class HAManager:
                            remedy="Check `voxnode ha status` on both nodes.")
         if peer.role is Role.OFF:
             raise Conflict("the peer is off: set it to slave first")
+        blocked = (DatabaseReplication.switchover_blocker(peer) if self.database is not None
+                   else None)
+        if blocked is not None:
+            raise Conflict(blocked, remedy="Wait until `voxnode replication status` on the "
+                           "peer says replicating, then switch over.")
         await self.transition(Role.SLAVE, "switchover requested by the operator", release=True)
 
     def _running(self) -> Runtime:
@@ -712,7 +791,10 @@ class HAManager:
             "arbiter": runtime.arbiter.status(now) if runtime.arbiter else None,
             "decision": decision.reason,
             "failover_blockers": [r.to_dict() for r in decision.blockers],
-            "health": [r.to_dict() for r in runtime.health(now)],
+            "health": [r.to_dict() for r in [
+                *runtime.health(now),
+                *(self.database.health() if self.database is not None else [])]],
+            "database": self.database.to_dict() if self.database is not None else None,
             "next_step": cloud_next_step(self.role, peer.role if alive and peer else None)
             if runtime.cfg.cloud else None,
         })

@@ -38,7 +38,8 @@ MAGIC = b"VXHA"
 VERSION = 1
 MAC_LEN = 16
 MAX_MACS = 2
-MAX_BODY = 1024  # a heartbeat body is ~250 bytes; anything larger is not ours
+MAX_BODY = 1400  # a heartbeat body is ~350 bytes; anything larger is not ours
+MAX_DB_TEXT = 400  # a database position: a few GTIDs
 _HEADER = struct.Struct("!4sBH")
 HEADER_LEN = _HEADER.size
 KEY_BYTES = 32
@@ -86,6 +87,9 @@ class Message:
     ack: str = ""  # boot id of the last authentic message the sender heard from us
     dead_ms: int = 0  # the sender's dead interval: a receiver with a faster profile waits
     #                   at least this long before it counts the sender as lost
+    db: str = ""  # the sender's database position (GTIDs) while master, or frozen at
+    db_sync: str = ""  # "semi": its commits wait for the replica; "async"; "frozen"; ""
+    db_fork: str = ""  # a master's position when it opened for writes (where it forked)
 
     def to_body(self) -> dict[str, Any]:
         # spelled out rather than dataclasses.asdict: this runs for every heartbeat, and
@@ -95,6 +99,7 @@ class Message:
             "seq": self.seq, "role": self.role.value, "epoch": self.epoch,
             "holds_vip": self.holds_vip, "witness_ok": self.witness_ok,
             "sent_at": self.sent_at, "ack": self.ack, "dead_ms": self.dead_ms,
+            "db": self.db, "db_sync": self.db_sync, "db_fork": self.db_fork,
         }
 
 
@@ -195,9 +200,18 @@ def decode_with_key(data: bytes, keys: Sequence[bytes]) -> tuple[Message, int]:
             sent_at=float(body["sent_at"]),
             ack=str(body.get("ack", "")),
             dead_ms=min(60_000, max(0, int(body.get("dead_ms", 0)))),
+            db=_short_text(body.get("db", ""), MAX_DB_TEXT),
+            db_sync=_short_text(body.get("db_sync", ""), 8),
+            db_fork=_short_text(body.get("db_fork", ""), MAX_DB_TEXT),
         ), index
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise BadMessage(f"malformed body: {exc!r}") from None
+
+
+def _short_text(value: object, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError(f"a text field over {limit} characters or not text")
+    return value
 
 
 class ReplayGuard:

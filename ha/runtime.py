@@ -190,6 +190,8 @@ class Runtime:
         self.local = local
         self.on_input = on_input
         self.on_pulse = on_pulse  # called after each heartbeat goes out
+        # what the heartbeats say of the database for a role: (position, state, fork)
+        self.db_report: Callable[[Role], tuple[str, str, str]] = lambda role: ("", "", "")
         self.proc_conf = proc_conf
         self.boot_id = new_boot_id()
         self.seq = 0
@@ -388,6 +390,7 @@ class Runtime:
     def message(self, kind: Kind = Kind.HEARTBEAT) -> Message:
         self.seq += 1
         me = self.local()
+        db, db_sync, db_fork = self.db_report(me.role)
         return Message(
             kind=kind, node_id=self.cfg.node_id, boot_id=self.boot_id, seq=self.seq,
             # while the node IP is still here (a demotion stopping units) the peer must go
@@ -397,6 +400,7 @@ class Runtime:
             witness_ok=self.witness_age(self.clock()) < self.cfg.timing.witness_within,
             sent_at=self.wall(), ack=self.peer.boot,
             dead_ms=round(self.cfg.timing.dead * 1000),
+            db=db, db_sync=db_sync, db_fork=db_fork,
         )
 
     def send(self, kind: Kind = Kind.HEARTBEAT) -> None:
@@ -515,13 +519,14 @@ class Runtime:
         if released is None and old is not None and msg.role is not Role.MASTER:
             released = old.released_at
         view = PeerView(msg.node_id, msg.role, msg.epoch, msg.holds_vip, msg.witness_ok, now,
-                        released, msg.dead_ms / 1000)
+                        released, msg.dead_ms / 1000, msg.db, msg.db_sync, msg.db_fork)
         self.peer.view = view
         # news is decided on in this same wake-up; a plain "still here" only moves the
         # deadlines on, and the decision already scheduled reads it when it comes (one
         # decision per dead or guard interval instead of one per heartbeat)
-        if old is None or replace(old, last_seen=now) != view or now - old.last_seen >= (
-                self.cfg.timing.guard):
+        # (a new database position alone is no news: it moves with every write)
+        if old is None or replace(old, last_seen=now, db=view.db) != view or (
+                now - old.last_seen >= self.cfg.timing.guard):
             self.on_input()
         self._follow(msg, now)
 

@@ -185,7 +185,9 @@ def ha_document(node: Member) -> dict[str, Any]:
     ha.update(enabled=True, peer=other(node).address,
               shared_ips=[{"interface": "eth0", "address": NODE_IP_CIDR, "primary": True}],
               witnesses=[net.GATEWAY],
-              arbiter={"address": net.GATEWAY, "port": ARBITER_PORT})
+              arbiter={"address": net.GATEWAY, "port": ARBITER_PORT},
+              # the lab's rootfs has no database server yet
+              replication={"database": {"engine": "none"}})
     doc["ha"] = ha
     return doc
 

@@ -21,14 +21,18 @@ async def ha_events(request: web.Request) -> web.Response:
 
 
 async def ha_set_state(request: web.Request) -> web.Response:
-    data = await read_body(request, {"state"})
+    data = await read_body(request, {"state", "force"})
     allowed = [Role.MASTER.value, Role.SLAVE.value, Role.OFF.value]
     if data.get("state") not in allowed:
         raise InvalidInput("unknown state", problems=[
-            Problem("state", f"'{data.get('state')}' is not a state (allowed: "
+            Problem("state", f"'{str(data.get('state'))[:40]}' is not a state (allowed: "
                     f"{', '.join(allowed)})")])
+    force = data.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidInput("force must be true or false",
+                           problems=[Problem("force", "must be true or false")])
     manager = request.app[HA]
-    await manager.set_state(Role(data["state"]))
+    await manager.set_state(Role(data["state"]), force=force)
     return json_response(manager.status())
 
 

@@ -95,7 +95,10 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_set_state(client: Client, args: argparse.Namespace) -> int:
-    data = client.post("/v1/ha/state", {"state": args.state})
+    body: dict[str, Any] = {"state": args.state}
+    if args.force:
+        body["force"] = True
+    data = client.post("/v1/ha/state", body)
     return output.show(args, data, show_status)
 
 
@@ -133,6 +136,10 @@ def register(subparsers: Any, add: AddCommand) -> None:
     p = add(actions, "set-state", cmd_set_state,
             "the System Monitor STATE control: master, slave, or off (services off)")
     p.add_argument("state", choices=["master", "slave", "off"])
+    p.add_argument("--force", action="store_true",
+                   help="take the master role although the master's database replication "
+                   "was asynchronous when it was last heard (acknowledged transactions may "
+                   "be lost; `ha status` says which may be missing)")
     add(actions, "switchover", cmd_switchover,
         "graceful hand-over: this master stops its units, releases the node IP and tells "
         "the peer to take it at once")

@@ -23,12 +23,14 @@ from ha.config import PairConfig
 from ha.manager import HAManager
 from ha.protocol import Role
 from ha.replication.config import check_replication_paths
+from ha.replication.database import DbSettings
 
 
 class HACode(StrEnum):
     HA_START = "ha-start"
     HA_RECONFIGURE = "ha-reconfigure"
     HA_STOP = "ha-stop"
+    HA_REPLICATION = "ha-replication"
     # warnings
     HA_NO_FAILOVER = "ha-no-failover"
     HA_NO_PAIR_KEY = "ha-no-pair-key"
@@ -48,9 +50,10 @@ def plan_ha(old: DesiredState | None, new: DesiredState, observed: HAObservation
     name = "ha"
     before = PairConfig.from_state(old) if old is not None and old.ha.enabled else None
     after = PairConfig.from_state(new) if new.ha.enabled else None
+    replication = _replication_step(old, new)
     if before == after:
         # nothing the pair runs with changed (a DNS, NTP or search-domain edit)
-        return SubsystemPlan(name)
+        return SubsystemPlan(name, steps=replication)
     if after is None:
         return SubsystemPlan(
             name, steps=(item(C.HA_STOP, "stop fault tolerance (a master releases the node IP)"),),
@@ -72,10 +75,31 @@ def plan_ha(old: DesiredState | None, new: DesiredState, observed: HAObservation
                     f"and the node IP (changed: {', '.join(changed)}; node IP {ips})",
                     changed=joined(changed), node_ips=node_ips)
     warnings: tuple[PlanItem, ...] = ()
+    step_list = (step, *replication)
     if not observed.pair_key_installed:
         warnings += (item(C.HA_NO_PAIR_KEY, "no pair key yet: run `voxnode ha pair-key "
                           "generate` (or `set`)"),)
-    return SubsystemPlan(name, steps=(step,), warnings=warnings)
+    return SubsystemPlan(name, steps=step_list, warnings=warnings)
+
+
+def _replication_step(old: DesiredState | None, new: DesiredState) -> tuple[PlanItem, ...]:
+    """What a change of ``ha.replication`` does while the pair runs (or will)."""
+    if not new.ha.enabled:
+        return ()
+    before = old.ha.replication if old is not None and old.ha.enabled else None
+    after = new.ha.replication
+    if before == after:
+        return ()
+    database = DbSettings.from_state(new)
+    db_text = (f"the database on {database.socket} follows the roles (replica of "
+               f"{database.peer} while slave)" if database is not None
+               else "no database replication")
+    paths = ", ".join(after.paths) or "none"
+    return (item(C.HA_REPLICATION, f"replication: {db_text}; file paths: {paths} "
+                 f"({after.bandwidth_kb} KiB/s); lag limit {after.max_lag_s:g} s",
+                 database=database.socket if database is not None else "",
+                 paths=joined(after.paths), bandwidth_kb=after.bandwidth_kb,
+                 max_lag_s=after.max_lag_s),)
 
 
 class HASubsystem:

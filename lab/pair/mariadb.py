@@ -55,11 +55,12 @@ def _template_datadir() -> Path:
 class DbServer:
     """One server: ``base`` holds ``data/``, ``mysqld.sock``, ``server.log``, ``my.cnf``."""
 
-    def __init__(self, netns: str, base: Path, drop_in: str, *, bind: str = "0.0.0.0") -> None:
+    def __init__(self, netns: str, base: Path, drop_in: str, *, bind: str = "0.0.0.0",
+                 socket: Path | None = None) -> None:
         self.netns = netns
         self.base = base
         self.datadir = base / "data"
-        self.socket = str(base / "mysqld.sock")
+        self.socket = str(socket or base / "mysqld.sock")
         self.log = base / "server.log"
         self.config = base / "my.cnf"
         self.drop_in = drop_in
@@ -95,6 +96,7 @@ class DbServer:
         if self.proc is not None and self.proc.poll() is None:
             raise LabError(f"the database server in {self.netns} already runs")
         self.write_config()
+        Path(self.socket).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)
         self.proc = subprocess.Popen(

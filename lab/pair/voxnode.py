@@ -52,10 +52,12 @@ def seed(node: Node, profile: str, extra_ha: dict[str, Any] | None = None) -> st
         "enabled": True, "peer": NODE_ADDRESSES[other(node)], "profile": profile,
         "shared_ips": [{"interface": "eth0", "address": f"{NODE_IP}/{SUBNET_PREFIXLEN}",
                         "primary": True}],
+        # no database unless a test gives one (``lab.pair.mariadb``)
+        "replication": {"database": {"engine": "none"}},
         **(extra_ha or {}),
     }
     document = {
-        "schema_version": 1,
+        "schema_version": 2,
         "network": {
             "hostname": f"node{node}",
             "interfaces": {"eth0": {"addresses": [f"{NODE_ADDRESSES[node]}/{SUBNET_PREFIXLEN}"]}},

@@ -293,3 +293,40 @@ def test_a_peer_on_a_slower_profile_is_given_its_own_dead_interval() -> None:
     assert decide(replace(given, peer=replace(slow_master, dead=0.0))).target is Role.MASTER
     lost = replace(given, peer=replace(slow_master, last_seen=NOW - T.dead - 0.01))
     assert decide(lost).target is Role.MASTER
+
+
+# --- the database's word: no takeover on the rules alone when data may be lost ---------------
+
+
+def test_a_master_whose_replication_was_asynchronous_is_not_taken_over_on_its_own() -> None:
+    from ha.replication.database import DatabaseReplication
+
+    master = replace(peer(Role.MASTER, age=3), db="0-11-90", db_sync="async")
+    risk = DatabaseReplication.risk(master)
+    assert risk is not None and risk.code == "replication-async"
+    assert "after 0-11-90 may be missing" in risk.text
+    given = replace(inputs(Role.SLAVE, master), data_risk=risk)
+    decision = decide(given)
+    assert decision.target is None
+    assert "was asynchronous: not taking over on its own" in decision.reason
+    assert "--force" in decision.reason
+    assert risk in decision.blockers
+    # with the master's replication semi-synchronous, the same silence is a takeover
+    semi = replace(master, db_sync="semi")
+    assert DatabaseReplication.risk(semi) is None
+    assert decide(replace(given, peer=semi, data_risk=None)).target is Role.MASTER
+    # a switchover's release is the master's own word: no risk (it froze first)
+    released = replace(peer(Role.SLAVE, released=True), db="0-11-90", db_sync="frozen")
+    assert DatabaseReplication.risk(released) is None
+    assert decide(inputs(Role.SLAVE, released)).target is Role.MASTER
+
+
+def test_a_switchover_needs_a_replicating_peer() -> None:
+    from ha.replication.database import DatabaseReplication
+
+    assert DatabaseReplication.switchover_blocker(
+        replace(peer(Role.SLAVE), db="0-11-5", db_sync="replica")) is None
+    for state in ("", "frozen", "async"):
+        text = DatabaseReplication.switchover_blocker(replace(peer(Role.SLAVE), db_sync=state))
+        assert text is not None and "could lose transactions" in text
+    assert DatabaseReplication.switchover_blocker(None) is not None

@@ -91,7 +91,7 @@ class PromotableRuntime(QuietRuntime):
         self.taken = 0
         self.cfg = SimpleNamespace(timing=TIMINGS[HAProfile.STANDARD],
                                    shared_ips=["10.0.0.10/24"])
-        self.peer = SimpleNamespace(view=SimpleNamespace(epoch=peer_epoch))
+        self.peer = SimpleNamespace(view=SimpleNamespace(epoch=peer_epoch, released_at=None))
         runtime = self
 
         class NodeIP:

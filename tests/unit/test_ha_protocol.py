@@ -90,6 +90,8 @@ def test_garbage_is_refused(data: bytes) -> None:
     [], "x", 7, {"kind": "heartbeat"},
     {**msg().to_body(), "seq": "1e400"}, {**msg().to_body(), "seq": [1]},
     {**msg().to_body(), "role": "emperor"}, {**msg().to_body(), "epoch": None},
+    {**msg().to_body(), "db": 7}, {**msg().to_body(), "db": ["0-1-1"]},
+    {**msg().to_body(), "db": "0-1-1," * 100}, {**msg().to_body(), "db_sync": "semi" * 3},
 ])
 def test_authentic_but_malformed_bodies_are_refused(body: object) -> None:
     raw = json.dumps(body).encode()
@@ -191,3 +193,11 @@ def test_keyring_window() -> None:
     ring.rekey(third)  # the same key again: nothing to do
     assert ring.signing() == [third]
     assert changes == [KEY, KEY, None]
+
+
+def test_the_database_position_travels_with_the_heartbeat() -> None:
+    sent = replace(msg(), db="0-173539339-42,1-12-7", db_sync="semi")
+    assert decode(encode(sent, KEY), KEY) == sent
+    older = {k: v for k, v in msg().to_body().items() if k not in ("db", "db_sync")}
+    got = decode(seal(older, [KEY]), KEY)  # a peer without database replication
+    assert (got.db, got.db_sync) == ("", "")

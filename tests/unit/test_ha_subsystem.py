@@ -40,7 +40,15 @@ def plan(old: DesiredState | None, new: DesiredState, observed: HAObservation
 
 def test_turning_fault_tolerance_on() -> None:
     result = plan(state(enabled=False), state(), KEYED)
-    [step] = result.steps
+    step, replication = result.steps
+    assert replication.to_dict() == {
+        "code": "ha-replication",
+        "params": {"database": "/run/mysqld/mysqld.sock", "paths": "", "bandwidth_kb": 2048,
+                   "max_lag_s": 5.0},
+        "text": "replication: the database on /run/mysqld/mysqld.sock follows the roles "
+                "(replica of 10.0.0.12 while slave); file paths: none (2048 KiB/s); lag "
+                "limit 5 s",
+    }
     assert step.to_dict() == {
         "code": "ha-start",
         "params": {"peer": "10.0.0.12", "profile": "standard", "node_ips": "eth0=10.0.0.10/24"},
@@ -104,3 +112,12 @@ async def test_replicated_paths_must_exist_as_directories(tmp_path: Path) -> Non
         "ha.replication.paths[3]: /srv/link is a symbolic link: give the directory it points to",
     ]
     assert await sub.check(state(replication={"paths": ["/srv/rec"]})) == []
+
+
+def test_a_change_of_replication_alone_is_planned_without_touching_the_pair() -> None:
+    result = plan(state(), state(replication={"max_lag_s": 12, "database": {"engine": "none"}}),
+                  KEYED)
+    [step] = result.steps
+    assert step.code == "ha-replication"
+    assert step.text == ("replication: no database replication; file paths: none (2048 "
+                         "KiB/s); lag limit 12 s")

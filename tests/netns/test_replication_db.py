@@ -1,0 +1,337 @@
+"""The database follows the pair (ha/replication/): real MariaDB servers, real agents.
+
+Each node namespace runs a ``mariadbd`` started the way systemd would after the agent
+wrote its drop-in (``lab.pair.mariadb``): the agent renders the settings and the TLS files
+(the CA derived from the pair key) under its root, the server runs with them, and the
+agent's follower makes the master writable and the slave a read-only replica over TLS. A
+writer in the client namespace inserts rows through the node IP and logs each row the
+server acknowledged (``lab.pair.dbwriter``); after a switchover or a crash every one of
+them must be on the new master.
+
+Tried here: a report user writing on the slave; a replica without the pair's certificate;
+a switchover under 200 writes/s; a crash of the master under 200 writes/s with semi-
+synchronous replication; the same crash after semi-synchronous replication fell back to
+asynchronous (the slave must not take over on its own, and says which transactions may be
+missing; ``set-state master --force`` takes the risk); the old master coming back with
+the transactions nobody else has (it must stay read-only, not replicate, and ask for a
+full sync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import Conflict
+from lab.pair import mariadb as labdb
+from lab.pair.harness import PairLab
+from lab.pair.mariadb import DbServer
+from lab.pair.topology import NODE_ADDRESSES, NODE_IP, NODES, Node, other
+from lab.pair.voxnode import VoxnodePair
+from tests.netns.pairs import codes, lab_or_skip
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+SOCKET = "/run/mysqld/mysqld.sock"  # the node path the agents are told
+DROP_IN = "etc/my.cnf.d/90-voxnode-replication.cnf"
+EXTRA_HA = {"replication": {"database": {"engine": "mariadb", "socket": SOCKET},
+                            "max_lag_s": 5}}
+
+
+class DbPair:
+    """Two agents and their two database servers."""
+
+    def __init__(self, pair: VoxnodePair) -> None:
+        self.pair = pair
+        self.lab = pair.lab
+        self.servers: dict[Node, DbServer] = {}
+
+    def root(self, node: Node) -> Path:
+        return self.pair.dir(node) / "root"
+
+    def server(self, node: Node) -> DbServer:
+        return self.servers[node]
+
+    def start_server(self, node: Node, *, install: bool = True) -> DbServer:
+        """The server as systemd would start it once the agent wrote its drop-in."""
+        drop_in = self.root(node) / DROP_IN
+        wait_for(f"the agent on {node} writes {DROP_IN}", drop_in.exists, 15)
+        server = self.servers.get(node) or DbServer(
+            self.lab.ns[node], self.lab.workdir / f"db-{node}", drop_in.read_text(),
+            socket=self.root(node) / SOCKET.lstrip("/"))
+        server.drop_in = drop_in.read_text()
+        if install:
+            server.install()
+        server.start()
+        self.servers[node] = server
+        return server
+
+    def database(self, node: Node) -> dict[str, Any]:
+        data = self.pair.status(node)
+        assert data is not None, f"no status from {node}"
+        db: dict[str, Any] = data["database"]
+        return db
+
+    def wait_state(self, node: Node, state: str, timeout: float = 15) -> dict[str, Any]:
+        wait_for(f"the database of {node} is {state}",
+                 lambda: (self.pair.status(node) or {}).get("database", {}).get("state")
+                 == state, timeout,
+                 lambda: str((self.pair.status(node) or {}).get("database")))
+        return self.database(node)
+
+    def schema(self, master: Node) -> None:
+        """The PBX's schema and its client account, made on the master (replicated)."""
+        self.server(master).sql(
+            "CREATE DATABASE pbx; CREATE TABLE pbx.calls (id BIGINT PRIMARY KEY "
+            "AUTO_INCREMENT, seq BIGINT NOT NULL, at DATETIME(6)) ENGINE=InnoDB; "
+            "CREATE USER pbx@'10.88.0.%' IDENTIFIED BY 'pbx'; "
+            "GRANT SELECT, INSERT ON pbx.* TO pbx@'10.88.0.%'; "
+            "CREATE USER report@'%' IDENTIFIED BY 'report'; "
+            "GRANT SELECT, INSERT ON pbx.* TO report@'%'")
+
+    def ids(self, node: Node) -> set[int]:
+        text = self.server(node).sql("SELECT id FROM pbx.calls")
+        return {int(x) for x in text.split()}
+
+
+@contextlib.contextmanager
+def db_pair() -> Iterator[DbPair]:
+    lab_or_skip()
+    missing = labdb.missing_tools()
+    if missing:
+        pytest.skip(f"MariaDB missing: {', '.join(missing)} (make apt)")
+    with PairLab(assign_node_addresses=False, probe=False) as lab:
+        voxnode = VoxnodePair(lab, extra_ha=EXTRA_HA)
+        dbs = DbPair(voxnode)
+        try:
+            yield dbs
+        finally:
+            voxnode.stop()
+            for server in dbs.servers.values():
+                server.kill()
+        problems = voxnode.loop_problems()
+        assert problems == [], "\n".join(problems)
+
+
+@pytest.fixture
+def dbs() -> Iterator[DbPair]:
+    with db_pair() as pair:
+        yield pair
+
+
+def wait_for(what: str, check: Any, timeout: float, detail: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            extra = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out waiting until {what}{extra}")
+        time.sleep(0.1)
+
+
+def up(dbs: DbPair) -> Node:
+    """Agents, then servers; the master writable and the slave replicating; the schema."""
+    master = dbs.pair.start(stagger_s=0.3)
+    for node in NODES:
+        dbs.start_server(node)
+    dbs.wait_state(master, "master")
+    dbs.wait_state(other(master), "replicating")
+    dbs.schema(master)
+    wait_for("the schema reaches the slave", lambda: dbs.server(other(master)).sql(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='pbx'",
+        check=False) == "1", 10)
+    return master
+
+
+class Writer:
+    """``lab.pair.dbwriter`` in the client namespace, through the node IP."""
+
+    def __init__(self, lab: PairLab, rate: float = 200.0) -> None:
+        self.log = lab.workdir / f"writer-{time.monotonic_ns()}.log"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", lab.ns["c"], sys.executable, "-m", "lab.pair.dbwriter",
+                 "--host", NODE_IP, "--rate", str(rate)], stdout=fh,
+                stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def acknowledged(self) -> list[int]:
+        return [int(line.split()[1]) for line in self.log.read_text().splitlines()
+                if line.startswith("ok ")]
+
+    def errors(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if line.startswith("error")]
+
+    def wait_rows(self, count: int, timeout: float = 20) -> None:
+        start = len(self.acknowledged())
+        wait_for(f"{count} more acknowledged rows", lambda: len(self.acknowledged()) >= start
+                 + count, timeout, lambda: self.errors()[-3:])
+
+    def stop(self) -> list[int]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        return self.acknowledged()
+
+
+# --- the slave is a read-only replica, reached only with the pair's certificate -----------
+
+
+def test_the_slave_replicates_read_only_over_tls(dbs: DbPair) -> None:
+    master = up(dbs)
+    slave = other(master)
+    dbs.server(master).sql("INSERT INTO pbx.calls (seq) VALUES (1), (2), (3)")
+    wait_for("3 rows on the slave", lambda: len(dbs.ids(slave)) == 3, 10)
+    db = dbs.database(slave)
+    assert db["server"]["read_only"] is True
+    assert db["server"]["replica"]["master_host"] == NODE_ADDRESSES[master]
+    assert dbs.database(master)["server"]["read_only"] is False
+    assert dbs.database(master)["server"]["semi_sync_master"] is True
+    # a report user reads on the slave and cannot write there
+    slave_ip = NODE_ADDRESSES[slave]
+    assert dbs.server(slave).sql("SELECT COUNT(*) FROM pbx.calls", user="report",
+                                 password="report", host=slave_ip) == "3"
+    with pytest.raises(Exception, match="read-only|read_only|1290"):
+        dbs.server(slave).sql("INSERT INTO pbx.calls (seq) VALUES (9)", user="report",
+                              password="report", host=slave_ip)
+    # the replication link is TLS, and the account needs the pair's certificate
+    cipher = dbs.server(master).sql(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER='voxnode_repl'")
+    assert cipher == "1"
+    assert dbs.server(master).sql(
+        "SELECT ssl_type FROM mysql.user WHERE user='voxnode_repl'") == "X509"
+    assert dbs.server(master).sql(
+        "SELECT host FROM mysql.user WHERE user='voxnode_repl'") == slave_ip
+    # the account's secret derives from the pair key: a client with it but no certificate
+    # from the pair's CA is refused (the secret is in neither document nor log)
+    from ha.protocol import parse_key
+    from ha.replication.mariadb import replication_secret
+    secret = replication_secret(parse_key(dbs.pair.key))
+    refused = subprocess.run(
+        ["ip", "netns", "exec", dbs.lab.ns[slave], "mariadb", "-N", "-B",
+         f"--host={NODE_ADDRESSES[master]}", "--user=voxnode_repl", f"--password={secret}",
+         "--ssl", "-e", "SELECT 1"], capture_output=True, text=True, timeout=20, check=False)
+    assert refused.returncode != 0 and "Access denied" in refused.stderr, refused.stderr
+    for node in NODES:
+        log = (dbs.pair.dir(node) / "agent.log").read_text()
+        assert secret not in log
+        assert secret not in (dbs.root(node) / DROP_IN).read_text()
+
+
+# --- switchover and crash with a writer: no acknowledged row lost ---------------------------
+
+
+def test_a_switchover_under_writes_loses_no_acknowledged_row(dbs: DbPair) -> None:
+    master = up(dbs)
+    slave = other(master)
+    writer = Writer(dbs.lab)
+    writer.wait_rows(200)
+    dbs.pair.client(master, timeout=30).post("/v1/ha/switchover", {})
+    wait_for(f"{slave} is master", lambda: dbs.pair.role(slave) == "master", 15)
+    writer.wait_rows(200)
+    acked = writer.stop()
+    dbs.wait_state(master, "replicating")
+    on_new_master = dbs.ids(slave)
+    lost = set(acked) - on_new_master
+    assert lost == set(), f"{len(lost)} acknowledged rows lost: {sorted(lost)[:10]}"
+    wait_for("the old master has every row", lambda: dbs.ids(master) == on_new_master, 15)
+    events = " ".join(step for e in dbs.pair.events(slave) for step in e.get("steps", []))
+    assert "database: applied the old master's last transaction" in events
+
+
+def test_a_crash_with_semi_sync_loses_no_acknowledged_row(dbs: DbPair) -> None:
+    master = up(dbs)
+    slave = other(master)
+    assert dbs.database(master)["server"]["semi_sync_clients"] == 1
+    writer = Writer(dbs.lab)
+    writer.wait_rows(300)
+    dbs.lab.crash(master)  # the agent, the database server, everything on the node
+    wait_for(f"{slave} is master", lambda: dbs.pair.role(slave) == "master", 15)
+    writer.wait_rows(100)
+    acked = writer.stop()
+    lost = set(acked) - dbs.ids(slave)
+    assert lost == set(), f"{len(lost)} acknowledged rows lost: {sorted(lost)[:10]}"
+    promotion = dbs.database(slave)["last_promotion"]
+    assert promotion["ok"] is True, promotion
+
+
+def block_replication(dbs: DbPair, slave: Node) -> None:
+    """The slave can no longer reach the master's database port (the heartbeats still
+    pass): the master's commits stop waiting for an acknowledgement."""
+    dbs.lab.nsexec(slave, "nft", "-f", "-", stdin=(
+        "table inet vxdb {\n  chain out {\n    type filter hook output priority 0;\n"
+        "    tcp dport 3306 drop\n  }\n}\n"))
+    dbs.server(slave).sql("STOP SLAVE; START SLAVE")  # drop the established connection
+
+
+def test_after_a_fall_back_to_asynchronous_the_slave_does_not_take_over_alone(
+        dbs: DbPair) -> None:
+    master = up(dbs)
+    slave = other(master)
+    block_replication(dbs, slave)
+    dbs.server(master).sql("INSERT INTO pbx.calls (seq) VALUES (1)")  # waits 1 s, then async
+    wait_for("the master reports asynchronous commits",
+             lambda: (dbs.pair.status(slave) or {}).get("peer", {}) is not None and any(
+                 r["code"] == "replication-async"
+                 for r in (dbs.pair.status(slave) or {}).get("failover_blockers", [])), 10,
+             lambda: dbs.database(master))
+    health = codes(dbs.pair.status(master)["health"])  # type: ignore[index]
+    assert "replication-async" in health
+    dbs.server(master).sql("INSERT INTO pbx.calls (seq) VALUES (2), (3)")
+    time.sleep(1.0)  # the heartbeats carry the new position
+    dbs.lab.crash(master)
+    time.sleep(3.0)  # several dead intervals
+    status = dbs.pair.status(slave)
+    assert status is not None and status["role"] == "slave", status
+    assert "was asynchronous: not taking over on its own" in status["decision"]
+    [risk] = [r for r in status["failover_blockers"] if r["code"] == "replication-async"]
+    assert "may be missing" in risk["text"] and "--force" in risk["text"]
+    assert dbs.lab.vip_holders() - set(dbs.lab.faults.crashed) == set()
+    # without --force the operator is told why; with it the slave takes the role
+    client = dbs.pair.client(slave, timeout=30)
+    with pytest.raises(Conflict) as refused:
+        client.post("/v1/ha/state", {"state": "master"})
+    assert "asynchronous" in refused.value.message and refused.value.remedy
+    client.post("/v1/ha/state", {"state": "master", "force": True})
+    wait_for(f"{slave} is master", lambda: dbs.pair.role(slave) == "master", 10)
+    dbs.wait_state(slave, "master")
+
+
+def test_an_old_master_with_transactions_nobody_has_is_quarantined(dbs: DbPair) -> None:
+    master = up(dbs)
+    slave = other(master)
+    block_replication(dbs, slave)
+    dbs.server(master).sql("INSERT INTO pbx.calls (seq) VALUES (1)")
+    dbs.server(master).sql("INSERT INTO pbx.calls (seq) VALUES (2), (3), (4)")
+    extra = dbs.ids(master) - dbs.ids(slave)
+    assert len(extra) == 4
+    dbs.lab.crash(master)
+    time.sleep(2.0)
+    dbs.pair.client(slave, timeout=30).post("/v1/ha/state", {"state": "master", "force": True})
+    wait_for(f"{slave} is master", lambda: dbs.pair.role(slave) == "master", 10)
+    dbs.wait_state(slave, "master")
+    dbs.server(slave).sql("INSERT INTO pbx.calls (seq) VALUES (100)")
+    # the old master comes back: its agent and its server, with the 4 rows nobody else has
+    dbs.lab.revive(master)
+    dbs.lab.nsexec(slave, "nft", "delete", "table", "inet", "vxdb")
+    dbs.pair.start_node(master)
+    dbs.start_server(master, install=False)
+    wait_for(f"{master} is slave", lambda: dbs.pair.role(master) == "slave", 15)
+    db = dbs.wait_state(master, "diverged")
+    assert db["needs_full_sync"] is True
+    assert "2 transactions" in db["diverged"], db  # the two inserts nobody else has
+    assert db["server"]["read_only"] is True
+    assert db["server"]["replica"] is None or db["server"]["replica"]["io_running"] == "No"
+    assert 100 not in {int(x) for x in dbs.server(master).sql(
+        "SELECT seq FROM pbx.calls").split()}  # it did not replicate on top of its own
+    kinds = [e["kind"] for e in dbs.pair.client(master).get("/v1/events")["events"]]
+    assert "replication.database-diverged" in kinds
