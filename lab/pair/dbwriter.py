@@ -11,6 +11,7 @@ lose. Stops on SIGTERM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
@@ -50,10 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         except (pymysql.err.MySQLError, OSError) as exc:
             print(f"error {time.monotonic():.6f} {str(exc)[:200]}", flush=True)
             if conn is not None:
-                try:
+                with contextlib.suppress(Exception):
                     conn.close()
-                except Exception:
-                    pass
             conn = None
             time.sleep(0.05)
             next_at = time.monotonic()

@@ -35,7 +35,7 @@ from agent.errors import Conflict
 from lab.pair import mariadb as labdb
 from lab.pair.harness import PairLab
 from lab.pair.mariadb import DbServer
-from lab.pair.topology import NODE_ADDRESSES, NODE_IP, NODES, Node, other
+from lab.pair.topology import NODE_ADDRESSES, NODE_IP, NODES, LabError, Node, other
 from lab.pair.voxnode import VoxnodePair
 from tests.netns.pairs import codes, lab_or_skip
 
@@ -200,7 +200,7 @@ def test_the_slave_replicates_read_only_over_tls(dbs: DbPair) -> None:
     slave_ip = NODE_ADDRESSES[slave]
     assert dbs.server(slave).sql("SELECT COUNT(*) FROM pbx.calls", user="report",
                                  password="report", host=slave_ip) == "3"
-    with pytest.raises(Exception, match="read-only|read_only|1290"):
+    with pytest.raises(LabError, match=r"read-only|read_only|1290"):
         dbs.server(slave).sql("INSERT INTO pbx.calls (seq) VALUES (9)", user="report",
                               password="report", host=slave_ip)
     # the replication link is TLS, and the account needs the pair's certificate
