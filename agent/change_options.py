@@ -42,7 +42,7 @@ def _window(value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("voxnode", "must be a number of seconds")
-    if not 0 < value <= MAX_CONFIRM_WINDOW:  # NaN fails this too
+    if not 1 <= value <= MAX_CONFIRM_WINDOW:  # NaN fails this too
         raise PydanticCustomError(_WINDOW_RANGE, "must be 1-{limit} seconds",
                                   {"limit": MAX_CONFIRM_WINDOW})
     return float(value)

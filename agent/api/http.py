@@ -88,7 +88,7 @@ async def read_body(request: web.Request, allowed: Iterable[str]) -> dict[str, A
         return {}
     try:
         data = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # a body nested deeper than the decoder goes
         raise InvalidInput(
             "the request body is not JSON", problems=[Problem("body", "expected a JSON object")]
         ) from None

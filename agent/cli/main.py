@@ -95,7 +95,7 @@ def _pair_line(pair: dict[str, Any] | None) -> str:
     if not pair or not pair.get("enabled"):
         return "not paired (ha.enabled is false)"
     if not pair.get("running"):
-        return f"NOT RUNNING: {escape(str(pair.get('problem') or 'failover is stopped'))}"
+        return f"NOT RUNNING: {pair.get('problem') or 'failover is stopped'}"
     peer_role = pair.get("peer_role") or "not heard"
     return (f"{pair['role']}; peer {pair['peer']} {peer_role}; node IP held by "
             f"{pair['node_ip_holder']}")
@@ -118,7 +118,7 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
                 ("awaiting confirm", f"revision {pending['revision']}, rolls back to "
                  f"{pending['rolls_back_to']} in {pending['seconds_left']} s"
                  if pending else "no"),
-                ("licence", _licence_line(d["licence"])),
+                ("licence", output.styled(_licence_line(d["licence"]))),
                 ("pair", _pair_line(d.get("pair"))),
                 ("subsystems", d["subsystems"]),
             ]

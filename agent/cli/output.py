@@ -11,24 +11,48 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.errors import MarkupError
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from agent.errors import EXIT_OK, VoxnodeError
 
 Data = TypeVar("Data")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Console(Console):
+    """Text from the agent (a comment, a hostname, a server's error) may hold what reads as
+    markup (``[/]``): printed literally rather than raising."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        try:
+            super().print(*objects, **kwargs)
+        except MarkupError:
+            kwargs["markup"] = False
+            super().print(*objects, **kwargs)
 
 
-def _value(v: Any) -> str:
+out = _Console(highlight=False, soft_wrap=True, emoji=False)
+err = _Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def styled(markup: str) -> Text:
+    """A table cell with deliberate markup (its data parts escaped by the caller); every
+    other cell is shown literally."""
+    return Text.from_markup(markup)
+
+
+def _value(v: Any) -> Text:
+    if isinstance(v, Text):
+        return v
     if v is None:
-        return "-"
+        return Text("-")
     if isinstance(v, list):
-        return ", ".join(str(x) for x in v) or "(none)"
+        return Text(", ".join(str(x) for x in v) or "(none)")
     if isinstance(v, bool):
-        return "yes" if v else "no"
-    return str(v)
+        return Text("yes" if v else "no")
+    return Text(str(v))
 
 
 def when(ts: float | None) -> str:
@@ -56,11 +80,11 @@ def table(headers: list[str], rows: list[list[Any]], title: str | None = None) -
 
 
 def error(exc: VoxnodeError) -> None:
-    err.print(f"[bold red]error:[/] {exc.message}")
+    err.print(f"[bold red]error:[/] {escape(exc.message)}")
     for problem in exc.problems:
         err.print(f"  {problem}", markup=False)
     if exc.remedy:
-        err.print(f"[dim]{exc.remedy}[/]")
+        err.print(f"[dim]{escape(exc.remedy)}[/]")
 
 
 def outcome(data: dict[str, Any]) -> None:
@@ -78,11 +102,11 @@ def outcome(data: dict[str, Any]) -> None:
     for sub in plan["subsystems"]:
         # each item is {code, params, text}: a person reads the text
         for step in sub["steps"]:
-            out.print(f"  [cyan]{sub['subsystem']}[/]: {step['text']}", markup=True)
+            out.print(f"  [cyan]{sub['subsystem']}[/]: {escape(step['text'])}")
         for warning in sub["warnings"]:
-            out.print(f"  [yellow]warning[/] ({sub['subsystem']}): {warning['text']}")
+            out.print(f"  [yellow]warning[/] ({sub['subsystem']}): {escape(warning['text'])}")
         for ack in sub["acknowledge"]:
-            out.print(f"  [bold red]will be lost[/] ({sub['subsystem']}): {ack['text']}")
+            out.print(f"  [bold red]will be lost[/] ({sub['subsystem']}): {escape(ack['text'])}")
     if data["dry_run"]:
         out.print("[bold]Dry run:[/] nothing was changed.")
         return
@@ -91,7 +115,8 @@ def outcome(data: dict[str, Any]) -> None:
     for sub, items in changes.items():
         for change in items:
             detail = f" ({change['detail']})" if change["detail"] else ""
-            out.print(f"  [green]done[/] {sub}: {change['action']} {change['target']}{detail}")
+            out.print(f"  [green]done[/] {sub}: " + escape(
+                f"{change['action']} {change['target']}{detail}"))
     revision = data["revision"]
     if revision:
         out.print(f"[bold green]Revision {revision['revision']} committed[/] ({count} changes).")

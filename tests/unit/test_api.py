@@ -94,6 +94,9 @@ async def test_yaml_body_errors_name_the_source(api: TestClient[Any, Any]) -> No
 async def test_bad_requests(api: TestClient[Any, Any]) -> None:
     err = await error_of(await api.post("/v1/config/apply", data=b"{"), 422, "invalid_input")
     assert err["message"] == "the request body is not JSON"
+    deep = b"[" * 200_000  # deeper than the JSON decoder goes: still a 422, not a 500
+    err = await error_of(await api.post("/v1/mode", data=deep), 422, "invalid_input")
+    assert err["message"] == "the request body is not JSON"
     err = await error_of(
         await api.post("/v1/config/apply", json={"document": DOC, "force": True}),
         422, "invalid_input",

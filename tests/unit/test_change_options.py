@@ -39,6 +39,10 @@ BAD_OPTIONS: list[tuple[str, dict[str, Any], str, list[str]]] = [
      ["confirm_within: must be a number of seconds"]),
     ("window zero", {"confirm_within": 0}, OUT_OF_RANGE,
      ["confirm_within: must be 1-3600 seconds"]),
+    ("window under a second", {"confirm_within": 0.001}, OUT_OF_RANGE,
+     ["confirm_within: must be 1-3600 seconds"]),
+    ("window denormal", {"confirm_within": 1e-300}, OUT_OF_RANGE,
+     ["confirm_within: must be 1-3600 seconds"]),
     ("window negative", {"confirm_within": -5}, OUT_OF_RANGE,
      ["confirm_within: must be 1-3600 seconds"]),
     ("window over an hour", {"confirm_within": 3600.5}, OUT_OF_RANGE,
@@ -84,7 +88,7 @@ def test_good_options_and_their_wire_form() -> None:
     assert options.confirm_within == 60.0 and isinstance(options.confirm_within, float)
     assert ChangeOptions.parse({"confirm_within": None}).confirm_within is None
     assert ChangeOptions.parse({"confirm_within": 3600}).confirm_within == 3600
-    assert ChangeOptions.parse({"confirm_within": 0.05}).confirm_within == 0.05
+    assert ChangeOptions.parse({"confirm_within": 1}).confirm_within == 1.0
     assert options.to_wire() == {"dry_run": True, "yes": False, "confirm_within": 60.0,
                                  "comment": "c"}
     assert ChangeOptions().to_wire() == {"dry_run": False, "yes": False, "comment": ""}

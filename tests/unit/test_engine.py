@@ -185,7 +185,9 @@ async def test_loss_needs_acknowledgement(store: Store, machine: Machine) -> Non
 async def test_confirmed_apply_rolls_back_without_confirm(store: Store, machine: Machine) -> None:
     engine = make_engine(store, machine)
     await engine.apply(state("pbx1"))
-    out = await engine.apply(state("pbx2"), options=ChangeOptions(confirm_within=0.05))
+    # below the 1 s minimum a caller may ask for, to be quick
+    quick = ChangeOptions.model_construct(confirm_within=0.05)
+    out = await engine.apply(state("pbx2"), options=quick)
     assert out.confirm_deadline is not None
     assert machine.values["hostname"] == "pbx2"
     with pytest.raises(Conflict):
@@ -200,7 +202,7 @@ async def test_confirmed_apply_rolls_back_without_confirm(store: Store, machine:
 async def test_confirm_keeps_the_change(store: Store, machine: Machine) -> None:
     engine = make_engine(store, machine)
     await engine.apply(state("pbx1"))
-    await engine.apply(state("pbx2"), options=ChangeOptions(confirm_within=0.1))
+    await engine.apply(state("pbx2"), options=ChangeOptions.model_construct(confirm_within=0.1))
     meta = await engine.confirm()
     assert meta.revision == 2
     await asyncio.sleep(0.2)
