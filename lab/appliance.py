@@ -290,8 +290,17 @@ def status(state: dict[str, Any]) -> dict[str, Any]:
     masters = [r for r in found if r.role == "master"]
     settled = (len(masters) == 1 and masters[0].holds_node_ip
                and sum(r.role == "slave" and not r.holds_node_ip for r in found) == 1)
+    vendor_up = (_runs(vendor_state.get("server")) and _runs(vendor_state.get("mailsink")))
+    arbiter_up = _runs(state.get("arbiter"))
+    problems = ([] if settled else [f"the pair is not settled (no single master holding "
+                                    f"{NODE_IP} and one slave)"])
+    problems += [] if _runs(vendor_state.get("server")) else ["the licence server stopped"]
+    problems += [] if _runs(vendor_state.get("mailsink")) else ["the mail sink stopped"]
+    problems += [] if arbiter_up else ["the arbiter stopped"]
     return {
         "node_ip": NODE_IP,
+        "healthy": settled and vendor_up and arbiter_up,
+        "problems": problems,
         "settled": settled,
         "nodes": {r.name: {"role": r.role, "holds_node_ip": r.holds_node_ip,
                            "kamailio": r.kamailio, "licence": r.licence, "serial": r.serial}
@@ -317,6 +326,7 @@ def status_text(data: dict[str, Any]) -> str:
                  f"{'running' if v['licence_server'] else 'STOPPED'}, mail sink "
                  f"{'running' if v['mail_sink'] else 'STOPPED'} (netns {v['netns']})")
     lines.append(f"  arbiter: {a['address']} {'running' if a['running'] else 'STOPPED'}")
+    lines += [f"  problem: {p}" for p in data["problems"]]
     return "\n".join(lines)
 
 

@@ -56,15 +56,14 @@ def status(as_json: bool, paths: Paths) -> int:
               "addresses": net.addresses(net.BRIDGE_NS, net.BRIDGE)}
     running = all(p.running and p.agent for p in probes) and client_ns
     state = load_state(paths)
-    mode = state.get("mode") if running else None
+    mode = state.get("mode") if any(p.running for p in probes) else None
     appliance_status = None
     if mode == "appliance":
+        # also while a node is down: who holds the node IP is what matters then
         from lab import appliance
 
         appliance_status = appliance.status(state)
-    healthy = running and (appliance_status is None or (
-        appliance_status["settled"] and appliance_status["arbiter"]["running"]
-        and appliance_status["vendor"]["licence_server"]))
+    healthy = running and (appliance_status is None or appliance_status["healthy"])
     if as_json:
         print(json.dumps({"up": healthy, "mode": mode,
                           "nodes": {p.name: p.as_dict() for p in probes},
@@ -95,8 +94,9 @@ def enter(name: str, command: list[str], tty: bool) -> int:
     pid = nspawn_pid(node)
     leader = container_pid(pid) if pid else None
     if leader is None:
-        raise LabError(f"{node.name} is not running (start the lab with `make lab`)",
-                       EXIT_UNREACHABLE)
+        hint = (f"`voxnode-lab start {node.name}` boots it again" if net.exists(node.netns)
+                else "start the lab with `make lab`")
+        raise LabError(f"{node.name} is not running ({hint})", EXIT_UNREACHABLE)
     argv = node_command(leader, command, tty=tty)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command gets ^C itself
     try:
@@ -109,6 +109,17 @@ def enter(name: str, command: list[str], tty: bool) -> int:
 # --- command line ---------------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    """``--timeout``: 1-3600 seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 1 <= value <= 3600:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} is out of range (1-3600 seconds)")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -117,7 +128,8 @@ class _Parser(argparse.ArgumentParser):
 
 def epilog() -> str:
     """The exit statuses, as ``voxnode --help`` lists the CLI's (4 is not used here)."""
-    lines = ["exit status (the voxnode CLI's table; 4, a re-applied revision, does not occur):"]
+    lines = ["exit status (the voxnode CLI's codes where they mean the same; 1 is a failed "
+             "step; 4, a re-applied revision, does not occur):"]
     for code, meaning in EXIT_STATUSES.items():
         lines += textwrap.wrap(meaning, width=88, initial_indent=f"  {code}  ",
                                subsequent_indent="     ")
@@ -136,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
                           "licence server, both nodes licensed, the pair on 10.77.0.10")
     up_p.add_argument("--standalone", action="store_true",
                       help="two bare nodes instead: unlicensed, unpaired (revision 1)")
-    up_p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S,
+    up_p.add_argument("--timeout", type=_seconds, default=UP_TIMEOUT_S,
                       help=f"seconds to wait for the agents (default {UP_TIMEOUT_S:.0f})")
     sub.add_parser("down", help="stop and remove everything the lab made")
     st = sub.add_parser("status", help="containers, addresses, agents, systemd state")
@@ -149,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     sr = sub.add_parser("start", help="boot a crashed node again on its own disk; waits for "
                         "its agent")
     sr.add_argument("node")
-    sr.add_argument("--timeout", type=float, default=UP_TIMEOUT_S,
+    sr.add_argument("--timeout", type=_seconds, default=UP_TIMEOUT_S,
                     help=f"seconds to wait for the agent (default {UP_TIMEOUT_S:.0f})")
     ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
     ex.add_argument("node")

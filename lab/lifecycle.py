@@ -198,7 +198,16 @@ def up(paths: Paths, timeout: float, standalone: bool = False) -> int:
     complete = all(p.running and p.agent for p in current.values()) and all(
         net.exists(m.netns) for m in (*NODES, CLIENT))
     previous = load_state(paths)
-    if complete and previous.get("mode", "standalone") == mode and (
+    degraded: list[str] = []
+    if complete and mode == "appliance" and previous.get("mode") == mode and previous.get(
+            "master"):
+        from lab import appliance
+
+        degraded = appliance.status(previous)["problems"]
+    if degraded:
+        say(f"==> the lab runs, but degraded ({'; '.join(degraded)}): removing it first")
+        down(paths, quiet=True)
+    elif complete and previous.get("mode", "standalone") == mode and (
             standalone or previous.get("master")):
         say(f"The lab is already up ({mode}).")
         if previous.get("rootfs") != rootfs.keys()["agent"]:
@@ -210,7 +219,10 @@ def up(paths: Paths, timeout: float, standalone: bool = False) -> int:
 
             say(appliance.pair_text())
         return EXIT_OK
-    if complete:
+    elif complete and previous.get("mode") == mode:
+        say(f"==> the lab's {mode} did not finish starting: removing it first")
+        down(paths, quiet=True)
+    elif complete:
         say(f"==> the lab runs, but not as {mode}: removing it first")
         down(paths, quiet=True)
     elif any(p.running for p in current.values()) or net.namespaces() or \
@@ -327,6 +339,13 @@ def start(name: str, paths: Paths | None = None, timeout: float = UP_TIMEOUT_S) 
 # --- down -----------------------------------------------------------------------------------
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _wait_processes(paths: Paths) -> None:
     """Stop every process of the lab and wait, bounded, until they are gone and no node is
     listed by machinectl: SIGTERM to each systemd-nspawn (it powers its container off),
@@ -334,6 +353,14 @@ def _wait_processes(paths: Paths) -> None:
     tracked = lab_processes(paths)
     nspawns = [p for p in tracked if p.name == "systemd-nspawn" and p.owner in
                {n.name for n in NODES}]
+    # sessions entered into a node (`voxnode-lab exec`/`shell`) first: a stopped one (a
+    # background job that touched the terminal) cannot reap its command, and the
+    # container's shutdown would wait for that zombie; once they are gone their commands
+    # belong to the container's init, which ends them
+    sessions = {p.pid for p in tracked if p.name == "nsenter"}
+    entered = [p for p in tracked if p.pid in sessions or _parent(p.pid) in sessions]
+    if entered:
+        stop_processes(entered, signal.SIGKILL, KILL_TIMEOUT_S)
     if nspawns:
         with step(f"stopping {', '.join(p.owner for p in nspawns)}"):
             left = stop_processes(nspawns, signal.SIGTERM, STOP_TIMEOUT_S)

@@ -33,12 +33,16 @@ EXIT_REFUSED = errors.EXIT_REFUSED
 EXIT_STATUSES = {
     EXIT_OK: "ok (`exec`, `shell`: the command's own exit status instead)",
     EXIT_FAILED: "a step failed: a host command, the rootfs build (the build log's tail "
-    "follows), or `down` could not remove everything (it names what is left; run it again)",
-    EXIT_USAGE: "usage: unknown command or option, `exec` without `--`",
+    "follows), a step of the appliance (the licence server or the arbiter did not start, a "
+    "`voxnode` command inside a node failed: its output follows; the lab is left running), "
+    "or `down` could not remove everything (it names what is left; run it again)",
+    EXIT_USAGE: "usage: unknown command or option, `exec` without `--`, a --timeout out of "
+    "1-3600 s",
     EXIT_INVALID: "invalid input: an unknown node; nothing changed",
     EXIT_UNREACHABLE: "unreachable: a node is not running or its agent does not answer "
-    "(`status` of a lab that is not fully up; `exec`, `shell` or `crash` of a stopped node; "
-    "`up` or `start` whose agent did not answer in time, the lab left running for a look)",
+    "(`status` of a lab that is not fully up: down or degraded; `exec`, `shell` or `crash` "
+    "of a stopped node; `up` or `start` whose agent did not answer in time, `up` whose pair "
+    "did not settle within 30 s; the lab is left running for a look)",
     EXIT_REFUSED: "refused, nothing changed: not root, a host tool or kernel feature "
     "missing (`make lab-apt`, the tun or overlay module), `start` of a node that runs or "
     "of a lab that is not up",
