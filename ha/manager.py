@@ -800,6 +800,28 @@ class HAManager:
         })
         return out
 
+    def replication_status(self) -> dict[str, Any]:
+        """``/v1/replication``: each stream (the database; file paths to come) with its
+        state, lag and last error, and whether a full sync is needed."""
+        cfg = self.config.replication
+        database: dict[str, Any]
+        if self.database is not None:
+            database = self.database.to_dict()
+        else:
+            why = ("ha.replication.database.engine is none" if cfg.database.engine.value
+                   == "none" else "fault tolerance is not running on this node"
+                   if self.runtime is None else "not started")
+            database = {"engine": cfg.database.engine.value, "state": "off", "detail": why}
+        return {
+            "role": self.role.value if self.runtime is not None else None,
+            "database": database,
+            "paths": [{"path": p, "state": "not synchronised yet (file sync is not built)"}
+                      for p in cfg.paths],
+            "bandwidth_kb": cfg.bandwidth_kb,
+            "max_lag_s": cfg.max_lag_s,
+            "needs_full_sync": bool(database.get("needs_full_sync")),
+        }
+
     async def recent_events(self, limit: int = 100) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.events, limit)
 

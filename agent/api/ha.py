@@ -16,6 +16,10 @@ async def ha_status(request: web.Request) -> web.Response:
     return json_response(request.app[HA].status())
 
 
+async def replication_status(request: web.Request) -> web.Response:
+    return json_response(request.app[HA].replication_status())
+
+
 async def ha_events(request: web.Request) -> web.Response:
     return json_response({"events": await request.app[HA].recent_events(200)})
 
@@ -64,3 +68,4 @@ def add_routes(app: web.Application, manager: HAManager) -> None:
     app.router.add_post("/v1/ha/state", ha_set_state)
     app.router.add_post("/v1/ha/switchover", ha_switchover)
     app.router.add_post("/v1/ha/pair-key", ha_pair_key)
+    app.router.add_get("/v1/replication", replication_status)

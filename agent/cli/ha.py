@@ -50,6 +50,8 @@ def show_status(d: dict[str, Any]) -> None:
         ("last transition", f"{last['from']} → {last['to']} at {output.when(last['time'])}: "
          f"{last['reason']}" if last else "none yet"),
         ("rejected messages", _rejected(peer["rejected_messages"])),
+        *([("database", f"{d['database']['state']}: {d['database']['detail']}")]
+          if d.get("database") else []),
     ])
     if d["failover_blockers"]:
         output.out.print("[bold yellow]Failover is impossible now:[/]")
@@ -152,3 +154,45 @@ def register(subparsers: Any, add: AddCommand) -> None:
             "install the pair key printed on the other node (KEY, or - to read it from "
             "standard input so it stays out of the process list)")
     p.add_argument("key", metavar="KEY")
+    replication = subparsers.add_parser(
+        "replication", help="what the slave keeps of the master: the database, the files")
+    repl_actions = replication.add_subparsers(dest="action", metavar="ACTION", required=True,
+                                              parser_class=type(replication))
+    add(repl_actions, "status", cmd_replication_status,
+        "each stream (the database, each file path): state, lag, last error, and whether a "
+        "full sync is needed")
+
+
+def _database_rows(db: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [("database", f"{db['engine']}: {db['state']}"),
+                                   ("", db.get("detail") or "")]
+    if db.get("lag_s") is not None or db.get("lag_transactions") is not None:
+        rows.append(("lag", f"{db.get('lag_s', '-')} s, {db.get('lag_transactions', '-')} "
+                     "transactions behind the master's last heartbeat"))
+    server = db.get("server") or {}
+    if server:
+        rows.append(("position", f"wrote {server['binlog_position'] or 'nothing'}; applied "
+                     f"{server['slave_position'] or 'nothing'}"
+                     + ("; read-only" if server["read_only"] else "; writable")))
+    if db.get("error"):
+        rows.append(("last error", db["error"]))
+    if db.get("diverged"):
+        rows.append(("diverged", f"{db['diverged']} only on this node"))
+    last = db.get("last_promotion")
+    if last:
+        rows.append(("last promotion", f"writable at {last.get('position') or '-'} in "
+                     f"{last.get('took_ms', '-')} ms" if last.get("ok")
+                     else f"failed: {last.get('error')}"))
+    return rows
+
+
+def cmd_replication_status(client: Client, args: argparse.Namespace) -> int:
+    def human(d: dict[str, Any]) -> None:
+        rows = [("role", d["role"] or "not paired"), *_database_rows(d["database"])]
+        for p in d["paths"]:
+            rows.append((p["path"], p["state"]))
+        rows.append(("bandwidth", f"{d['bandwidth_kb']} KiB/s (file sync, full sync)"))
+        rows.append(("full sync", "NEEDED" if d["needs_full_sync"] else "not needed"))
+        output.kv_table(rows)
+
+    return output.show(args, client.get("/v1/replication"), human)

@@ -36,7 +36,7 @@ from lab.pair import mariadb as labdb
 from lab.pair.harness import PairLab
 from lab.pair.mariadb import DbServer
 from lab.pair.topology import NODE_ADDRESSES, NODE_IP, NODES, LabError, Node, other
-from lab.pair.voxnode import VoxnodePair
+from lab.pair.voxnode import BIN, VoxnodePair
 from tests.netns.pairs import codes, lab_or_skip
 
 pytestmark = pytest.mark.root
@@ -221,6 +221,16 @@ def test_the_slave_replicates_read_only_over_tls(dbs: DbPair) -> None:
          f"--host={NODE_ADDRESSES[master]}", "--user=voxnode_repl", f"--password={secret}",
          "--ssl", "-e", "SELECT 1"], capture_output=True, text=True, timeout=20, check=False)
     assert refused.returncode != 0 and "Access denied" in refused.stderr, refused.stderr
+    # what an operator reads
+    repl = dbs.pair.client(slave).get("/v1/replication")
+    assert (repl["role"], repl["database"]["state"], repl["needs_full_sync"]) == (
+        "slave", "replicating", False)
+    shown = subprocess.run([str(BIN / "voxnode"), "--socket", dbs.pair.socket(slave),
+                            "replication", "status"], capture_output=True, text=True,
+                           timeout=20, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "mariadb: replicating" in shown.stdout and "read-only" in shown.stdout
+    assert f"read-only replica of {NODE_ADDRESSES[master]}" in shown.stdout
     for node in NODES:
         log = (dbs.pair.dir(node) / "agent.log").read_text()
         assert secret not in log
