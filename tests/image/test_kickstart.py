@@ -60,6 +60,22 @@ def test_every_variant_does_the_post_essentials() -> None:
     assert "ena nvme" in rendered("aws") and "cloud-init" in rendered("aws")
 
 
+@pytest.mark.parametrize("variant", kickstart.VARIANTS)
+def test_every_variant_installs_what_the_pair_needs(variant: str) -> None:
+    """The database (10.11 stream: semi-synchronous replication, init_rpl_role), its
+    backup tool (full sync), rsync (file sync) and firewalld (the pair's ports)."""
+    handler = makeVersion(RHEL8)
+    parser = KickstartParser(handler, missingIncludeIsFatal=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parser.readKickstartFromString(rendered(variant))
+    packages = set(handler.packages.packageList)
+    assert {"mariadb-server", "mariadb-backup", "rsync", "firewalld", "openssh-server"} <= (
+        packages)
+    assert [(m.name, m.stream) for m in handler.module.dataList()] == [("mariadb", "10.11")]
+    assert "mariadb" in handler.services.enabled
+
+
 def test_boot_iso_gets_network_repositories(tmp_path: Path) -> None:
     text = rendered("iso", base_url="https://repo.almalinux.org/almalinux/8/")
     assert "url --url=https://repo.almalinux.org/almalinux/8/BaseOS/x86_64/os/" in text
