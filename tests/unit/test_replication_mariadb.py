@@ -129,3 +129,23 @@ def test_the_account_secret_follows_the_pair_key() -> None:
     secret = replication_secret(two)
     assert len(secret) == 43 and secret.replace("-", "").replace("_", "").isalnum()
     assert one.hex() not in secret and two.hex() not in secret
+
+
+# --- MongoDB (the chat): rendered only (no server can run here) ----------------------------
+
+
+def test_the_chat_replica_set(golden: Golden) -> None:
+    from ha.replication import mongodb
+
+    chat = mongodb.ChatSet.of(ipaddress.ip_address("10.0.0.12"),
+                              ipaddress.ip_address("10.0.0.11"), ipaddress.ip_address("10.0.0.1"))
+    assert [str(a) for a in chat.nodes] == ["10.0.0.11", "10.0.0.12"]  # the same on both
+    golden.check("replication/mongodb-initiate.js", mongodb.render_initiate(chat))
+    golden.check("replication/mongod-replication.conf",
+                 mongodb.render_mongod_conf(ipaddress.ip_address("10.0.0.11")))
+    without = mongodb.render_initiate(mongodb.ChatSet.of(
+        ipaddress.ip_address("10.0.0.11"), ipaddress.ip_address("10.0.0.12"), None))
+    assert "arbiterOnly" not in without
+    key = mongodb.keyfile_for(bytes(32))
+    assert 6 <= len(key.strip()) <= 1024 and key == mongodb.keyfile_for(bytes(32))
+    assert key != mongodb.keyfile_for(bytes(range(32)))
