@@ -11,15 +11,18 @@ installed.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
-from agent.errors import Problem
+from agent.errors import Problem, SubsystemError
 from agent.ports.files import FileTree
 from agent.services.catalogue import Role as ServiceRole
 from agent.state.model import DesiredState
 from agent.subsystems.base import Change, PlanItem, SubsystemPlan, item, joined
 from ha.config import PairConfig
+from ha.firewall import ALL_ZONE_NAMES, pair_zones, render_zone, zone_path
 from ha.manager import HAManager
 from ha.protocol import Role
 from ha.replication.config import check_replication_paths
@@ -31,6 +34,7 @@ class HACode(StrEnum):
     HA_RECONFIGURE = "ha-reconfigure"
     HA_STOP = "ha-stop"
     HA_REPLICATION = "ha-replication"
+    HA_FIREWALL = "ha-firewall"
     # warnings
     HA_NO_FAILOVER = "ha-no-failover"
     HA_NO_PAIR_KEY = "ha-no-pair-key"
@@ -50,13 +54,14 @@ def plan_ha(old: DesiredState | None, new: DesiredState, observed: HAObservation
     name = "ha"
     before = PairConfig.from_state(old) if old is not None and old.ha.enabled else None
     after = PairConfig.from_state(new) if new.ha.enabled else None
-    replication = _replication_step(old, new)
+    replication = _replication_step(old, new) + _firewall_step(old, new)
     if before == after:
         # nothing the pair runs with changed (a DNS, NTP or search-domain edit)
         return SubsystemPlan(name, steps=replication)
     if after is None:
         return SubsystemPlan(
-            name, steps=(item(C.HA_STOP, "stop fault tolerance (a master releases the node IP)"),),
+            name, steps=(item(C.HA_STOP, "stop fault tolerance (a master releases the node IP)"),
+                         *_firewall_step(old, new)),
             warnings=(item(C.HA_NO_FAILOVER, "this node stops taking part in the pair: no "
                            "failover any more"),),
         )
@@ -80,6 +85,23 @@ def plan_ha(old: DesiredState | None, new: DesiredState, observed: HAObservation
         warnings += (item(C.HA_NO_PAIR_KEY, "no pair key yet: run `voxnode ha pair-key "
                           "generate` (or `set`)"),)
     return SubsystemPlan(name, steps=step_list, warnings=warnings)
+
+
+def _firewall_step(old: DesiredState | None, new: DesiredState) -> tuple[PlanItem, ...]:
+    """The pair's firewall zones: opened to the peer (and the arbiter) only, or closed."""
+    before = pair_zones(old) if old is not None else ()
+    after = pair_zones(new)
+    if before == after:
+        return ()
+    if not after:
+        return (item(C.HA_FIREWALL, "close the pair's ports in the firewall (remove "
+                     f"{', '.join(z.name for z in before)})", zones=""),)
+    text = "; ".join(
+        f"from {z.source} only: " + ", ".join([*z.services, *(f"{p}/{proto}"
+                                                             for p, proto in z.ports)])
+        for z in after)
+    return (item(C.HA_FIREWALL, f"open the pair's ports in the firewall ({text})",
+                 zones=joined(z.name for z in after)),)
 
 
 def _replication_step(old: DesiredState | None, new: DesiredState) -> tuple[PlanItem, ...]:
@@ -125,7 +147,48 @@ class HASubsystem:
         return plan_ha(old, new, observed)
 
     async def apply(self, old: DesiredState | None, new: DesiredState) -> list[Change]:
-        return [Change("ha", text) for text in await self.manager.configure(new)]
+        changes = [Change("ha", text) for text in await self.manager.configure(new)]
+        if self.files is not None:
+            changes += await asyncio.to_thread(self._sync_firewall, new)
+        return changes
+
+    def _sync_firewall(self, new: DesiredState) -> list[Change]:
+        """The zone files the pair needs written, the others removed, firewalld reloaded
+        when something changed (blocking: in a worker thread)."""
+        assert self.files is not None
+        files = self.files
+        wanted = {z.name: z for z in pair_zones(new)}
+        changes = []
+        for name, zone in wanted.items():
+            if files.write_if_changed(zone_path(name), render_zone(zone), 0o644):
+                changes.append(Change("write", zone_path(name), zone.purpose))
+        for name in ALL_ZONE_NAMES:
+            if name not in wanted and files.remove(zone_path(name)):
+                changes.append(Change("remove", zone_path(name), "the pair's ports closed"))
+        if changes:
+            changes.append(reload_firewall(files))
+        return changes
+
+
+def reload_firewall(files: FileTree) -> Change:
+    """``firewall-cmd --reload`` on a real node where firewalld runs; said, not done, on
+    another root (a development machine's tests) or a node without firewalld."""
+    tool = files.path("/usr/bin/firewall-cmd")
+    if files.root != Path("/") or not tool.exists():
+        return Change("skip", "firewalld reload", "no firewalld on this root: the zone files "
+                      "take effect when firewalld starts")
+    try:
+        done = subprocess.run([str(tool), "--reload"], capture_output=True, text=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SubsystemError(f"firewalld did not reload: {exc}",
+                             remedy="Check `systemctl status firewalld`.") from None
+    if done.returncode == 252:  # FirewallD is not running: the files apply when it starts
+        return Change("skip", "firewalld reload", "firewalld is not running")
+    if done.returncode != 0:
+        raise SubsystemError(f"firewalld refused the pair's zones: {done.stderr.strip()}",
+                             remedy="Check `firewall-cmd --check-config`.")
+    return Change("reload", "firewalld", "the pair's zones in force")
 
 
 class HARoleSource:

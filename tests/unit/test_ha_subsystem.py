@@ -13,6 +13,7 @@ from agent.state.document import validate_document
 from agent.state.model import DesiredState
 from agent.subsystems.base import SubsystemPlan
 from ha.manager import HAManager
+from tests.unit.conftest import Golden
 from tests.unit.purity import Untouchable, forbid_io
 
 KEYED, UNKEYED = HAObservation(pair_key_installed=True), HAObservation(pair_key_installed=False)
@@ -40,7 +41,8 @@ def plan(old: DesiredState | None, new: DesiredState, observed: HAObservation
 
 def test_turning_fault_tolerance_on() -> None:
     result = plan(state(enabled=False), state(), KEYED)
-    step, replication = result.steps
+    step, replication, firewall = result.steps
+    assert firewall.code == "ha-firewall"
     assert replication.to_dict() == {
         "code": "ha-replication",
         "params": {"database": "/run/mysqld/mysqld.sock", "paths": "", "bandwidth_kb": 2048,
@@ -66,7 +68,8 @@ def test_without_a_pair_key_the_plan_says_how_to_get_one() -> None:
 
 def test_a_change_of_the_pairs_settings_is_applied_in_place() -> None:
     result = plan(state(), state(profile="fast", heartbeat_port=700), KEYED)
-    [step] = result.steps
+    step, firewall = result.steps  # the heartbeat port moves in the firewall too
+    assert firewall.code == "ha-firewall" and "700/udp" in firewall.text
     assert step.code == "ha-reconfigure"
     assert step.params == {"changed": "port,profile", "node_ips": "eth0=10.0.0.10/24"}
     assert step.text == ("reconfigure fault tolerance in place, keeping the role and the node "
@@ -77,6 +80,7 @@ def test_turning_it_off_warns_that_failover_ends() -> None:
     result = plan(state(), state(enabled=False), KEYED)
     assert [(i.code, i.text) for i in (*result.steps, *result.warnings)] == [
         ("ha-stop", "stop fault tolerance (a master releases the node IP)"),
+        ("ha-firewall", "close the pair's ports in the firewall (remove voxnode-pair-peer)"),
         ("ha-no-failover", "this node stops taking part in the pair: no failover any more"),
     ]
 
@@ -117,7 +121,58 @@ async def test_replicated_paths_must_exist_as_directories(tmp_path: Path) -> Non
 def test_a_change_of_replication_alone_is_planned_without_touching_the_pair() -> None:
     result = plan(state(), state(replication={"max_lag_s": 12, "database": {"engine": "none"}}),
                   KEYED)
-    [step] = result.steps
+    step, firewall = result.steps  # no database: its port closes
+    assert firewall.text == ("open the pair's ports in the firewall (from 10.0.0.12 only: "
+                             "ssh, 694/udp, 27017/tcp)")
     assert step.code == "ha-replication"
     assert step.text == ("replication: no database replication; file paths: none (2048 "
                          "KiB/s); lag limit 12 s")
+
+
+# --- the pair's ports in the firewall --------------------------------------------------------
+
+
+def test_the_pair_opens_its_ports_to_the_peer_only(golden: Golden) -> None:
+    from ha.firewall import pair_zones, render_zone
+
+    zones = pair_zones(state(arbiter={"address": "10.0.0.5"}))
+    assert [(z.name, str(z.source)) for z in zones] == [
+        ("voxnode-pair-peer", "10.0.0.12"), ("voxnode-pair-arbiter", "10.0.0.5")]
+    peer, arbiter = zones
+    assert peer.ports == ((694, "udp"), (3306, "tcp"), (27017, "tcp"))
+    assert peer.services == ("ssh",)
+    assert arbiter.ports == ((27017, "tcp"),) and arbiter.services == ()
+    golden.check("ha/voxnode-pair-peer.xml", render_zone(peer))
+    golden.check("ha/voxnode-pair-arbiter.xml", render_zone(arbiter))
+    for zone in zones:
+        text = render_zone(zone)
+        assert text.count("<source ") == 1 and f'address="{zone.source}/32"' in text
+        assert "0.0.0.0" not in text and "/24" not in text
+    # the database's port follows the document; without a database it is not opened
+    assert pair_zones(state(heartbeat_port=700, replication={"database": {"port": 3307}})
+                      )[0].ports == ((700, "udp"), (3307, "tcp"), (27017, "tcp"))
+    assert (3306, "tcp") not in pair_zones(
+        state(replication={"database": {"engine": "none"}}))[0].ports
+    assert pair_zones(state(enabled=False)) == ()
+
+
+def test_pairing_writes_the_zones_and_dissolving_removes_them(tmp_path: Path) -> None:
+    files = FileTree(tmp_path / "root")
+    sub = HASubsystem(cast(HAManager, Untouchable("failover manager")), files)
+    zones = tmp_path / "root" / "etc" / "firewalld" / "zones"
+    done = sub._sync_firewall(state(arbiter={"address": "10.0.0.5"}))
+    assert sorted(p.name for p in zones.iterdir()) == ["voxnode-pair-arbiter.xml",
+                                                       "voxnode-pair-peer.xml"]
+    assert [c.action for c in done] == ["write", "write", "skip"]  # no firewalld here
+    assert sub._sync_firewall(state(arbiter={"address": "10.0.0.5"})) == []  # unchanged
+    done = sub._sync_firewall(state())  # the arbiter goes: its zone too
+    assert sorted(p.name for p in zones.iterdir()) == ["voxnode-pair-peer.xml"]
+    assert [c.action for c in done] == ["remove", "skip"]
+    sub._sync_firewall(state(enabled=False))
+    assert list(zones.iterdir()) == []
+    plan_text = [s.text for s in plan(state(), state(enabled=False), KEYED).steps]
+    assert "close the pair's ports in the firewall (remove voxnode-pair-peer)" in plan_text
+    [opened] = [s for s in plan(state(enabled=False), state(), KEYED).steps
+                if s.code == "ha-firewall"]
+    assert opened.text == ("open the pair's ports in the firewall (from 10.0.0.12 only: ssh, "
+                           "694/udp, 3306/tcp, 27017/tcp)")
