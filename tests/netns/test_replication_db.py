@@ -20,90 +20,24 @@ full sync).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agent.errors import Conflict
 from lab.pair import mariadb as labdb
+from lab.pair.dbpair import DROP_IN, EXTRA_HA, DbPair, Writer, wait_for
 from lab.pair.harness import PairLab
-from lab.pair.mariadb import DbServer
-from lab.pair.topology import NODE_ADDRESSES, NODE_IP, NODES, LabError, Node, other
+from lab.pair.topology import NODE_ADDRESSES, NODES, LabError, Node, other
 from lab.pair.voxnode import BIN, VoxnodePair
 from tests.netns.pairs import codes, lab_or_skip
 
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
-SOCKET = "/run/mysqld/mysqld.sock"  # the node path the agents are told
-DROP_IN = "etc/my.cnf.d/90-voxnode-replication.cnf"
-EXTRA_HA = {"replication": {"database": {"engine": "mariadb", "socket": SOCKET},
-                            "max_lag_s": 5}}
-
-
-class DbPair:
-    """Two agents and their two database servers."""
-
-    def __init__(self, pair: VoxnodePair) -> None:
-        self.pair = pair
-        self.lab = pair.lab
-        self.servers: dict[Node, DbServer] = {}
-
-    def root(self, node: Node) -> Path:
-        return self.pair.dir(node) / "root"
-
-    def server(self, node: Node) -> DbServer:
-        return self.servers[node]
-
-    def start_server(self, node: Node, *, install: bool = True) -> DbServer:
-        """The server as systemd would start it once the agent wrote its drop-in."""
-        drop_in = self.root(node) / DROP_IN
-        wait_for(f"the agent on {node} writes {DROP_IN}", drop_in.exists, 15)
-        server = self.servers.get(node) or DbServer(
-            self.lab.ns[node], self.lab.workdir / f"db-{node}", drop_in.read_text(),
-            socket=self.root(node) / SOCKET.lstrip("/"))
-        server.drop_in = drop_in.read_text()
-        if install:
-            server.install()
-        server.start()
-        self.servers[node] = server
-        return server
-
-    def database(self, node: Node) -> dict[str, Any]:
-        data = self.pair.status(node)
-        assert data is not None, f"no status from {node}"
-        db: dict[str, Any] = data["database"]
-        return db
-
-    def wait_state(self, node: Node, state: str, timeout: float = 15) -> dict[str, Any]:
-        wait_for(f"the database of {node} is {state}",
-                 lambda: (self.pair.status(node) or {}).get("database", {}).get("state")
-                 == state, timeout,
-                 lambda: str((self.pair.status(node) or {}).get("database")))
-        return self.database(node)
-
-    def schema(self, master: Node) -> None:
-        """The PBX's schema and its client account, made on the master (replicated)."""
-        self.server(master).sql(
-            "CREATE DATABASE pbx; CREATE TABLE pbx.calls (id BIGINT PRIMARY KEY "
-            "AUTO_INCREMENT, seq BIGINT NOT NULL, at DATETIME(6)) ENGINE=InnoDB; "
-            "CREATE USER pbx@'10.88.0.%' IDENTIFIED BY 'pbx'; "
-            "GRANT SELECT, INSERT ON pbx.* TO pbx@'10.88.0.%'; "
-            "CREATE USER report@'%' IDENTIFIED BY 'report'; "
-            "GRANT SELECT, INSERT ON pbx.* TO report@'%'")
-
-    def ids(self, node: Node) -> set[int]:
-        text = self.server(node).sql("SELECT id FROM pbx.calls")
-        return {int(x) for x in text.split()}
-
-
 @contextlib.contextmanager
 def db_pair() -> Iterator[DbPair]:
     lab_or_skip()
@@ -129,58 +63,8 @@ def dbs() -> Iterator[DbPair]:
         yield pair
 
 
-def wait_for(what: str, check: Any, timeout: float, detail: Any = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            extra = f": {detail()}" if detail is not None else ""
-            raise AssertionError(f"timed out waiting until {what}{extra}")
-        time.sleep(0.1)
-
-
 def up(dbs: DbPair) -> Node:
-    """Agents, then servers; the master writable and the slave replicating; the schema."""
-    master = dbs.pair.start(stagger_s=0.3)
-    for node in NODES:
-        dbs.start_server(node)
-    dbs.wait_state(master, "master")
-    dbs.wait_state(other(master), "replicating")
-    dbs.schema(master)
-    wait_for("the schema reaches the slave", lambda: dbs.server(other(master)).sql(
-        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='pbx'",
-        check=False) == "1", 10)
-    return master
-
-
-class Writer:
-    """``lab.pair.dbwriter`` in the client namespace, through the node IP."""
-
-    def __init__(self, lab: PairLab, rate: float = 200.0) -> None:
-        self.log = lab.workdir / f"writer-{time.monotonic_ns()}.log"
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        with self.log.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", lab.ns["c"], sys.executable, "-m", "lab.pair.dbwriter",
-                 "--host", NODE_IP, "--rate", str(rate)], stdout=fh,
-                stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-    def acknowledged(self) -> list[int]:
-        return [int(line.split()[1]) for line in self.log.read_text().splitlines()
-                if line.startswith("ok ")]
-
-    def errors(self) -> list[str]:
-        return [line for line in self.log.read_text().splitlines() if line.startswith("error")]
-
-    def wait_rows(self, count: int, timeout: float = 20) -> None:
-        start = len(self.acknowledged())
-        wait_for(f"{count} more acknowledged rows", lambda: len(self.acknowledged()) >= start
-                 + count, timeout, lambda: self.errors()[-3:])
-
-    def stop(self) -> list[int]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        return self.acknowledged()
+    return dbs.up()
 
 
 # --- the slave is a read-only replica, reached only with the pair's certificate -----------
