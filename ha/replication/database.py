@@ -62,6 +62,7 @@ log = logging.getLogger("voxnode.ha.replication")
 POLL_S = 0.5
 SWITCHOVER_APPLY_S = 10.0  # a switchover's new master waits this long for the old one's last
 CRASH_APPLY_S = 30.0  # a crash's new master applies its relay log for at most this long
+RESTART_EVERY_S = 30.0  # a replica stopped on an error is started again this often
 DIVERGED_ERRNO = 1236  # the master has no such GTID in its binary log: another history
 TLS_DIR = "/etc/voxnode/tls"
 DB_KEY = f"{TLS_DIR}/db.key"
@@ -125,6 +126,7 @@ class DatabaseReplication:
         self._secret: str | None = None
         self._account_for: tuple[str, str] | None = None  # (peer, secret) of the account
         self._replicating_from: tuple[str, str] | None = None
+        self._restarted_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._view: Callable[[], tuple[Role, PeerView | None, bool]] = (
@@ -254,7 +256,11 @@ class DatabaseReplication:
         if status.read_only or status.replica is not None:
             # not opened yet (the server was down at the promotion), or a server that
             # restarted (it starts read-only, as a replica) while master
-            self.fork = await self.db.promote(CRASH_APPLY_S)
+            self.fork, problem = await self.db.promote(CRASH_APPLY_S)
+            if problem is not None:
+                self.events.emit("replication.database-opened-incomplete", "opened for writes "
+                                 f"without all the master's transactions: {problem}",
+                                 level=logging.ERROR)
             self.status = await self.db.status()
             self.opened = True
             self._set_state("master", "opened for writes (the server was read-only)",
@@ -309,16 +315,26 @@ class DatabaseReplication:
                                    f"({status.current_position}): {replica.io_error}")
             return
         if replica is None or replica.master_host != source[0] or (
-                self._replicating_from != source) or "No" in (replica.io_running,
-                                                              replica.sql_running):
-            if replica is not None and replica.sql_running == "No" and replica.sql_error:
-                self._set_state("failing", f"applying the master's transactions failed: "
-                                f"{replica.sql_error}", logging.ERROR)
+                self._replicating_from != source):
             await self.db.become_replica(self.settings.peer, self.settings.port, source[1],
                                          self.tls_files)
             self._replicating_from = source
+            self._restarted_at = time.monotonic()
             self.frozen_at = None
             self._set_state("replicating", f"read-only replica of {self.settings.peer}")
+            return
+        if "No" in (replica.io_running, replica.sql_running):
+            # stopped on an error: said, and tried again now and then (not every look: a
+            # row the applier cannot apply fails the same way each time)
+            error = (f"applying the master's transactions failed: {replica.sql_error}"
+                     if replica.sql_running == "No" and replica.sql_error
+                     else f"reading the master's binary log failed: {replica.io_error}"
+                     if replica.io_error else "replication is stopped")
+            self.lag_s = self.lag_transactions = None
+            self._set_state("failing", error, logging.ERROR)
+            if time.monotonic() - self._restarted_at >= RESTART_EVERY_S:
+                self._restarted_at = time.monotonic()
+                await self.db.execute("START SLAVE", what="restarting replication")
             return
         self.frozen_at = None
         self.lag_s = replica.seconds_behind
@@ -355,18 +371,25 @@ class DatabaseReplication:
         try:
             await self.db.unfreeze()
             self.frozen_at = None
+            problem = None
             if switchover and peer is not None and peer.db:
-                if await self.db.wait_for(peer.db, SWITCHOVER_APPLY_S):
+                problem = await self.db.apply_relay_log(SWITCHOVER_APPLY_S, peer.db)
+                if problem is None:
                     steps.append(f"database: applied the old master's last transaction "
                                  f"({peer.db})")
-                else:
-                    missing = peer.db
-                    steps.append(f"database: the old master's {peer.db} was not applied "
-                                 f"within {SWITCHOVER_APPLY_S:g} s")
-            fork = await self.db.promote(CRASH_APPLY_S)
+            if problem is None:
+                problem = await self.db.apply_relay_log(CRASH_APPLY_S)
+            fork = await self.db.open_for_writes()
             self.status = await self.db.status()
             self.opened, self.fork = True, fork
             steps.append(f"database: writable at {fork or 'an empty position'}")
+            if problem is not None:
+                missing = problem
+                steps.append(f"database: opened without all the master's transactions: "
+                             f"{problem}")
+                self.events.emit("replication.database-opened-incomplete", "opened for writes "
+                                 f"without all the master's transactions: {problem}",
+                                 level=logging.ERROR)
         except DatabaseError as exc:
             steps.append(f"database: {exc.args[0]}")
             self.events.emit("replication.database-promotion-failed", exc.args[0],
@@ -378,10 +401,10 @@ class DatabaseReplication:
             known = _parse(peer.db)
             have = _parse(fork)
             if known is not None and have is not None and ahead_of(known, have):
-                missing = describe(ahead_of(known, have))
-                steps.append(f"database: the old master reported {missing} beyond what "
-                             "reached this node (never acknowledged to a client while "
-                             "semi-synchronous)")
+                beyond = describe(ahead_of(known, have))
+                missing = f"{missing}; {beyond}" if missing else beyond
+                steps.append(f"database: the old master reported {beyond} beyond what "
+                             "this node applied")
         self.last_promotion = {"ok": True, "position": fork, "missing": missing,
                                "took_ms": round((time.monotonic() - started) * 1000),
                                "time": self.wall()}

@@ -30,6 +30,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import time
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -300,33 +301,54 @@ class MariaDB:
             await self._run(conn, "CHANGE MASTER TO " + ", ".join(change), what=what)
             await self._run(conn, "START SLAVE", what=what)
 
-    async def promote(self, apply_timeout: float) -> str:
-        """Apply what the relay log holds (up to ``apply_timeout`` s), stop replicating and
-        open for writes. The position the server opened at (the fork point)."""
+    async def apply_relay_log(self, within_s: float, position: str | None = None
+                              ) -> str | None:
+        """Wait until the applier has applied ``position`` (default: all the relay log
+        holds), looking at it every second: None once done, else why not (the applier
+        stopped on an error, or ``within_s`` ran out)."""
+        deadline = time.monotonic() + within_s
+        async with self._connection() as conn:
+            what = "applying the relay log"
+            while True:
+                slave = await self._run(conn, "SHOW SLAVE STATUS", what=what)
+                if not slave:
+                    return None
+                s = slave[0]
+                target = position or str(s.get("Gtid_IO_Pos") or "")
+                if not target:
+                    return None
+                if s.get("Slave_SQL_Running") != "Yes":
+                    if s.get("Last_SQL_Error"):
+                        [row] = await self._run(conn, "SELECT @@global.gtid_slave_pos AS p",
+                                                what=what)
+                        return (f"the applier stopped on an error: {s['Last_SQL_Error']} "
+                                f"(received up to {target}, applied {row['p'] or 'nothing'})")
+                    await self._run(conn, "START SLAVE SQL_THREAD", what=what)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return f"{target} was not applied within {within_s:g} s"
+                [row] = await self._run(conn, "SELECT MASTER_GTID_WAIT(%s, %s) AS w",
+                                        (target, min(1.0, left)), what=what,
+                                        limit_s=min(1.0, left) + self.timeout)
+                if int(row["w"]) == 0:
+                    return None
+
+    async def open_for_writes(self) -> str:
+        """Stop replicating (for good: the relay log goes) and open for writes. The
+        position it opened at (the fork point)."""
         async with self._connection() as conn:
             what = "opening the database for writes"
-            slave = await self._run(conn, "SHOW SLAVE STATUS", what=what)
-            if slave and slave[0].get("Gtid_IO_Pos"):
-                target = str(slave[0]["Gtid_IO_Pos"])
-                [row] = await self._run(
-                    conn, "SELECT MASTER_GTID_WAIT(%s, %s) AS w", (target, apply_timeout),
-                    what=what, limit_s=apply_timeout + self.timeout)
-                if int(row["w"]) != 0:
-                    raise DatabaseError(f"{what}: the relay log was not applied within "
-                                        f"{apply_timeout:g} s (received up to {target})")
             await self._run(conn, "STOP SLAVE", what=what)
             await self._run(conn, "RESET SLAVE ALL", what=what)
             await self._run(conn, "SET GLOBAL read_only = 0", what=what)
             [row] = await self._run(conn, "SELECT @@global.gtid_current_pos AS c", what=what)
             return str(row["c"] or "")
 
-    async def wait_for(self, position: str, within_s: float) -> bool:
-        """Whether this replica applied ``position`` within ``within_s`` seconds."""
-        async with self._connection() as conn:
-            [row] = await self._run(conn, "SELECT MASTER_GTID_WAIT(%s, %s) AS w",
-                                    (position, within_s), what=f"waiting for {position}",
-                                    limit_s=within_s + self.timeout)
-            return int(row["w"]) == 0
+    async def promote(self, apply_within_s: float) -> tuple[str, str | None]:
+        """Apply what the relay log holds (up to ``apply_within_s``), then open for writes:
+        the fork point, and why the relay log was not all applied (None: it was)."""
+        problem = await self.apply_relay_log(apply_within_s)
+        return await self.open_for_writes(), problem
 
     async def freeze(self) -> str:
         """A planned switchover's first step on the master: read-only, then ``FLUSH TABLES

@@ -35,6 +35,17 @@ def missing_tools() -> list[str]:
     return [t for t in (MARIADBD, INSTALL_DB, CLIENT) if not Path(t).exists()]
 
 
+def server_version() -> str:
+    """``mariadbd --version``'s version, for benchmark records."""
+    try:
+        out = subprocess.run([MARIADBD, "--version"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except OSError:
+        return "missing"
+    parts = out.split()
+    return parts[2] if len(parts) > 2 else out.strip()
+
+
 def _template_datadir() -> Path:
     """One installed, never started data directory to copy (made once per process)."""
     global _template

@@ -229,3 +229,39 @@ def test_an_old_master_with_transactions_nobody_has_is_quarantined(dbs: DbPair) 
         "SELECT seq FROM pbx.calls").split()}  # it did not replicate on top of its own
     kinds = [e["kind"] for e in dbs.pair.client(master).get("/v1/events")["events"]]
     assert "replication.database-diverged" in kinds
+
+
+def test_a_replica_stopped_on_an_error_says_so_and_a_switchover_is_refused(
+        dbs: DbPair) -> None:
+    """A row the slave cannot apply (a local row in its way) stops its applier: the slave
+    says why, is not offered as a switchover target, and a crash of the master opens it
+    for writes saying which transactions it could not apply."""
+    master = up(dbs)
+    slave = other(master)
+    dbs.server(slave).sql("SET SESSION sql_log_bin = 0; "
+                          "INSERT INTO pbx.calls (id, seq) VALUES (5000, 0)")
+    dbs.server(master).sql("INSERT INTO pbx.calls (id, seq) VALUES (5000, 1), (5001, 2)")
+    db = dbs.wait_state(slave, "failing")
+    assert "applying the master's transactions failed" in db["detail"]
+    assert "Duplicate entry" in db["detail"], db["detail"]
+    repl = dbs.pair.client(slave).get("/v1/replication")
+    assert repl["database"]["state"] == "failing"
+    health = codes(dbs.pair.status(slave)["health"])  # type: ignore[index]
+    assert "database-failing" in health
+    wait_for("the master hears that the slave does not replicate", lambda: (
+        dbs.pair.status(master) or {}).get("peer", {}).get("role") == "slave", 5)
+    time.sleep(1.0)  # a heartbeat or two with the slave's new state
+    with pytest.raises(Conflict) as refused:
+        dbs.pair.client(master, timeout=30).post("/v1/ha/switchover", {})
+    assert "not replicating from this node" in refused.value.message
+    assert dbs.pair.role(master) == "master"
+    # a crash now: the slave takes over (semi-synchronous: the rows reached its relay log),
+    # opens for writes at once rather than wait for an applier that cannot go on, and says so
+    dbs.lab.crash(master)
+    wait_for(f"{slave} is master", lambda: dbs.pair.role(slave) == "master", 15)
+    db = dbs.wait_state(slave, "master")
+    promotion = db["last_promotion"]
+    assert promotion["ok"] is True and "the applier stopped on an error" in promotion["missing"]
+    assert promotion["took_ms"] < 5000, promotion
+    kinds = [e["kind"] for e in dbs.pair.client(slave).get("/v1/events")["events"]]
+    assert "replication.database-opened-incomplete" in kinds
