@@ -212,7 +212,7 @@ async def run(args: argparse.Namespace) -> int:
     # units are driven only on a real node; an agent on another root (tests in network
     # namespaces of a development machine) must never touch the host's systemd
     systemd = DbusSystemd() if root == Path("/") else None
-    ha = HAManager(args.state_dir, netlink, events, files=files)
+    ha = HAManager(args.state_dir, netlink, events, files=files, systemd=systemd)
     await ha.load()
     services = (
         ServicesSubsystem(systemd, catalogue, licence, HARoleSource(ha), files=files,

@@ -33,6 +33,7 @@ from agent.errors import Conflict, VoxnodeError
 from agent.events import EventLog
 from agent.ports.files import FileTree, durable
 from agent.ports.netlink import NetlinkPort
+from agent.ports.systemd import SystemdPort
 from agent.state.model import DesiredState, HAConfig
 from ha.config import PairConfig
 from ha.keys import Keyring
@@ -74,9 +75,11 @@ class HAManager:
         wall: Callable[[], float] = time.time,
         proc_conf: Path = Path("/proc/sys/net/ipv4/conf"),
         files: FileTree | None = None,
+        systemd: SystemdPort | None = None,
     ) -> None:
         self.store = HAStore(state_dir)
         self.files = files  # the node's file tree (the database's drop-in and TLS files)
+        self.systemd = systemd  # a real node's: restarts the database for its settings
         self.database: DatabaseReplication | None = None
         self.netlink = netlink
         self.events = events
@@ -192,7 +195,8 @@ class HAManager:
         if settings is None:
             return []
         database = DatabaseReplication(settings, lambda: runtime.keys.current, self.events,
-                                       files=self.files, wall=self.wall)
+                                       files=self.files, systemd=self.systemd,
+                                       wall=self.wall)
         self.database = database
         done = await self._prepare_database(database)
         runtime.db_report = database.report

@@ -38,6 +38,7 @@ class HACode(StrEnum):
     # warnings
     HA_NO_FAILOVER = "ha-no-failover"
     HA_NO_PAIR_KEY = "ha-no-pair-key"
+    HA_DATABASE_RESTART = "ha-database-restart"
 
 
 C = HACode
@@ -79,12 +80,24 @@ def plan_ha(old: DesiredState | None, new: DesiredState, observed: HAObservation
         step = item(C.HA_RECONFIGURE, f"reconfigure fault tolerance in place, keeping the role "
                     f"and the node IP (changed: {', '.join(changed)}; node IP {ips})",
                     changed=joined(changed), node_ips=node_ips)
-    warnings: tuple[PlanItem, ...] = ()
+    warnings: tuple[PlanItem, ...] = _database_restart(old, new)
     step_list = (step, *replication)
     if not observed.pair_key_installed:
         warnings += (item(C.HA_NO_PAIR_KEY, "no pair key yet: run `voxnode ha pair-key "
                           "generate` (or `set`)"),)
     return SubsystemPlan(name, steps=step_list, warnings=warnings)
+
+
+def _database_restart(old: DesiredState | None, new: DesiredState) -> tuple[PlanItem, ...]:
+    """The database server restarts when the settings it needs for the pair change (its
+    first pairing, a new management address)."""
+    before = DbSettings.from_state(old) if old is not None else None
+    after = DbSettings.from_state(new)
+    if after is None or (before is not None and before.own == after.own):
+        return ()
+    return (item(C.HA_DATABASE_RESTART, "the database server restarts to take the pair's "
+                 "replication settings: the PBX loses its database for a moment",
+                 unit="mariadb.service"),)
 
 
 def _firewall_step(old: DesiredState | None, new: DesiredState) -> tuple[PlanItem, ...]:

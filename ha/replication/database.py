@@ -39,8 +39,10 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
+from agent.errors import VoxnodeError
 from agent.events import EventLog
 from agent.ports.files import FileTree
+from agent.ports.systemd import SystemdPort
 from agent.state.model import DatabaseEngine, DesiredState
 from ha.config import ha_management_ip
 from ha.machine import PeerView, Reason
@@ -62,6 +64,8 @@ log = logging.getLogger("voxnode.ha.replication")
 POLL_S = 0.5
 SWITCHOVER_APPLY_S = 10.0  # a switchover's new master waits this long for the old one's last
 CRASH_APPLY_S = 30.0  # a crash's new master applies its relay log for at most this long
+DB_UNIT = "mariadb.service"
+SETTINGS_EVERY_S = 30.0  # how often the running server's settings are compared
 RESTART_EVERY_S = 30.0  # a replica stopped on an error is started again this often
 DIVERGED_ERRNO = 1236  # the master has no such GTID in its binary log: another history
 TLS_DIR = "/etc/voxnode/tls"
@@ -101,9 +105,12 @@ class DbSettings:
 
 class DatabaseReplication:
     def __init__(self, settings: DbSettings, pair_key: Callable[[], bytes], events: EventLog,
-                 *, files: FileTree | None = None,
+                 *, files: FileTree | None = None, systemd: SystemdPort | None = None,
                  wall: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.systemd = systemd  # restarts the server when its settings change (a real node)
+        self.settings_problem: str | None = None  # what the running server lacks
+        self._checked_at = float("-inf")
         self.files = files or FileTree(Path("/"))
         self._pair_key = pair_key
         self.events = events
@@ -158,7 +165,9 @@ class DatabaseReplication:
             node_key = tls.new_node_key()
             self.files.write_if_changed(DB_KEY, node_key, 0o640, group="mysql")
             done.append(f"created the database's TLS key {DB_KEY}")
-        if self.files.write_if_changed(PAIR_CA, tls.pair_ca_certificate(key), 0o644):
+        ca = self.files.read(PAIR_CA)
+        if ca is None or not tls.ca_matches(ca, key):
+            self.files.write_if_changed(PAIR_CA, tls.pair_ca_certificate(key), 0o644)
             done.append(f"wrote the pair's database CA {PAIR_CA}")
         cert = self.files.read(DB_CERT)
         if cert is None or not tls.certificate_matches(cert, key, node_key, self.settings.own,
@@ -178,11 +187,52 @@ class DatabaseReplication:
         done = await asyncio.to_thread(self._write_files, key,
                                        dt.datetime.fromtimestamp(self.wall(), dt.UTC))
         self._secret = replication_secret(key)
-        if done:
+        restart = any(d.startswith("wrote the database server's") for d in done)
+        if restart and self.systemd is not None:
+            # static settings (the binary log, the relay log, the role at start) take a
+            # restart; the PBX loses its database for that moment (the plan says so)
+            try:
+                await self.systemd.restart(DB_UNIT)
+                done.append(f"restarted {DB_UNIT} to take the pair's settings")
+            except VoxnodeError as exc:
+                done.append(f"{DB_UNIT} did not restart: {exc.message}")
+                self.events.emit("replication.database-restart-failed", exc.message,
+                                 level=logging.ERROR)
+        elif done:
             with contextlib.suppress(DatabaseError):
                 await self.db.execute("FLUSH SSL", what="reloading the TLS files")
+        self._checked_at = float("-inf")  # look at the running settings again
         self._wake.set()
         return done
+
+    def wanted_settings(self) -> dict[str, str]:
+        """What the running server must show (``SHOW GLOBAL VARIABLES``) for the pair."""
+        return {
+            "log_bin": "ON", "log_slave_updates": "ON", "binlog_format": "ROW",
+            "gtid_strict_mode": "ON", "server_id": str(server_id_for(self.settings.own)),
+            "rpl_semi_sync_master_enabled": "ON", "rpl_semi_sync_slave_enabled": "ON",
+            "rpl_semi_sync_master_wait_point": "AFTER_SYNC", "sync_relay_log": "1",
+            "have_ssl": "YES",
+        }
+
+    async def _check_settings(self) -> None:
+        """Every ``SETTINGS_EVERY_S`` (and after each prepare): the settings the pair needs
+        are those the server runs with, or ``settings_problem`` says which are not."""
+        if time.monotonic() - self._checked_at < SETTINGS_EVERY_S:
+            return
+        self._checked_at = time.monotonic()
+        running = await self.db.variables(tuple(self.wanted_settings()))
+        wrong = [f"{name} is {running.get(name, 'unset')} (wanted {value})"
+                 for name, value in self.wanted_settings().items()
+                 if running.get(name, "").upper() != value.upper()]
+        problem = ("the server runs without the pair's settings (" + ", ".join(wrong)
+                   + f"): restart it (systemctl restart {DB_UNIT.removesuffix('.service')})"
+                   if wrong else None)
+        if problem != self.settings_problem:
+            self.settings_problem = problem
+            if problem is not None:
+                self.events.emit("replication.database-settings", problem,
+                                 level=logging.ERROR)
 
     # --- the follower ------------------------------------------------------------------
 
@@ -227,11 +277,13 @@ class DatabaseReplication:
         except DatabaseError as exc:
             self.status, self.error = None, exc.args[0]
             self._replicating_from = None
+            self._checked_at = float("-inf")  # a server that comes back: its settings again
             self._set_state("unreachable", exc.args[0], logging.ERROR)
             return
         self.status, self.error = status, None
         role, peer, alive = self._view()
         try:
+            await self._check_settings()
             await self._ensure_account()
             if role is Role.MASTER:
                 await self._converge_master(status)
@@ -467,6 +519,8 @@ class DatabaseReplication:
 
     def health(self) -> list[Reason]:
         found = []
+        if self.settings_problem is not None:
+            found.append(Reason("database-settings", f"Database: {self.settings_problem}"))
         if self.state == "unreachable":
             found.append(Reason("database-unreachable", f"Database: {self.detail}"))
         elif self.state in ("failing", "diverged", "lagging", "connecting"):
@@ -489,6 +543,7 @@ class DatabaseReplication:
             "diverged": self.diverged,
             "needs_full_sync": self.needs_full_sync,
             "last_promotion": self.last_promotion,
+            "settings_problem": self.settings_problem,
             "server": self.status.to_dict() if self.status else None,
         }
 

@@ -250,6 +250,14 @@ class MariaDB:
             replica=replica,
         )
 
+    async def variables(self, names: tuple[str, ...]) -> dict[str, str]:
+        """The server's global variables ``names`` (those it has)."""
+        async with self._connection() as conn:
+            rows = await self._run(conn, "SHOW GLOBAL VARIABLES WHERE Variable_name IN ("
+                                   + ", ".join(["%s"] * len(names)) + ")", names,
+                                   what="reading the server's settings")
+        return {str(r["Variable_name"]): str(r["Value"]) for r in rows}
+
     # --- the replication account -------------------------------------------------------
 
     async def ensure_account(self, peer: IP, secret: str, *, tls: bool) -> None:

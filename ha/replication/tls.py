@@ -71,6 +71,19 @@ def pair_ca_certificate(pair_key: bytes) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def ca_matches(cert_pem: bytes, pair_key: bytes) -> bool:
+    """Whether a CA certificate on disk is this pair key's (its name and key): the
+    signature differs at each derivation, so bytes are not compared."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return False
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return (cert.subject == _ca_name() and cert.public_key().public_bytes(der, spki)
+            == pair_ca_key(pair_key).public_key().public_bytes(der, spki))
+
+
 def new_node_key() -> bytes:
     """A node's own private key (PEM, unencrypted: the file is the protection)."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -76,6 +76,7 @@ def test_the_slave_replicates_read_only_over_tls(dbs: DbPair) -> None:
     dbs.server(master).sql("INSERT INTO pbx.calls (seq) VALUES (1), (2), (3)")
     wait_for("3 rows on the slave", lambda: len(dbs.ids(slave)) == 3, 10)
     db = dbs.database(slave)
+    assert db["settings_problem"] is None and dbs.database(master)["settings_problem"] is None
     assert db["server"]["read_only"] is True
     assert db["server"]["replica"]["master_host"] == NODE_ADDRESSES[master]
     assert dbs.database(master)["server"]["read_only"] is False
@@ -265,3 +266,20 @@ def test_a_replica_stopped_on_an_error_says_so_and_a_switchover_is_refused(
     assert promotion["took_ms"] < 5000, promotion
     kinds = [e["kind"] for e in dbs.pair.client(slave).get("/v1/events")["events"]]
     assert "replication.database-opened-incomplete" in kinds
+
+
+def test_a_server_without_the_pairs_settings_is_reported(dbs: DbPair) -> None:
+    """A server started without the binary log (an edited drop-in, a package's defaults)
+    cannot be a master: the agent says which settings are wrong and how to fix it."""
+    master = up(dbs)
+    slave = other(master)
+    server = dbs.server(slave)
+    server.stop()
+    server.drop_in = "\n".join(line for line in server.drop_in.splitlines()
+                               if not line.startswith(("log_bin", "log_slave_updates")))
+    server.start()
+    wait_for("the settings problem is reported", lambda: (dbs.database(slave) or {}).get(
+        "settings_problem") is not None, 15, lambda: dbs.database(slave))
+    problem = dbs.database(slave)["settings_problem"]
+    assert "log_bin is OFF (wanted ON)" in problem and "restart it" in problem
+    assert "database-settings" in codes(dbs.pair.status(slave)["health"])  # type: ignore[index]

@@ -57,11 +57,14 @@ def test_turning_fault_tolerance_on() -> None:
         "text": "run fault tolerance with peer 10.0.0.12 (standard profile; node IP "
                 "10.0.0.10/24 on eth0)",
     }
-    assert result.warnings == ()
+    [restart] = result.warnings  # the database takes the pair's settings
+    assert (restart.code, restart.params) == ("ha-database-restart", {"unit": "mariadb.service"})
+    assert "the PBX loses its database for a moment" in restart.text
+    assert plan(state(), state(profile="fast"), KEYED).warnings == ()  # not again
 
 
 def test_without_a_pair_key_the_plan_says_how_to_get_one() -> None:
-    [warning] = plan(None, state(), UNKEYED).warnings
+    _, warning = plan(None, state(), UNKEYED).warnings
     assert (warning.code, warning.text) == (
         "ha-no-pair-key", "no pair key yet: run `voxnode ha pair-key generate` (or `set`)")
 

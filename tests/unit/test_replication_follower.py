@@ -1,0 +1,66 @@
+"""The database follower's own decisions that need no server: the files it writes, the
+restart a real node gets when the server's settings change (tests/netns has the rest)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from agent.events import EventLog
+from agent.ports.files import FileTree
+from ha.replication.database import DB_CERT, DB_KEY, PAIR_CA, DatabaseReplication, DbSettings
+
+KEY = bytes(range(32))
+
+
+class Restarts:
+    """A systemd port that records restarts."""
+
+    def __init__(self) -> None:
+        self.restarted: list[str] = []
+
+    async def restart(self, unit: str, within: float = 90.0) -> str:
+        self.restarted.append(unit)
+        return "done"
+
+
+def follower(tmp_path: Path, systemd: Restarts | None) -> DatabaseReplication:
+    settings = DbSettings(socket="/run/mysqld/mysqld.sock", port=3306,
+                          own=ipaddress.ip_address("10.0.0.11"),
+                          peer=ipaddress.ip_address("10.0.0.12"), max_lag_s=5)
+    (tmp_path / "root" / "etc" / "mysql" / "mariadb.conf.d").mkdir(parents=True)
+    return DatabaseReplication(settings, lambda: KEY, EventLog(),
+                               files=FileTree(tmp_path / "root"),
+                               systemd=systemd)  # type: ignore[arg-type]
+
+
+async def test_the_first_prepare_writes_the_files_and_restarts_the_server(tmp_path: Path
+                                                                          ) -> None:
+    systemd = Restarts()
+    db = follower(tmp_path, systemd)
+    done = await db.prepare()
+    root = tmp_path / "root"
+    drop_in = root / "etc/mysql/mariadb.conf.d/90-voxnode-replication.cnf"  # Debian's place
+    assert drop_in.exists() and "server_id = 167772171" in drop_in.read_text()
+    for path in (DB_KEY, DB_CERT, PAIR_CA):
+        assert (root / path.lstrip("/")).exists(), path
+    assert (root / DB_KEY.lstrip("/")).stat().st_mode & 0o077 == 0o040  # group read only
+    assert systemd.restarted == ["mariadb.service"]
+    assert "restarted mariadb.service to take the pair's settings" in done
+    # nothing changed: no restart
+    assert await db.prepare() == []
+    assert systemd.restarted == ["mariadb.service"]
+    key_before = (root / DB_KEY.lstrip("/")).read_bytes()
+    # a new pair key: a new CA and certificate, the node key kept; TLS reloads, no restart
+    other = DatabaseReplication(db.settings, lambda: bytes(32), EventLog(),
+                                files=FileTree(root), systemd=systemd)  # type: ignore[arg-type]
+    done = await other.prepare()
+    assert any("issued the database's certificate" in d for d in done)
+    assert (root / DB_KEY.lstrip("/")).read_bytes() == key_before
+    assert systemd.restarted == ["mariadb.service"]
+
+
+async def test_without_systemd_nothing_is_restarted(tmp_path: Path) -> None:
+    db = follower(tmp_path, None)
+    done = await db.prepare()
+    assert not any("restarted" in d for d in done)
