@@ -180,16 +180,19 @@ class MariaDB:
         self.timeout = timeout
         self._freeze: aiomysql.Connection | None = None
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[aiomysql.Connection]:
+    async def _connect(self) -> aiomysql.Connection:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                conn = await aiomysql.connect(unix_socket=self.socket, user="root",
+                return await aiomysql.connect(unix_socket=self.socket, user="root",
                                               autocommit=True,
                                               connect_timeout=CONNECT_TIMEOUT_S)
         except (TimeoutError, OSError, pymysql.err.MySQLError) as exc:
             raise DatabaseError(f"the database server does not answer on {self.socket}: "
                                 f"{_reason(exc)}") from None
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiomysql.Connection]:
+        conn = await self._connect()
         try:
             yield conn
         finally:
@@ -363,14 +366,7 @@ class MariaDB:
         WITH READ LOCK`` held on a connection of its own (until ``unfreeze`` or the next
         role), so no writer, privileged or not, commits after the position returned."""
         await self.unfreeze()
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                conn = await aiomysql.connect(unix_socket=self.socket, user="root",
-                                              autocommit=True,
-                                              connect_timeout=CONNECT_TIMEOUT_S)
-        except (TimeoutError, OSError, pymysql.err.MySQLError) as exc:
-            raise DatabaseError(f"the database server does not answer on {self.socket}: "
-                                f"{_reason(exc)}") from None
+        conn = await self._connect()
         what = "making the database read-only"
         try:
             await self._run(conn, "SET GLOBAL read_only = 1", what=what)
