@@ -40,6 +40,7 @@ from ha.keys import Keyring
 from ha.machine import Decision, Inputs, Reason, decide, next_change
 from ha.protocol import Kind, Role, parse_key
 from ha.replication.database import DatabaseReplication, DbSettings
+from ha.replication.files import FileSettings, FileSync
 from ha.runtime import Local, Runtime
 from ha.store import HAStore, Persisted
 
@@ -81,6 +82,7 @@ class HAManager:
         self.files = files  # the node's file tree (the database's drop-in and TLS files)
         self.systemd = systemd  # a real node's: restarts the database for its settings
         self.database: DatabaseReplication | None = None
+        self.file_sync: FileSync | None = None
         self.netlink = netlink
         self.events = events
         self.clock = clock
@@ -129,6 +131,7 @@ class HAManager:
         runtime = self.runtime
         if runtime is not None and cfg is not None:
             done = await self._restart_database(runtime, DbSettings.from_state(state))
+            done += await self._restart_files(runtime, FileSettings.from_state(state))
             if cfg == runtime.cfg:
                 return done
             return done + await self._reconfigure(runtime, cfg)
@@ -164,6 +167,7 @@ class HAManager:
         done.append(f"started the failover runtime ({cfg.profile.value} profile) as "
                     f"{self.role.value}")
         done += await self._start_database(runtime, DbSettings.from_state(state))
+        done += await self._start_files(runtime, FileSettings.from_state(state))
         self.events.emit("ha.started", done[-1])
         return done
 
@@ -229,6 +233,41 @@ class HAManager:
         if database is not None:
             await database.stop()
 
+    # --- the file sync -----------------------------------------------------------------------
+
+    async def _start_files(self, runtime: Runtime, settings: FileSettings | None) -> list[str]:
+        if settings is None:
+            return []
+        sync = FileSync(settings, lambda: runtime.keys.current, self.events, files=self.files,
+                        wall=self.wall)
+        self.file_sync = sync
+        done = await self._prepare_files(sync)
+        sync.start(lambda: (self.role, runtime.peer.view, runtime.peer_alive(self.clock())))
+        return [*done, f"pushing {', '.join(settings.paths)} to {settings.peer} while master "
+                f"({settings.bandwidth_kb} KiB/s)"]
+
+    async def _prepare_files(self, sync: FileSync) -> list[str]:
+        try:
+            return await sync.prepare()
+        except (OSError, VoxnodeError) as exc:
+            text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
+            self.events.emit("replication.files-setup", f"the file sync's files cannot be "
+                             f"written: {text}", level=logging.ERROR)
+            return [f"file sync files not written: {text}"]
+
+    async def _restart_files(self, runtime: Runtime, settings: FileSettings | None
+                             ) -> list[str]:
+        current = self.file_sync.settings if self.file_sync is not None else None
+        if settings == current:
+            return []
+        await self._stop_files()
+        return await self._start_files(runtime, settings) or ["stopped the file sync"]
+
+    async def _stop_files(self) -> None:
+        sync, self.file_sync = self.file_sync, None
+        if sync is not None:
+            await sync.stop()
+
     def _load_keys(self) -> Keyring | None:
         key = self.store.key()
         if key is None:
@@ -266,6 +305,8 @@ class HAManager:
                     "one; set it on the peer now")
             if self.database is not None:
                 await self._prepare_database(self.database)
+            if self.file_sync is not None:
+                await self._prepare_files(self.file_sync)
         elif self.last_state is not None:
             note = "; ".join(await self.configure(self.last_state)) or "nothing to run"
         else:
@@ -288,6 +329,7 @@ class HAManager:
                     await task
         self._loop_task = self._announcer = None
         await self._stop_database()
+        await self._stop_files()
         await runtime.close()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -554,9 +596,11 @@ class HAManager:
         return steps
 
     async def _freeze_database(self) -> list[str]:
+        """No more writes leave this node: the database frozen, every file push ended."""
+        steps = await self.file_sync.stop_pushes() if self.file_sync is not None else []
         if self.database is None:
-            return []
-        return await self.database.freeze()
+            return steps
+        return steps + await self.database.freeze()
 
     async def _release(self, reason: str) -> None:
         old = self.role
@@ -671,6 +715,8 @@ class HAManager:
         self.wake()  # the new role has rules of its own: decide again
         if self.database is not None:
             self.database.wake()
+        if self.file_sync is not None:
+            self.file_sync.wake()
         try:
             await asyncio.to_thread(self.store.append_event, self.last_transition)
         except OSError as exc:
@@ -797,7 +843,8 @@ class HAManager:
             "failover_blockers": [r.to_dict() for r in decision.blockers],
             "health": [r.to_dict() for r in [
                 *runtime.health(now),
-                *(self.database.health() if self.database is not None else [])]],
+                *(self.database.health() if self.database is not None else []),
+                *(self.file_sync.health() if self.file_sync is not None else [])]],
             "database": self.database.to_dict() if self.database is not None else None,
             "next_step": cloud_next_step(self.role, peer.role if alive and peer else None)
             if runtime.cfg.cloud else None,
@@ -819,8 +866,8 @@ class HAManager:
         return {
             "role": self.role.value if self.runtime is not None else None,
             "database": database,
-            "paths": [{"path": p, "state": "not synchronised yet (file sync is not built)"}
-                      for p in cfg.paths],
+            "paths": (self.file_sync.to_dict() if self.file_sync is not None else
+                      [{"path": p, "state": "off", "error": None} for p in cfg.paths]),
             "bandwidth_kb": cfg.bandwidth_kb,
             "max_lag_s": cfg.max_lag_s,
             "needs_full_sync": bool(database.get("needs_full_sync")),

@@ -190,7 +190,13 @@ def cmd_replication_status(client: Client, args: argparse.Namespace) -> int:
     def human(d: dict[str, Any]) -> None:
         rows = [("role", d["role"] or "not paired"), *_database_rows(d["database"])]
         for p in d["paths"]:
-            rows.append((p["path"], p["state"]))
+            facts = [p["state"]]
+            if p.get("last_push"):
+                facts.append(f"last push {output.when(p['last_push'])} "
+                             f"({p.get('last_push_ms')} ms)")
+            if p.get("error"):
+                facts.append(f"error: {p['error']}")
+            rows.append((p["path"], "; ".join(facts)))
         rows.append(("bandwidth", f"{d['bandwidth_kb']} KiB/s (file sync, full sync)"))
         rows.append(("full sync", "NEEDED" if d["needs_full_sync"] else "not needed"))
         output.kv_table(rows)

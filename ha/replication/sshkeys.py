@@ -29,6 +29,7 @@ SSH_DIR = "/etc/voxnode/sync"
 HOST_KEY = f"{SSH_DIR}/ssh_host_ed25519_key"
 AUTHORIZED_KEYS = f"{SSH_DIR}/authorized_keys"
 KNOWN_HOSTS = f"{SSH_DIR}/known_hosts"
+SSHD_CONFIG = f"{SSH_DIR}/sshd_config"
 _INFO = b"voxnode file sync v1 "
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -67,13 +68,17 @@ def path_key_file(path: str) -> str:
     return f"{SSH_DIR}/path-{digest}.key"
 
 
-def render_authorized_keys(pair_key: bytes, peer: IP, paths: list[str]) -> str:
+def render_authorized_keys(pair_key: bytes, peer: IP, paths: list[str],
+                           where: dict[str, str] | None = None) -> str:
     """The slave's authorized keys: one per path, from the peer only, writing that path
-    only (and nothing else: no shell, no forwarding, no pty)."""
+    only (and nothing else: no shell, no forwarding, no pty). ``where``: the directory
+    rrsync is given for a path, when it is not the path itself (a node under another
+    root)."""
     lines = ["# Written by voxnode-agent: the file sync's keys (one per replicated path)."]
     for path in paths:
         _, public = path_key(pair_key, path)
-        lines.append(f'from="{peer}",restrict,command="{RRSYNC} -wo -munge {path}" '
+        target = (where or {}).get(path, path)
+        lines.append(f'from="{peer}",restrict,command="{RRSYNC} -wo -munge {target}" '
                      f"{public} voxnode-sync:{path}")
     return "\n".join(lines) + "\n"
 
@@ -85,14 +90,15 @@ def render_known_hosts(pair_key: bytes, peer: IP) -> str:
     return f"{host} {public}\n"
 
 
-def render_sshd_config(own: IP) -> str:
+def render_sshd_config(own: IP, *, host_key: str = HOST_KEY,
+                       authorized_keys: str = AUTHORIZED_KEYS) -> str:
     """The sync daemon's configuration (``sshd -f``): the management address only, keys
     only, every forwarding and the shell off."""
     return "\n".join([
         "# Written by voxnode-agent: the SSH daemon of the file sync (not the system's).",
         f"ListenAddress {own}:{SYNC_PORT}",
-        f"HostKey {HOST_KEY}",
-        f"AuthorizedKeysFile {AUTHORIZED_KEYS}",
+        f"HostKey {host_key}",
+        f"AuthorizedKeysFile {authorized_keys}",
         "PermitRootLogin forced-commands-only",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
