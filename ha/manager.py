@@ -137,6 +137,9 @@ class HAManager:
             return done + await self._reconfigure(runtime, cfg)
         done = []
         if runtime is not None:
+            sync, self.file_sync = self.file_sync, None
+            if sync is not None:
+                done += await sync.dissolve()
             await self.stop(reason="fault tolerance switched off")
             done.append("stopped the failover runtime")
         self.problem = None
@@ -239,7 +242,7 @@ class HAManager:
         if settings is None:
             return []
         sync = FileSync(settings, lambda: runtime.keys.current, self.events, files=self.files,
-                        wall=self.wall)
+                        systemd=self.systemd, wall=self.wall)
         self.file_sync = sync
         done = await self._prepare_files(sync)
         sync.start(lambda: (self.role, runtime.peer.view, runtime.peer_alive(self.clock())))
@@ -260,8 +263,12 @@ class HAManager:
         current = self.file_sync.settings if self.file_sync is not None else None
         if settings == current:
             return []
-        await self._stop_files()
-        return await self._start_files(runtime, settings) or ["stopped the file sync"]
+        sync, self.file_sync = self.file_sync, None
+        done = await sync.dissolve() if sync is not None and settings is None else []
+        if sync is not None and settings is not None:
+            await sync.stop()
+        return [*done, *await self._start_files(runtime, settings)] or [
+            "stopped the file sync"]
 
     async def _stop_files(self) -> None:
         sync, self.file_sync = self.file_sync, None

@@ -38,8 +38,10 @@ from typing import Any
 
 from asyncinotify import Inotify, Mask
 
+from agent.errors import VoxnodeError
 from agent.events import EventLog
 from agent.ports.files import FileTree
+from agent.ports.systemd import SystemdPort
 from agent.state.model import DesiredState
 from ha.config import ha_management_ip
 from ha.machine import PeerView, Reason
@@ -54,6 +56,7 @@ PUSH_TIMEOUT_S = 3600.0
 WATCH_MASK = (Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO
               | Mask.ATTRIB | Mask.DELETE_SELF | Mask.ONLYDIR | Mask.DONT_FOLLOW)
 RSYNC = "/usr/bin/rsync"
+RECEIVER_UNIT = "voxnode-sync-sshd.service"
 SSH = "/usr/bin/ssh"
 
 IP = IPv4Address | IPv6Address
@@ -97,9 +100,10 @@ class PathState:
 
 class FileSync:
     def __init__(self, settings: FileSettings, pair_key: Callable[[], bytes], events: EventLog,
-                 *, files: FileTree | None = None,
+                 *, files: FileTree | None = None, systemd: SystemdPort | None = None,
                  wall: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.systemd = systemd  # a real node's: runs the sync daemon (RECEIVER_UNIT)
         self.files = files or FileTree(Path("/"))
         self._pair_key = pair_key
         self.events = events
@@ -154,7 +158,26 @@ class FileSync:
         done = await asyncio.to_thread(self._write_files, key)
         # the public halves, to compare with next time (and for an operator to read)
         await asyncio.to_thread(self._write_publics, key)
+        if self.systemd is not None and done:
+            try:  # (re)started: it reads its keys and configuration at start
+                await self.systemd.restart(RECEIVER_UNIT)
+                done.append(f"restarted {RECEIVER_UNIT}")
+            except VoxnodeError as exc:
+                done.append(f"{RECEIVER_UNIT} did not start: {exc.message}")
+                self.events.emit("replication.files-receiver", exc.message,
+                                 level=logging.ERROR)
         return done
+
+    async def dissolve(self) -> list[str]:
+        """The pair no longer syncs files: the receiver stops."""
+        await self.stop()
+        if self.systemd is None:
+            return []
+        try:
+            await self.systemd.stop(RECEIVER_UNIT)
+        except VoxnodeError as exc:
+            return [f"{RECEIVER_UNIT} did not stop: {exc.message}"]
+        return [f"stopped {RECEIVER_UNIT}"]
 
     def _write_publics(self, key: bytes) -> None:
         self.files.write_if_changed(sshkeys.HOST_KEY + ".pub", sshkeys.host_key(key)[1] + "\n")

@@ -64,3 +64,40 @@ async def test_without_systemd_nothing_is_restarted(tmp_path: Path) -> None:
     db = follower(tmp_path, None)
     done = await db.prepare()
     assert not any("restarted" in d for d in done)
+
+
+# --- the file sync's receiver unit ---------------------------------------------------------
+
+
+class Units(Restarts):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: list[str] = []
+
+    async def stop(self, unit: str, within: float = 90.0) -> str:
+        self.stopped.append(unit)
+        return "done"
+
+
+async def test_the_receiver_restarts_when_its_files_change_and_stops_when_dissolved(
+        tmp_path: Path) -> None:
+    from ha.replication import sshkeys
+    from ha.replication.files import FileSettings, FileSync
+
+    root = tmp_path / "root"
+    (root / "srv" / "rec").mkdir(parents=True)
+    units = Units()
+    sync = FileSync(FileSettings(("/srv/rec",), ipaddress.ip_address("10.0.0.11"),
+                                 ipaddress.ip_address("10.0.0.12"), 2048),
+                    lambda: KEY, EventLog(), files=FileTree(root),
+                    systemd=units)  # type: ignore[arg-type]
+    done = await sync.prepare()
+    assert "restarted voxnode-sync-sshd.service" in done
+    for node_path in (sshkeys.SSHD_CONFIG, sshkeys.AUTHORIZED_KEYS, sshkeys.KNOWN_HOSTS,
+                      sshkeys.HOST_KEY, sshkeys.path_key_file("/srv/rec")):
+        assert (root / node_path.lstrip("/")).exists(), node_path
+    assert (root / sshkeys.HOST_KEY.lstrip("/")).stat().st_mode & 0o077 == 0
+    assert await sync.prepare() == []  # nothing changed: no restart
+    assert units.restarted == ["voxnode-sync-sshd.service"]
+    assert await sync.dissolve() == ["stopped voxnode-sync-sshd.service"]
+    assert units.stopped == ["voxnode-sync-sshd.service"]
