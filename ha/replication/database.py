@@ -280,6 +280,12 @@ class DatabaseReplication:
             self._checked_at = float("-inf")  # a server that comes back: its settings again
             self._set_state("unreachable", exc.args[0], logging.ERROR)
             return
+        if self.status is not None and status.uptime_s < self.status.uptime_s:
+            # restarted between two looks: its settings again, and a replica set up again
+            self._checked_at = float("-inf")
+            self._replicating_from = None
+            self.events.emit("replication.database-restarted", "the database server "
+                             "restarted", level=logging.WARNING)
         self.status, self.error = status, None
         role, peer, alive = self._view()
         try:
@@ -376,12 +382,19 @@ class DatabaseReplication:
             self._set_state("replicating", f"read-only replica of {self.settings.peer}")
             return
         if "No" in (replica.io_running, replica.sql_running):
+            failed = (replica.sql_running == "No" and replica.sql_error) or (
+                replica.io_running == "No" and replica.io_error)
+            if not failed:
+                # stopped without an error (a server that restarted, someone's STOP SLAVE):
+                # started again at once
+                await self.db.execute("START SLAVE", what="starting replication")
+                self._set_state("replicating", f"read-only replica of {self.settings.peer}")
+                return
             # stopped on an error: said, and tried again now and then (not every look: a
             # row the applier cannot apply fails the same way each time)
             error = (f"applying the master's transactions failed: {replica.sql_error}"
                      if replica.sql_running == "No" and replica.sql_error
-                     else f"reading the master's binary log failed: {replica.io_error}"
-                     if replica.io_error else "replication is stopped")
+                     else f"reading the master's binary log failed: {replica.io_error}")
             self.lag_s = self.lag_transactions = None
             self._set_state("failing", error, logging.ERROR)
             if time.monotonic() - self._restarted_at >= RESTART_EVERY_S:

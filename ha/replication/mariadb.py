@@ -144,6 +144,7 @@ class DbStatus:
     semi_sync_clients: int
     semi_sync_slave: bool
     replica: ReplicaStatus | None = None
+    uptime_s: int = 0  # since the server started: smaller than before means it restarted
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,7 +229,8 @@ class MariaDB:
                                     "@@global.gtid_slave_pos AS s, "
                                     "@@global.gtid_current_pos AS c", what="status")
             semi = {r["Variable_name"]: r["Value"] for r in await self._run(
-                conn, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_%'", what="status")}
+                conn, "SHOW GLOBAL STATUS WHERE Variable_name LIKE 'Rpl_semi_sync_%' "
+                "OR Variable_name = 'Uptime'", what="status")}
             slave = await self._run(conn, "SHOW SLAVE STATUS", what="status")
         replica = None
         if slave:
@@ -251,6 +253,7 @@ class MariaDB:
             semi_sync_clients=int(semi.get("Rpl_semi_sync_master_clients") or 0),
             semi_sync_slave=semi.get("Rpl_semi_sync_slave_status") == "ON",
             replica=replica,
+            uptime_s=int(semi.get("Uptime") or 0),
         )
 
     async def variables(self, names: tuple[str, ...]) -> dict[str, str]:

@@ -286,3 +286,18 @@ def test_a_server_without_the_pairs_settings_is_reported(dbs: DbPair) -> None:
     problem = dbs.database(slave)["settings_problem"]
     assert "log_bin is OFF (wanted ON)" in problem and "restart it" in problem
     assert "database-settings" in codes(dbs.pair.status(slave)["health"])  # type: ignore[index]
+
+
+def test_a_replica_whose_server_restarted_replicates_again_at_once(dbs: DbPair) -> None:
+    """A server starts without replication (skip_slave_start): the agent starts it again
+    as soon as it sees the server back, not after a back-off."""
+    master = up(dbs)
+    slave = other(master)
+    dbs.server(slave).stop()
+    dbs.server(slave).start()
+    dbs.server(master).sql("INSERT INTO pbx.calls (seq) VALUES (42)")
+    wait_for("the row on the restarted slave", lambda: "42" in dbs.server(slave).sql(
+        "SELECT seq FROM pbx.calls", check=False).split(), 8, lambda: dbs.database(slave))
+    assert dbs.database(slave)["state"] == "replicating"
+    kinds = [e["kind"] for e in dbs.pair.client(slave).get("/v1/events")["events"]]
+    assert "replication.database-restarted" in kinds or "replication.database-unreachable" in kinds
