@@ -4,8 +4,8 @@ it with only ssh and 443 open).
 ``pair_zones`` says which firewalld zones the pair needs, each bound to one source
 address, so nothing is opened wider than the peer (and, for the chat database's arbiter
 member, the arbiter): from the peer its heartbeats (UDP, ``ha.heartbeat_port``), the
-database's replication (TCP, ``ha.replication.database.port``), MongoDB (TCP 27017) and
-ssh (the file sync runs over it); from the arbiter only MongoDB. The arbiter's own lease
+database's replication (TCP, ``ha.replication.database.port``), MongoDB (TCP 27017), ssh
+and the file sync's own SSH daemon (TCP 7422, when paths are replicated); from the arbiter only MongoDB. The arbiter's own lease
 traffic and the witnesses' ARP need nothing: the node asks and the answers come back as
 replies. Ethernet heartbeats are not IP and never reach firewalld. A pair that is
 dissolved (``ha.enabled: false``) needs no zone: the files go, and with them the ports.
@@ -22,6 +22,7 @@ from xml.sax.saxutils import quoteattr
 
 from agent.state.model import DatabaseEngine, DesiredState
 from ha.replication.mongodb import PORT as MONGODB_PORT
+from ha.replication.sshkeys import SYNC_PORT
 
 ZONE_DIR = "/etc/firewalld/zones"
 ZONE_PREFIX = "voxnode-pair"
@@ -46,6 +47,8 @@ def pair_zones(state: DesiredState) -> tuple[Zone, ...]:
     if ha.replication.database.engine is DatabaseEngine.MARIADB:
         ports.append((ha.replication.database.port, "tcp"))
     ports.append((MONGODB_PORT, "tcp"))
+    if ha.replication.paths:
+        ports.append((SYNC_PORT, "tcp"))  # the file sync's own SSH daemon
     zones = [Zone(f"{ZONE_PREFIX}-peer", f"the pair's traffic from the peer {ha.peer}",
                   ha.peer, tuple(ports), ("ssh",))]
     if ha.arbiter is not None:

@@ -157,6 +157,7 @@ def test_the_pair_opens_its_ports_to_the_peer_only(golden: Golden) -> None:
     assert (3306, "tcp") not in pair_zones(
         state(replication={"database": {"engine": "none"}}))[0].ports
     assert pair_zones(state(enabled=False)) == ()
+    assert (7422, "tcp") in pair_zones(state(replication={"paths": ["/srv/rec"]}))[0].ports
 
 
 def test_pairing_writes_the_zones_and_dissolving_removes_them(tmp_path: Path) -> None:
