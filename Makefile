@@ -7,7 +7,8 @@ PY         := $(VENV)/bin/python
 SYSPYTHON  := /usr/bin/python3
 # Debian packages the tests need (the lab and image targets add their own).
 APT_TEST   := python3-venv python3-dev gcc iproute2 procps util-linux nftables iptables keepalived iputils-ping faketime \
-             mariadb-server mariadb-backup mariadb-client rsync iputils-arping openssh-server
+             mariadb-server mariadb-backup mariadb-client rsync iputils-arping openssh-server \
+             lsyncd
 
 .PHONY: help setup apt venv test test-unit test-netns lint fmt clean
 

@@ -22,10 +22,12 @@ Cases, each with writers in the client namespace inserting through the node IP
   acknowledged rows missing on the new master, and the write pause (the longest gap between
   two acknowledgements around it);
 - ``crash``: a crash of the master (every process of its namespace frozen then killed) at
-  200 writes/s, a fresh pair each time: the acknowledged rows missing on the new master.
+  200 writes/s, a fresh pair each time: the acknowledged rows missing on the new master;
+- ``files``: the time a new 1 MB file written on the master takes to be whole on the slave
+  (voxnode's file sync against lsyncd with ``delay=1`` over ssh, the anchor).
 
 Only measured values are printed or written; a trial that fails is reported as failed.
-Not measured yet: the file sync and the full sync (not built).
+Not measured yet: the full sync (not built).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -53,7 +56,8 @@ from lab.pair.topology import NODE_ADDRESSES, NODE_IP, NODES, SUBNET_PREFIXLEN, 
 from lab.pair.voxnode import VoxnodePair
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("lag", "switchover", "crash")
+CASES = ("lag", "switchover", "crash", "files")
+FILE_BYTES = 1024 * 1024
 LAG_RATES = (100, 1000)
 SCHEMA = (
     "CREATE DATABASE pbx; CREATE TABLE pbx.calls (id BIGINT PRIMARY KEY AUTO_INCREMENT, "
@@ -334,6 +338,108 @@ def run_crash(impl: str, trial: int, rate: int) -> Result:
     return result
 
 
+# --- files: a new 1 MB file on the slave ---------------------------------------------------
+
+LSYNCD_CONF = """settings {{ nodaemon = true, logfile = "{log}", statusFile = "{status}" }}
+sync {{
+  default.rsync, source = "{source}", target = "{target}", delay = 1,
+  rsync = {{ archive = true, rsh = "/usr/bin/ssh -i {key} -p 7422 -o BatchMode=yes \
+-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null" }}
+}}
+"""
+ANCHOR_SSHD = """ListenAddress {address}:7422
+HostKey {host_key}
+AuthorizedKeysFile {authorized}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+StrictModes no
+PidFile none
+"""
+
+
+@contextlib.contextmanager
+def file_pair(impl: str) -> Iterator[tuple[PairLab, Path, Path]]:
+    """A fresh pair syncing one path: the source on the master and the target on the
+    slave (host paths)."""
+    from lab.pair.filepair import EXTRA_HA as FILE_HA
+    from lab.pair.filepair import FilePair
+
+    with PairLab(assign_node_addresses=impl == "manual", probe=False, echo=False,
+                 sample_vip=False) as lab:
+        if impl != "manual":
+            pair = FilePair(VoxnodePair(lab, extra_ha=FILE_HA))
+            try:
+                master = pair.start()
+                yield lab, pair.at(master, "/srv/rec"), pair.at(other(master), "/srv/rec")
+            finally:
+                pair.stop()
+            return
+        base = lab.workdir
+        source, target = base / "a-rec", base / "b-rec"
+        source.mkdir()
+        target.mkdir()
+        key = base / "lsyncd_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)
+        host = base / "anchor_host_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host)],
+                       check=True)
+        (base / "authorized").write_text(key.with_suffix(".pub").read_text()
+                                         if key.with_suffix(".pub").exists()
+                                         else Path(f"{key}.pub").read_text())
+        (base / "anchor_sshd").write_text(ANCHOR_SSHD.format(
+            address=NODE_ADDRESSES["b"], host_key=host, authorized=base / "authorized"))
+        Path("/run/sshd").mkdir(exist_ok=True)
+        sshd = subprocess.Popen(["ip", "netns", "exec", lab.ns["b"], "/usr/sbin/sshd", "-D",
+                                 "-e", "-f", str(base / "anchor_sshd")],
+                                stderr=(base / "anchor_sshd.log").open("wb"))
+        (base / "lsyncd.conf").write_text(LSYNCD_CONF.format(
+            log=base / "lsyncd.log", status=base / "lsyncd.status", source=source,
+            target=f"{NODE_ADDRESSES['b']}:{target}", key=key))
+        lsyncd = subprocess.Popen(["ip", "netns", "exec", lab.ns["a"], "/usr/bin/lsyncd",
+                                   str(base / "lsyncd.conf")], stdout=subprocess.DEVNULL,
+                                  stderr=(base / "lsyncd.err").open("wb"))
+        try:
+            (source / "ready").write_text("x")
+            wait_for("lsyncd's first sync", lambda: (target / "ready").exists(), 30, lambda: (
+                (base / "lsyncd.err").read_text()[-300:] + " | "
+                + (base / "anchor_sshd.log").read_text()[-300:]))
+            yield lab, source, target
+        finally:
+            lsyncd.kill()
+            sshd.kill()
+
+
+def run_files(impl: str, trials: int) -> Result:
+    result = Result(impl, "files", 0, 0)
+    try:
+        with file_pair(impl) as (_, source, target):
+            latencies = []
+            for i in range(trials):
+                blob = os.urandom(FILE_BYTES)
+                name = f"call-{i}.wav"
+                started = time.monotonic()
+                (source / name).write_bytes(blob)
+                arrived = target / name
+                deadline = started + 30
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(OSError):
+                        if arrived.stat().st_size == FILE_BYTES and arrived.read_bytes() == blob:
+                            break
+                    time.sleep(0.002)
+                else:
+                    raise RuntimeError(f"{name} did not reach the slave within 30 s")
+                latencies.append((time.monotonic() - started) * 1000)
+                time.sleep(0.3)
+            result.lag_ms = {"p50": round(percentile(latencies, 0.5), 1),
+                             "p99": round(percentile(latencies, 0.99), 1),
+                             "max": round(max(latencies), 1), "rows": len(latencies),
+                             "achieved_rate": 0.0}
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"[:300]
+    return result
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -346,6 +452,11 @@ def report(results: list[Result], impls: list[str]) -> dict[str, Any]:
         for r in [r for r in mine if r.case == "lag"]:
             stats.setdefault(impl, {})[f"lag_{r.rate}"] = r.lag_ms
             print(f"| {impl} | lag | {r.rate} (achieved {r.lag_ms['achieved_rate']}) | "
+                  f"p50 / p99 / max | {r.lag_ms['p50']} / {r.lag_ms['p99']} / "
+                  f"{r.lag_ms['max']} ms |")
+        for r in [r for r in mine if r.case == "files"]:
+            stats.setdefault(impl, {})["new_1mb_file_ms"] = r.lag_ms
+            print(f"| {impl} | files x{r.lag_ms['rows']} | - | new 1 MB file on the slave "
                   f"p50 / p99 / max | {r.lag_ms['p50']} / {r.lag_ms['p99']} / "
                   f"{r.lag_ms['max']} ms |")
         for case in ("switchover", "crash"):
@@ -409,6 +520,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         else f"failed: {r.error}"), flush=True)
             elif case == "switchover":
                 results += run_switchovers(impl, args.trials, args.rate)
+            elif case == "files":
+                r = run_files(impl, max(20, args.trials * 2))
+                results.append(r)
+                print(f"files {impl:<8}: " + (
+                    f"new 1 MB file p50 {r.lag_ms['p50']} ms, p99 {r.lag_ms['p99']} ms"
+                    if r.error is None else f"failed: {r.error}"), flush=True)
             else:
                 for trial in range(args.trials):
                     r = run_crash(impl, trial, args.rate)

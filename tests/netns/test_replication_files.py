@@ -13,62 +13,17 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from lab.pair.dbpair import wait_for
+from lab.pair.filepair import EXTRA_HA, SSHD, FilePair
 from lab.pair.harness import PairLab
-from lab.pair.topology import NODE_ADDRESSES, NODES, Node, other
+from lab.pair.topology import NODE_ADDRESSES, other
 from lab.pair.voxnode import VoxnodePair
 from tests.netns.pairs import lab_or_skip
 
 pytestmark = pytest.mark.root
-
-PATHS = ["/srv/rec", "/srv/vm"]
-SSHD = Path("/usr/sbin/sshd")
-EXTRA_HA = {"replication": {"database": {"engine": "none"}, "paths": PATHS,
-                            "bandwidth_kb": 100000}}
-
-
-class FilePair:
-    def __init__(self, pair: VoxnodePair) -> None:
-        self.pair = pair
-        self.lab = pair.lab
-        self.sshd: dict[Node, subprocess.Popen[bytes]] = {}
-
-    def root(self, node: Node) -> Path:
-        return self.pair.dir(node) / "root"
-
-    def at(self, node: Node, path: str) -> Path:
-        return self.root(node) / path.lstrip("/")
-
-    def start(self) -> Node:
-        for node in NODES:
-            for path in PATHS:
-                self.at(node, path).mkdir(parents=True, exist_ok=True)
-        master = self.pair.start(stagger_s=0.3)
-        for node in NODES:
-            self.start_sshd(node)
-        return master
-
-    def start_sshd(self, node: Node) -> None:
-        """The sync daemon as its unit would run it, with the agent's configuration (its
-        parent directories here are a temporary tree: StrictModes off for that alone)."""
-        config = self.root(node) / "etc/voxnode/sync/sshd_config"
-        wait_for(f"the agent on {node} writes {config}", config.exists, 15)
-        copy = self.lab.workdir / f"sshd-{node}.conf"
-        copy.write_text(config.read_text().replace("StrictModes yes", "StrictModes no"))
-        Path("/run/sshd").mkdir(exist_ok=True)
-        self.sshd[node] = subprocess.Popen(
-            ["ip", "netns", "exec", self.lab.ns[node], str(SSHD), "-D", "-e", "-f", str(copy)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=(self.lab.workdir / f"sshd-{node}.log").open("wb"))
-
-    def paths(self, node: Node) -> list[dict[str, object]]:
-        data: list[dict[str, object]] = self.pair.client(node).get("/v1/replication")["paths"]
-        return data
-
 
 @contextlib.contextmanager
 def file_pair() -> Iterator[FilePair]:
@@ -80,9 +35,7 @@ def file_pair() -> Iterator[FilePair]:
         try:
             yield pair
         finally:
-            pair.pair.stop()
-            for proc in pair.sshd.values():
-                proc.kill()
+            pair.stop()
         problems = pair.pair.loop_problems()
         assert problems == [], "\n".join(problems)
 
