@@ -5,7 +5,8 @@ it with only ssh and 443 open).
 address, so nothing is opened wider than the peer (and, for the chat database's arbiter
 member, the arbiter): from the peer its heartbeats (UDP, ``ha.heartbeat_port``), the
 database's replication (TCP, ``ha.replication.database.port``), MongoDB (TCP 27017), ssh
-and the file sync's own SSH daemon (TCP 7422, when paths are replicated); from the arbiter only MongoDB. The arbiter's own lease
+and the file sync's own SSH daemon (TCP 7422, when paths are replicated); from the arbiter
+only MongoDB. The arbiter's own lease
 traffic and the witnesses' ARP need nothing: the node asks and the answers come back as
 replies. Ethernet heartbeats are not IP and never reach firewalld. A pair that is
 dissolved (``ha.enabled: false``) needs no zone: the files go, and with them the ports.

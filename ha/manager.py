@@ -39,7 +39,7 @@ from ha.config import PairConfig
 from ha.keys import Keyring
 from ha.machine import Decision, Inputs, Reason, decide, next_change
 from ha.protocol import Kind, Role, parse_key
-from ha.replication.database import DatabaseReplication, DbSettings
+from ha.replication.database import DatabaseReplication, DbSettings, SwitchoverIncomplete
 from ha.replication.files import FileSettings, FileSync
 from ha.runtime import Local, Runtime
 from ha.store import HAStore, Persisted
@@ -141,6 +141,7 @@ class HAManager:
             if sync is not None:
                 done += await sync.dissolve()
             await self.stop(reason="fault tolerance switched off")
+            await asyncio.to_thread(self.store.set_fence, False)
             done.append("stopped the failover runtime")
         self.problem = None
         if cfg is None:
@@ -201,6 +202,7 @@ class HAManager:
     async def _start_database(self, runtime: Runtime, settings: DbSettings | None) -> list[str]:
         if settings is None:
             return []
+        await asyncio.to_thread(self.store.set_fence, True)
         database = DatabaseReplication(settings, lambda: runtime.keys.current, self.events,
                                        files=self.files, systemd=self.systemd,
                                        wall=self.wall)
@@ -228,6 +230,8 @@ class HAManager:
             return []
         await self._stop_database()
         runtime.db_report = lambda role: ("", "", "")
+        if settings is None:
+            await asyncio.to_thread(self.store.set_fence, False)
         return await self._start_database(runtime, settings) or [
             "stopped following the roles with the database"]
 
@@ -571,8 +575,12 @@ class HAManager:
             self._spawn(self._save_in_background())
         if self.database is not None:
             # writable before the PBX starts: after a switchover once the old master's last
-            # transaction is applied, after a crash once the relay log is
-            steps += await self.database.promote(peer, switchover=handed_over)
+            # transaction is applied (else the role goes back: nothing acknowledged may be
+            # lost to a planned switchover), after a crash once the relay log is
+            try:
+                steps += await self.database.promote(peer, switchover=handed_over)
+            except SwitchoverIncomplete as exc:
+                raise PromotionFailed(Reason("database-behind", str(exc))) from exc
         steps += await self._run_hooks(old, Role.MASTER)
         return steps
 

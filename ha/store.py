@@ -40,6 +40,9 @@ class HAStore:
         self.previous_file = self.dir / "pair.key.previous"
         self.state_file = self.dir / "state.json"
         self.events_file = self.dir / "events.jsonl"
+        # present while the database follows the roles: if the agent dies, its unit's
+        # ExecStopPost makes the database read-only (the role cannot be held without it)
+        self.fence_file = self.dir / "database-fence"
 
     # --- pair key ------------------------------------------------------------------------
 
@@ -84,6 +87,13 @@ class HAStore:
         atomic_write(self.previous_file, (body + "\n").encode(), 0o600)
 
     # --- epoch and role ------------------------------------------------------------------
+
+    def set_fence(self, on: bool) -> None:
+        if on:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.fence_file.touch(mode=0o600)
+        else:
+            self.fence_file.unlink(missing_ok=True)
 
     def load(self) -> Persisted:
         try:

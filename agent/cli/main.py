@@ -28,6 +28,7 @@ from agent.errors import (
     VoxnodeError,
 )
 from agent.state.edit import SETTINGS_HELP
+from agent.state.model import SCHEMA_VERSION
 
 DEFAULT_SOCKET = "/run/voxnode/agent.sock"
 
@@ -176,7 +177,7 @@ def cmd_config_validate(client: Client, args: argparse.Namespace) -> int:
     state = load_document(_read_file(args.file), source)
     return output.show(
         args, {"valid": True, "document": state.to_document()},
-        lambda d: output.out.print(f"{source}: valid (schema version 1)"),
+        lambda d: output.out.print(f"{source}: valid (schema version {SCHEMA_VERSION})"),
     )
 
 

@@ -18,6 +18,10 @@ _SYSTEM = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/op
            "/var/log", "/var/spool", "/var/tmp")
 _NEVER_INSIDE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/lib/mysql",
                  "/boot")
+# each node's own configuration: the agent's (keys, certificates, the pair's files), the
+# database's settings (its server_id), sshd's, the firewall's, the network's
+_NODE_OWN = ("/etc/voxnode", "/etc/my.cnf.d", "/etc/mysql", "/etc/ssh", "/etc/firewalld",
+             "/etc/sysconfig", "/etc/NetworkManager", "/etc/systemd")
 
 
 def _inside(path: PurePosixPath, tree: PurePosixPath) -> bool:
@@ -41,6 +45,12 @@ def check_replication_rules(state: DesiredState, state_dir: str = DEFAULT_STATE_
         if _inside(path, own) or own in path.parents or path in own.parents:
             problems.append(Problem(where, f"{path} holds or is inside the agent's state "
                                     f"directory {own} (each node keeps its own)"))
+            continue
+        own_config = next((t for t in _NODE_OWN if _inside(path, PurePosixPath(t))), None)
+        if own_config is not None:
+            problems.append(Problem(where, f"{path} is inside {own_config}, each node's own "
+                                    "configuration (its keys, certificates, identity): not "
+                                    "replicated"))
             continue
         barred = next((t for t in _NEVER_INSIDE if _inside(path, PurePosixPath(t))), None)
         if barred is not None:

@@ -46,7 +46,7 @@ from agent.ports.systemd import SystemdPort
 from agent.state.model import DatabaseEngine, DesiredState
 from ha.config import ha_management_ip
 from ha.machine import PeerView, Reason
-from ha.protocol import Role
+from ha.protocol import MAX_DB_TEXT, Role
 from ha.replication import tls
 from ha.replication.gtid import BadPosition, Position, ahead_of, describe, parse_position
 from ha.replication.mariadb import (
@@ -103,6 +103,10 @@ class DbSettings:
                    max_lag_s=ha.replication.max_lag_s)
 
 
+class SwitchoverIncomplete(Exception):
+    """A switchover's new master could not apply the old master's last transaction."""
+
+
 class DatabaseReplication:
     def __init__(self, settings: DbSettings, pair_key: Callable[[], bytes], events: EventLog,
                  *, files: FileTree | None = None, systemd: SystemdPort | None = None,
@@ -136,6 +140,11 @@ class DatabaseReplication:
         self._restarted_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # the role's steps (promote, freeze) and the follower's looks never interleave: a
+        # follower that saw "master, read-only" must not open the server (and throw the
+        # relay log away) while a switchover's promotion still waits for it to be applied
+        self._lock = asyncio.Lock()
+        self.fork_known = False
         self._view: Callable[[], tuple[Role, PeerView | None, bool]] = (
             lambda: (Role.INIT, None, False))
 
@@ -155,7 +164,7 @@ class DatabaseReplication:
 
     def render(self) -> str:
         return render_server_config(server_id_for(self.settings.own), str(self.settings.own),
-                                    self.tls_files)
+                                    self.tls_files, self.settings.port)
 
     def _write_files(self, key: bytes, now: dt.datetime) -> list[str]:
         """The drop-in and the TLS files (blocking: run in a worker thread)."""
@@ -200,7 +209,7 @@ class DatabaseReplication:
                                  level=logging.ERROR)
         elif done:
             with contextlib.suppress(DatabaseError):
-                await self.db.execute("FLUSH SSL", what="reloading the TLS files")
+                await self.db.execute("FLUSH LOCAL SSL", what="reloading the TLS files")
         self._checked_at = float("-inf")  # look at the running settings again
         self._wake.set()
         return done
@@ -272,6 +281,10 @@ class DatabaseReplication:
 
     async def converge(self) -> None:
         """One look at the server, and what the role asks of it."""
+        async with self._lock:
+            await self._converge()
+
+    async def _converge(self) -> None:
         try:
             status = await self.db.status()
         except DatabaseError as exc:
@@ -315,12 +328,16 @@ class DatabaseReplication:
             # not opened yet (the server was down at the promotion), or a server that
             # restarted (it starts read-only, as a replica) while master
             self.fork, problem = await self.db.promote(CRASH_APPLY_S)
+            self.fork_known = True
             if problem is not None:
                 self.events.emit("replication.database-opened-incomplete", "opened for writes "
                                  f"without all the master's transactions: {problem}",
                                  level=logging.ERROR)
             self.status = await self.db.status()
             self.opened = True
+            self.last_promotion = {"ok": True, "position": self.fork, "missing": problem,
+                                   "took_ms": None, "time": self.wall(),
+                                   "by": "the follower (the server was read-only)"}
             self._set_state("master", "opened for writes (the server was read-only)",
                             logging.WARNING)
             return
@@ -357,7 +374,7 @@ class DatabaseReplication:
             return
         own = _parse(status.binlog_position)
         master = _parse(peer.db)
-        fork = _parse(peer.db_fork)
+        fork = _parse(peer.db_fork) if peer.db_fork else None  # "": the master does not know
         if own is not None and fork is not None:
             # what this node wrote itself past the point where the master opened: nobody
             # else has it (the master's own transactions after the fork are its own)
@@ -411,8 +428,8 @@ class DatabaseReplication:
                             + (f": {replica.io_error}" if replica.io_error else ""),
                             logging.WARNING)
         elif self.lag_s is not None and self.lag_s > self.settings.max_lag_s:
-            self._set_state("lagging", f"replication lag {self.lag_s} s over the "
-                            f"{self.settings.max_lag_s:g} s limit", logging.WARNING)
+            self._set_state("lagging", f"replication lag over the "
+                            f"{self.settings.max_lag_s:g} s limit (see lag_s)", logging.WARNING)
         else:
             self._set_state("replicating", f"read-only replica of {self.settings.peer}")
 
@@ -429,7 +446,14 @@ class DatabaseReplication:
     # --- the role moves ----------------------------------------------------------------
 
     async def promote(self, peer: PeerView | None, switchover: bool) -> list[str]:
-        """Open this node's database for writes (the manager takes the role meanwhile)."""
+        """Open this node's database for writes (the manager takes the role meanwhile).
+        A switchover whose old master's last transaction is not applied in time raises
+        ``SwitchoverIncomplete`` and opens nothing: the replica goes on applying and the
+        manager gives the role back."""
+        async with self._lock:
+            return await self._promote(peer, switchover)
+
+    async def _promote(self, peer: PeerView | None, switchover: bool) -> list[str]:
         steps = []
         started = time.monotonic()
         missing = None
@@ -439,14 +463,21 @@ class DatabaseReplication:
             problem = None
             if switchover and peer is not None and peer.db:
                 problem = await self.db.apply_relay_log(SWITCHOVER_APPLY_S, peer.db)
-                if problem is None:
-                    steps.append(f"database: applied the old master's last transaction "
-                                 f"({peer.db})")
+                if problem is not None:
+                    self.events.emit("replication.database-switchover-incomplete",
+                                     f"not opening for writes: {problem}",
+                                     level=logging.ERROR)
+                    self._wake.set()
+                    raise SwitchoverIncomplete(
+                        f"the old master's last transaction {peer.db} is not applied here: "
+                        f"{problem}; not taking the role")
+                steps.append(f"database: applied the old master's last transaction "
+                             f"({peer.db})")
             if problem is None:
                 problem = await self.db.apply_relay_log(CRASH_APPLY_S)
             fork = await self.db.open_for_writes()
             self.status = await self.db.status()
-            self.opened, self.fork = True, fork
+            self.opened, self.fork, self.fork_known = True, fork, True
             steps.append(f"database: writable at {fork or 'an empty position'}")
             if problem is not None:
                 missing = problem
@@ -480,6 +511,10 @@ class DatabaseReplication:
 
     async def freeze(self) -> list[str]:
         """Stop every write on this node (read-only and a global read lock)."""
+        async with self._lock:
+            return await self._freeze()
+
+    async def _freeze(self) -> list[str]:
         self.opened = False
         try:
             self.frozen_at = await self.db.freeze()
@@ -505,11 +540,24 @@ class DatabaseReplication:
         if role is Role.MASTER and not self.opened:
             return "", "", ""
         if role is not Role.MASTER:
-            if self.state in ("replicating", "lagging"):
-                return status.slave_position, "replica", ""
-            return "", "", ""
+            # offered as a switchover target only while it replicates within the limit
+            replica = status.replica
+            working = (self.state == "replicating" and replica is not None
+                       and replica.io_running == "Yes" and replica.sql_running == "Yes"
+                       and replica.seconds_behind is not None
+                       and replica.seconds_behind <= self.settings.max_lag_s
+                       and len(status.slave_position) <= MAX_DB_TEXT)
+            return (status.slave_position, "replica", "") if working else ("", "", "")
         semi = status.semi_sync_master and status.semi_sync_clients > 0
-        return status.binlog_position, "semi" if semi else "async", self.fork
+        position = status.binlog_position
+        # a position too long for a heartbeat (many replication domains) is left out
+        # rather than making the heartbeat one the peer refuses
+        if len(position) > MAX_DB_TEXT:
+            position = ""
+        # the fork only when this agent opened the server itself: one that found it
+        # writable (it restarted while master) does not know it, and says nothing
+        fork = self.fork if self.fork_known and len(self.fork) <= MAX_DB_TEXT else ""
+        return position, "semi" if semi else "async", fork
 
     @staticmethod
     def risk(peer: PeerView | None) -> Reason | None:

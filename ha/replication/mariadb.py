@@ -84,12 +84,14 @@ class TlsFiles:
     ca: str
 
 
-def render_server_config(server_id: int, report_host: str, tls: TlsFiles | None) -> str:
+def render_server_config(server_id: int, report_host: str, tls: TlsFiles | None,
+                         port: int = 3306) -> str:
     """The drop-in that makes the server one half of the pair (golden-tested)."""
     lines = [
         "# Written by voxnode-agent: the pair's replication settings. Edits are overwritten.",
         "[mariadb]",
         f"server_id = {server_id}",
+        f"port = {port}",
         f"report_host = {report_host}",
         "log_bin = voxnode-bin",
         "log_slave_updates = ON",

@@ -301,3 +301,68 @@ def test_a_replica_whose_server_restarted_replicates_again_at_once(dbs: DbPair) 
     assert dbs.database(slave)["state"] == "replicating"
     kinds = [e["kind"] for e in dbs.pair.client(slave).get("/v1/events")["events"]]
     assert "replication.database-restarted" in kinds or "replication.database-unreachable" in kinds
+
+
+# --- what once broke it (a review's findings, kept as tests) -------------------------------
+
+
+def test_a_rekey_keeps_the_replica(dbs: DbPair) -> None:
+    """A new pair key renews the TLS files and the account's secret: nothing of it may land
+    in the binary log (a FLUSH SSL logged under the slave's own id once made it look
+    diverged)."""
+    master = up(dbs)
+    slave = other(master)
+    key = dbs.pair.client(master, timeout=30).post("/v1/ha/pair-key", {"generate": True})["key"]
+    dbs.pair.client(slave, timeout=30).post("/v1/ha/pair-key", {"key": key})
+    dbs.server(master).sql("INSERT INTO pbx.calls (seq) VALUES (7)")
+    wait_for("the row after the rekey", lambda: "7" in dbs.server(slave).sql(
+        "SELECT seq FROM pbx.calls").split(), 20, lambda: dbs.database(slave))
+    for node in NODES:
+        db = dbs.database(node)
+        assert db["diverged"] is None and db["needs_full_sync"] is False, db
+    own = dbs.server(slave).sql("SELECT @@server_id")
+    assert f"-{own}-" not in dbs.server(slave).sql("SELECT @@gtid_binlog_pos")
+
+
+def test_a_master_whose_follower_restarts_does_not_make_its_replica_diverge(
+        dbs: DbPair) -> None:
+    """A change of ha.replication on the master starts its database follower again (it no
+    longer knows where it opened): the replica must not take that for a divergence."""
+    master = up(dbs)
+    slave = other(master)
+    dbs.pair.client(master, timeout=30).post("/v1/ha/switchover", {})
+    wait_for(f"{slave} is master", lambda: dbs.pair.role(slave) == "master", 15)
+    dbs.wait_state(master, "replicating", 20)
+    new_master, replica = slave, master
+    document = dbs.pair.client(new_master).get("/v1/config")["document"]
+    document["ha"]["replication"]["max_lag_s"] = 6
+    dbs.pair.client(new_master, timeout=30).post("/v1/config/apply", {"document": document})
+    time.sleep(3.0)
+    db = dbs.database(replica)
+    assert db["state"] == "replicating" and db["diverged"] is None, db
+
+
+def test_a_switchover_to_a_lagging_slave_is_refused(dbs: DbPair) -> None:
+    """A slave whose applier is held up (a read lock, as a dump takes) lags past the limit:
+    it is not offered as a switchover target, and no acknowledged row is lost."""
+    master = up(dbs)
+    slave = other(master)
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", dbs.lab.ns[slave], "mariadb", "-N", "-B",
+         f"--socket={dbs.server(slave).socket}", "-e",
+         "LOCK TABLES pbx.calls READ; SELECT SLEEP(15)"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        writer = Writer(dbs.lab, 50)
+        wait_for("the slave lags past its limit", lambda: dbs.database(slave)["state"]
+                 == "lagging", 15, lambda: dbs.database(slave))
+        time.sleep(1.0)  # its heartbeats say so
+        with pytest.raises(Conflict) as refused:
+            dbs.pair.client(master, timeout=30).post("/v1/ha/switchover", {})
+        assert "not replicating from this node" in refused.value.message
+        assert dbs.pair.role(master) == "master"
+    finally:
+        holder.kill()
+        holder.wait()
+    acked = writer.stop()
+    wait_for("the slave catches up", lambda: set(acked) <= dbs.ids(slave), 20)

@@ -364,6 +364,12 @@ def test_the_schema_1_key_is_unknown_in_schema_2() -> None:
       "data directory (the database is replicated by the server)"]),
     (["/proc/1"], ["ha.replication.paths[0]: /proc/1 is inside /proc: not a place for kept "
                    "data"]),
+    (["/etc/voxnode/tls"], ["ha.replication.paths[0]: /etc/voxnode/tls is inside /etc/voxnode, "
+                            "each node's own configuration (its keys, certificates, identity): "
+                            "not replicated"]),
+    (["/etc/my.cnf.d"], ["ha.replication.paths[0]: /etc/my.cnf.d is inside /etc/my.cnf.d, "
+                         "each node's own configuration (its keys, certificates, identity): "
+                         "not replicated"]),
 ])
 def test_replication_path_rules(paths: list[str], expected: list[str]) -> None:
     doc = ha_doc(replication={"paths": paths})

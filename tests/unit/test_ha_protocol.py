@@ -90,8 +90,6 @@ def test_garbage_is_refused(data: bytes) -> None:
     [], "x", 7, {"kind": "heartbeat"},
     {**msg().to_body(), "seq": "1e400"}, {**msg().to_body(), "seq": [1]},
     {**msg().to_body(), "role": "emperor"}, {**msg().to_body(), "epoch": None},
-    {**msg().to_body(), "db": 7}, {**msg().to_body(), "db": ["0-1-1"]},
-    {**msg().to_body(), "db": "0-1-1," * 100}, {**msg().to_body(), "db_sync": "semi" * 3},
 ])
 def test_authentic_but_malformed_bodies_are_refused(body: object) -> None:
     raw = json.dumps(body).encode()
@@ -201,3 +199,14 @@ def test_the_database_position_travels_with_the_heartbeat() -> None:
     older = {k: v for k, v in msg().to_body().items() if k not in ("db", "db_sync")}
     got = decode(seal(older, [KEY]), KEY)  # a peer without database replication
     assert (got.db, got.db_sync) == ("", "")
+
+
+@pytest.mark.parametrize("fields", [
+    {"db": 7}, {"db": ["0-1-1"]}, {"db": "0-1-1," * 100}, {"db_sync": "semi" * 3},
+    {"db_fork": {"x": 1}},
+])
+def test_a_bad_database_field_is_left_out_not_the_heartbeat(fields: dict[str, object]) -> None:
+    got = decode(seal({**msg().to_body(), **fields}, [KEY]), KEY)
+    assert (got.role, got.epoch) == (Role.MASTER, 7)
+    for name in fields:
+        assert getattr(got, name) == ""

@@ -101,3 +101,25 @@ async def test_the_receiver_restarts_when_its_files_change_and_stops_when_dissol
     assert units.restarted == ["voxnode-sync-sshd.service"]
     assert await sync.dissolve() == ["stopped voxnode-sync-sshd.service"]
     assert units.stopped == ["voxnode-sync-sshd.service"]
+
+
+def test_a_position_too_long_for_a_heartbeat_is_left_out(tmp_path: Path) -> None:
+    from ha.protocol import MAX_DB_TEXT, Role
+    from ha.replication.mariadb import DbStatus
+
+    db = follower(tmp_path, None)
+    long = ",".join(f"{d}-167772171-{d}" for d in range(60))
+    assert len(long) > MAX_DB_TEXT
+    db.status = DbStatus(read_only=False, binlog_position=long, slave_position="",
+                         current_position=long, semi_sync_master=True, semi_sync_clients=1,
+                         semi_sync_slave=False)
+    db.opened, db.fork, db.fork_known = True, long, True
+    position, sync, fork = db.report(Role.MASTER)
+    assert (position, sync, fork) == ("", "semi", "")
+    db.status = DbStatus(read_only=False, binlog_position="0-1-5", slave_position="",
+                         current_position="0-1-5", semi_sync_master=True,
+                         semi_sync_clients=1, semi_sync_slave=False)
+    db.fork = "0-1-2"
+    assert db.report(Role.MASTER) == ("0-1-5", "semi", "0-1-2")
+    db.fork_known = False  # a follower that found the server writable: no fork said
+    assert db.report(Role.MASTER) == ("0-1-5", "semi", "")
