@@ -51,6 +51,7 @@ from ha.replication import sshkeys
 log = logging.getLogger("voxnode.ha.files")
 
 BATCH_S = 0.1  # events within this window go in one push
+EVENT_QUEUE = 10_000  # events waiting for the loop; past this, every path is pushed whole
 RECONCILE_S = 60.0
 PUSH_TIMEOUT_S = 3600.0
 WATCH_MASK = (Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO
@@ -232,14 +233,27 @@ class FileSync:
                 self._dirty(self.paths[path])  # a first push of everything
             pushers = [asyncio.create_task(self._pusher(self.paths[p]), name=f"push {p}")
                        for p in self.settings.paths]
+            # one reader drains inotify into a queue: waiting on the queue with a time
+            # limit is safe, cancelling a read of the inotify object itself loses events
+            queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=EVENT_QUEUE)
+            overflow = asyncio.Event()
+            reader = asyncio.create_task(_read_events(inotify, queue, overflow),
+                                         name="ha-files-inotify")
+            pushers.append(reader)
             try:
                 reconcile_at = time.monotonic() + RECONCILE_S
                 while self._sending():
                     try:
                         async with asyncio.timeout(min(1.0, max(0.0, reconcile_at
                                                                 - time.monotonic()))):
-                            event = await inotify.get()
+                            event = await queue.get()
                     except TimeoutError:
+                        event = None
+                    if overflow.is_set():
+                        overflow.clear()
+                        for state in self.paths.values():
+                            self._dirty(state)
+                    if event is None:
                         if time.monotonic() >= reconcile_at:
                             reconcile_at = time.monotonic() + RECONCILE_S
                             for state in self.paths.values():
@@ -385,6 +399,17 @@ class FileSync:
     def health(self) -> list[Reason]:
         return [Reason("files-failing", f"File sync of {s.path}: {s.error}")
                 for s in self.paths.values() if s.error is not None]
+
+
+async def _read_events(inotify: Inotify, queue: asyncio.Queue[Any],
+                       overflow: asyncio.Event) -> None:
+    """Every inotify event into ``queue``; an event that finds the queue full (a flood of
+    changes) is dropped and ``overflow`` set: every path is then pushed whole."""
+    async for event in inotify:
+        try:
+            queue.put_nowait(event)
+        except asyncio.QueueFull:
+            overflow.set()
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:
