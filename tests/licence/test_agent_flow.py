@@ -127,7 +127,7 @@ def test_activate_verify_check_remove(node: Node) -> None:
         "valid_until": None, "grace_until": None, "last_check": None,
         "last_successful_check": None, "alarm": None, "clock_warning": None}
     human = node.cli("status")
-    assert f"licence OFF — {NO_LICENCE} subsystems" in flat(human.stdout), human.stdout
+    assert f"licence OFF — {NO_LICENCE} pair " in flat(human.stdout), human.stdout
 
     serial = node.server.create("PBX,WEB_CLIENT_SMART=10", EMAIL, "--valid-days", "365")
     sent = node.cli("license", "activate", "--serial", serial, "--email", EMAIL)
@@ -303,7 +303,7 @@ def test_tampered_licence_file_is_reported_and_refused(node: Node) -> None:
     assert (status["state"], status["active"], status["reason"]) == (
         "UNLICENSED", False, reason)
     human = flat(node.cli("status").stdout)
-    assert "licence UNLICENSED last check " in human and f" — {reason} subsystems" in human
+    assert "licence UNLICENSED last check " in human and f" — {reason} pair " in human
     events = [e for e in node.agent.cli_json("status")["events"]
               if e["kind"] == "licence.refused"]
     assert [e["message"] for e in events] == [

@@ -215,6 +215,8 @@ def ha_document(node: str) -> str:
     document["ha"].update(
         enabled=True, peer=NODES[other(node)],
         shared_ips=[{"interface": "eth0", "address": NODE_IP_CIDR, "primary": True}],
+        # the lab's rootfs has no database server (the database tests are tests/netns)
+        replication={"database": {"engine": "none"}},
     )
     return yaml.safe_dump(document, sort_keys=False)
 
