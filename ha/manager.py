@@ -214,14 +214,21 @@ class HAManager:
         return [*done, f"following the roles with the database on "
                 f"{settings.socket} (replica of {settings.peer} while slave)"]
 
-    async def _prepare_database(self, database: DatabaseReplication) -> list[str]:
+    async def _prepare(self, stream: DatabaseReplication | FileSync, kind: str,
+                       what: str) -> list[str]:
+        """``stream.prepare()`` (its files, derived from the pair key); a failure is an
+        event and a step, never the end of the pair's start."""
         try:
-            return await database.prepare()
+            return await stream.prepare()
         except (OSError, VoxnodeError) as exc:
             text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
-            self.events.emit("replication.database-files", f"the database's replication "
-                             f"files cannot be written: {text}", level=logging.ERROR)
-            return [f"database files not written: {text}"]
+            self.events.emit(f"replication.{kind}", f"{what} cannot be written: {text}",
+                             level=logging.ERROR)
+            return [f"{what} not written: {text}"]
+
+    async def _prepare_database(self, database: DatabaseReplication) -> list[str]:
+        return await self._prepare(database, "database-files",
+                                   "the database's replication files")
 
     async def _restart_database(self, runtime: Runtime, settings: DbSettings | None
                                 ) -> list[str]:
@@ -254,13 +261,7 @@ class HAManager:
                 f"({settings.bandwidth_kb} KiB/s)"]
 
     async def _prepare_files(self, sync: FileSync) -> list[str]:
-        try:
-            return await sync.prepare()
-        except (OSError, VoxnodeError) as exc:
-            text = exc.message if isinstance(exc, VoxnodeError) else str(exc)
-            self.events.emit("replication.files-setup", f"the file sync's files cannot be "
-                             f"written: {text}", level=logging.ERROR)
-            return [f"file sync files not written: {text}"]
+        return await self._prepare(sync, "files-setup", "the file sync's files")
 
     async def _restart_files(self, runtime: Runtime, settings: FileSettings | None
                              ) -> list[str]:
