@@ -268,9 +268,11 @@ class FileSync:
                         await task
                 await self.stop_pushes()
 
-    async def _watch_tree(self, inotify: Inotify, path: str, watched: dict[str, str]) -> None:
-        root = self.host(path)
-        directories = await asyncio.to_thread(_directories, root)
+    async def _watch_tree(self, inotify: Inotify, path: str, watched: dict[str, str],
+                          top: str | None = None) -> None:
+        """Watch every directory of replicated ``path`` (or of ``top``, a directory in it
+        that just appeared, and whatever was made in it before the watch)."""
+        directories = await asyncio.to_thread(_directories, top or self.host(path))
         state = self.paths[path]
         for i, directory in enumerate(directories):
             try:
@@ -297,17 +299,8 @@ class FileSync:
         if path is None:
             return
         if event.mask & Mask.ISDIR and event.mask & (Mask.CREATE | Mask.MOVED_TO):
-            # a new directory (and whatever was made in it before the watch)
-            await self._watch_tree_under(inotify, str(event.path), path, watched)
+            await self._watch_tree(inotify, path, watched, top=str(event.path))
         self._dirty(self.paths[path])
-
-    async def _watch_tree_under(self, inotify: Inotify, directory: str, path: str,
-                                watched: dict[str, str]) -> None:
-        for sub in await asyncio.to_thread(_directories, directory):
-            with contextlib.suppress(OSError):
-                inotify.add_watch(sub, WATCH_MASK)
-                watched[sub] = path
-        self.paths[path].watching = sum(1 for p in watched.values() if p == path)
 
     def _dirty(self, state: PathState) -> None:
         state.dirty = True

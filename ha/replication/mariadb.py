@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiomysql
@@ -147,7 +147,6 @@ class DbStatus:
     semi_sync_slave: bool
     replica: ReplicaStatus | None = None
     uptime_s: int = 0  # since the server started: smaller than before means it restarted
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
