@@ -47,6 +47,9 @@ class FaultState:
     crashed: dict[str, float] = field(default_factory=dict)  # node -> when
     heartbeat_blocked: bool = False
     bridge_filtered: bool = False
+    # the last flap's outages as measured: from before the "down" command to after the "up"
+    # one returned (an upper bound; a loaded host makes them longer than asked)
+    flap_outages: list[float] = field(default_factory=list)
 
 
 class Faults:
@@ -112,12 +115,15 @@ class Faults:
         return at
 
     def flap(self, member: Member, times: int, *, down_s: float, up_s: float) -> float:
-        """Down/up the link ``times`` times (down ``down_s``, up ``up_s``); the first down."""
+        """Down/up the link ``times`` times (down ``down_s``, up ``up_s``); the first down.
+        The outages as they happened are in ``faults.flap_outages``."""
         first = time.monotonic()
+        self.faults.flap_outages = []
         for _ in range(times):
-            self.link_down(member)
+            down = self.link_down(member)
             time.sleep(down_s)
             self.link_up(member)
+            self.faults.flap_outages.append(time.monotonic() - down)
             time.sleep(up_s)
         return first
 

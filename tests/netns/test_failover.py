@@ -191,13 +191,25 @@ def test_partition_and_heal(pair: VoxnodePair) -> None:
 
 
 def test_flapping_link_never_splits(pair: VoxnodePair) -> None:
+    """Link blips shorter than guard - interval (200 ms in the standard profile: ha.machine)
+    release nothing. A loaded host can stretch a blip (the ``ip`` commands are processes);
+    a round whose measured outages were not all short enough is repeated, not judged."""
     master = start(pair)
-    at = pair.lab.flap(master, 4, down_s=0.15, up_s=0.4)
-    time.sleep(2.0)
-    roles = {n: pair.role(n) for n in NODES}
-    assert sorted(roles.values()) == ["master", "slave"], roles
-    assert pair.lab.holder_changes(at) == 0  # short flaps are below the dead interval
-    assert_never_both(pair)
+    short = 0.2
+    measured: list[list[float]] = []
+    for _ in range(3):
+        at = pair.lab.flap(master, 4, down_s=0.1, up_s=0.4)
+        time.sleep(2.0)
+        roles = {n: pair.role(n) for n in NODES}
+        assert sorted(roles.values()) == ["master", "slave"], roles
+        assert_never_both(pair)
+        outages = pair.lab.faults.flap_outages
+        measured.append([round(o, 3) for o in outages])
+        if max(outages) < short:
+            assert pair.lab.vip_holders() == {master}
+            assert pair.lab.holder_changes(at) == 0, measured
+            return
+    pytest.fail(f"no round of blips stayed under {short} s on this host: {measured}")
 
 
 def test_loss_and_jitter_cause_no_false_failover(pair: VoxnodePair) -> None:
