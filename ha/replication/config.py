@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from agent.errors import Problem
 from agent.ports.files import FileTree
 from agent.state.model import DesiredState
+from ha.replication.sshkeys import SAFE_PATH
 
 DEFAULT_STATE_DIR = "/var/lib/voxnode"
 # Trees that are never replicated whole: the system's own (a sync would overwrite the
@@ -37,6 +38,11 @@ def check_replication_rules(state: DesiredState, state_dir: str = DEFAULT_STATE_
     own = PurePosixPath(state_dir)
     for i, path in enumerate(paths):
         where = f"ha.replication.paths[{i}]"
+        if not SAFE_PATH.fullmatch(str(path)):
+            problems.append(Problem(where, f"{str(path)[:200]!r} has characters a replicated "
+                                    "path cannot have (letters, digits and . _ + @ , = : - / "
+                                    "only: the sync's transfers name it in a command)"))
+            continue
         if str(path) in _SYSTEM:
             problems.append(Problem(where, f"{path} is a system directory: replicate the "
                                     "application's own directories (e.g. "

@@ -42,11 +42,11 @@ from agent.errors import VoxnodeError
 from agent.events import EventLog
 from agent.ports.files import FileTree
 from agent.ports.systemd import SystemdPort
-from agent.state.model import DesiredState
+from agent.state.model import DatabaseEngine, DesiredState
 from ha.config import ha_management_ip
 from ha.machine import PeerView, Reason
 from ha.protocol import Role
-from ha.replication import sshkeys
+from ha.replication import sshkeys, syncshell
 
 log = logging.getLogger("voxnode.ha.files")
 
@@ -69,14 +69,23 @@ class FileSettings:
     own: IP
     peer: IP
     bandwidth_kb: int
+    # the database's socket when the pair replicates one: its full sync reads it through
+    # the sync daemon too
+    database_socket: str | None = None
 
     @classmethod
     def from_state(cls, state: DesiredState) -> FileSettings | None:
+        """The sync daemon and its keys: wanted when the pair replicates paths or a
+        database (a full sync of either goes through it)."""
         ha = state.ha
         own = ha_management_ip(state)
-        if not ha.enabled or ha.peer is None or own is None or not ha.replication.paths:
+        database = (ha.replication.database.socket
+                    if ha.replication.database.engine is DatabaseEngine.MARIADB else None)
+        if not ha.enabled or ha.peer is None or own is None or not (
+                ha.replication.paths or database):
             return None
-        return cls(tuple(ha.replication.paths), own, ha.peer, ha.replication.bandwidth_kb)
+        return cls(tuple(ha.replication.paths), own, ha.peer, ha.replication.bandwidth_kb,
+                   database)
 
 
 @dataclass
@@ -121,17 +130,29 @@ class FileSync:
     def host(self, node_path: str) -> str:
         return str(self.files.path(node_path))
 
+    def shell(self) -> tuple[str, str]:
+        """The interpreter and the sync shell the forced commands run: the package's, or
+        (a development tree: the lab, the tests) this source tree's."""
+        python = next((p for p in sshkeys.PYTHONS if os.path.exists(p)), sshkeys.PYTHONS[-1])
+        shell = sshkeys.SYNC_SHELL
+        if not os.path.exists(shell):
+            shell = str(Path(syncshell.__file__).resolve())
+        return python, shell
+
     def _write_files(self, key: bytes) -> list[str]:
         """Blocking: in a worker thread."""
         s = self.settings
         done = []
         host_private, _ = sshkeys.host_key(key)
+        python, shell = self.shell()
+        socket = self.host(s.database_socket) if s.database_socket else None
         wanted: list[tuple[str, str | bytes, int]] = [
             (sshkeys.SSHD_CONFIG, sshkeys.render_sshd_config(
                 s.own, host_key=self.host(sshkeys.HOST_KEY),
                 authorized_keys=self.host(sshkeys.AUTHORIZED_KEYS)), 0o644),
             (sshkeys.AUTHORIZED_KEYS, sshkeys.render_authorized_keys(
-                key, s.peer, list(s.paths), {p: self.host(p) for p in s.paths}), 0o600),
+                key, s.peer, list(s.paths), {p: self.host(p) for p in s.paths},
+                database_socket=socket, python=python, shell=shell), 0o600),
             (sshkeys.KNOWN_HOSTS, sshkeys.render_known_hosts(key, s.peer), 0o644),
         ]
         for node_path, content, mode in wanted:
@@ -142,12 +163,11 @@ class FileSync:
         if self._public_of(sshkeys.HOST_KEY) != sshkeys.host_key(key)[1]:
             self.files.write_if_changed(sshkeys.HOST_KEY, host_private, 0o600)
             done.append(f"wrote the sync daemon's host key {sshkeys.HOST_KEY}")
-        for path in s.paths:
-            private, public = sshkeys.path_key(key, path)
-            target = sshkeys.path_key_file(path)
+        for target, private, public in sshkeys.client_keys(key, list(s.paths),
+                                                           s.database_socket is not None):
             if self._public_of(target) != public:
                 self.files.write_if_changed(target, private, 0o600)
-                done.append(f"wrote the sync key of {path}")
+                done.append(f"wrote the sync key {target}")
         return done
 
     def _public_of(self, node_path: str) -> str | None:
@@ -182,9 +202,9 @@ class FileSync:
 
     def _write_publics(self, key: bytes) -> None:
         self.files.write_if_changed(sshkeys.HOST_KEY + ".pub", sshkeys.host_key(key)[1] + "\n")
-        for path in self.settings.paths:
-            self.files.write_if_changed(sshkeys.path_key_file(path) + ".pub",
-                                        sshkeys.path_key(key, path)[1] + "\n")
+        for target, _, public in sshkeys.client_keys(key, list(self.settings.paths),
+                                                     self.settings.database_socket is not None):
+            self.files.write_if_changed(target + ".pub", public + "\n")
 
     # --- following the role ----------------------------------------------------------------
 
@@ -337,19 +357,29 @@ class FileSync:
                 await asyncio.sleep(2.0)
                 state.wake.set()
 
-    def rsync_command(self, path: str) -> list[str]:
-        s = self.settings
-        ssh = " ".join([
-            SSH, "-i", self.host(sshkeys.path_key_file(path)), "-p", str(sshkeys.SYNC_PORT),
+    def ssh_command(self, key_file: str) -> list[str]:
+        """ssh to the peer's sync daemon with one of this node's client keys, the daemon's
+        host key pinned."""
+        return [
+            SSH, "-i", self.host(key_file), "-p", str(sshkeys.SYNC_PORT),
             "-o", f"UserKnownHostsFile={self.host(sshkeys.KNOWN_HOSTS)}",
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
             "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=5",
             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2",
-        ])
-        return [RSYNC, "-a", "--delete", "--partial-dir=.voxnode-partial",
-                f"--bwlimit={s.bandwidth_kb}", "-e", ssh,
-                self.host(path) + "/", f"root@[{s.peer}]:" if s.peer.version == 6
-                else f"root@{s.peer}:"]
+        ]
+
+    def remote(self, path: str = "") -> str:
+        """The peer as rsync names it (the path is the sync shell's to choose: ``.``)."""
+        peer = self.settings.peer
+        return (f"root@[{peer}]:" if peer.version == 6 else f"root@{peer}:") + path
+
+    def rsync_command(self, path: str) -> list[str]:
+        s = self.settings
+        # -rlptgo: -a without devices and special files (the receiver refuses them)
+        return [RSYNC, "-rlptgo", "--delete", "--partial-dir=.voxnode-partial",
+                f"--bwlimit={s.bandwidth_kb}",
+                "-e", " ".join(self.ssh_command(sshkeys.path_key_file(path))),
+                self.host(path) + "/", self.remote()]
 
     async def _push(self, path: str) -> str | None:
         """One rsync of ``path`` to the peer: None, or what went wrong (an operator

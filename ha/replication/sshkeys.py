@@ -7,11 +7,14 @@ address, no passwords, no forwarding, no shell, only the authorized keys file be
 the system's sshd is left as the administrator has it.
 
 Every key is derived from the pair key, so nothing is exchanged and a new pair key
-replaces them all: the daemon's host key (``host_key``: the master pins it in its
-``known_hosts``, ``render_known_hosts``), and one client key per path (``path_key``).
-Each client key is authorized only from the peer's address and only to write into its
-own path (``render_authorized_keys``: ``command="rrsync -wo -munge PATH"``, ``restrict``):
-a stolen key writes into one directory of one node, never a shell, never another path.
+replaces them all: the daemon's host key (``host_key``: the client pins it in its
+``known_hosts``, ``render_known_hosts``); per replicated path one key that may write it
+(``path_key``: the master's pushes) and one that may read it (``pull_key``: a slave's full
+sync); one key that may read the database (``database_key``: a full sync's dump). Each is
+authorized only from the peer's address, with ``restrict`` (no pty, no forwarding) and a
+forced command, the sync shell (``ha.replication.syncshell``), given the one thing the key
+may do (``render_authorized_keys``): a stolen key writes into one directory of one node,
+or reads one, never a shell, never another path.
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SYNC_PORT = 7422
-RRSYNC = "/usr/bin/rrsync"
+# what a path in a forced command may hold: sshd hands the command to a shell
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._+@,=:/-]*")
+# the sync shell as installed by the node's package, and the interpreter it runs under
+# (AlmaLinux 8's own Python; where there is none, the system's python3: the lab)
+SYNC_SHELL = "/usr/libexec/voxnode/sync-shell"
+PYTHONS = ("/usr/libexec/platform-python", "/usr/bin/python3")
 SSH_DIR = "/etc/voxnode/sync"
 HOST_KEY = f"{SSH_DIR}/ssh_host_ed25519_key"
 AUTHORIZED_KEYS = f"{SSH_DIR}/authorized_keys"
@@ -62,24 +71,78 @@ def path_key(pair_key: bytes, path: str) -> tuple[bytes, str]:
     return _private(key), _public(key)
 
 
-def path_key_file(path: str) -> str:
-    """Where the master keeps the key for ``path``."""
+def pull_key(pair_key: bytes, path: str) -> tuple[bytes, str]:
+    """The client key that may read ``path`` (a full sync pulling it from the master)."""
+    key = _derive(pair_key, f"pull {path}")
+    return _private(key), _public(key)
+
+
+def database_key(pair_key: bytes) -> tuple[bytes, str]:
+    """The client key that may read the database (a full sync's dump)."""
+    key = _derive(pair_key, "database")
+    return _private(key), _public(key)
+
+
+def _key_file(kind: str, path: str) -> str:
     digest = hashlib.sha256(path.encode()).hexdigest()[:16]
-    return f"{SSH_DIR}/path-{digest}.key"
+    return f"{SSH_DIR}/{kind}-{digest}.key"
+
+
+def path_key_file(path: str) -> str:
+    """Where a node keeps the key that writes ``path`` on the peer."""
+    return _key_file("path", path)
+
+
+def pull_key_file(path: str) -> str:
+    """Where a node keeps the key that reads ``path`` on the peer."""
+    return _key_file("pull", path)
+
+
+DATABASE_KEY_FILE = f"{SSH_DIR}/database.key"
+
+
+def client_keys(pair_key: bytes, paths: list[str], database: bool
+                ) -> list[tuple[str, bytes, str]]:
+    """Every client key a node keeps (either node may be master): (file, private, public)."""
+    keys = []
+    for path in paths:
+        keys.append((path_key_file(path), *path_key(pair_key, path)))
+        keys.append((pull_key_file(path), *pull_key(pair_key, path)))
+    if database:
+        keys.append((DATABASE_KEY_FILE, *database_key(pair_key)))
+    return keys
+
+
+def shell_command(python: str, shell: str, mode: str, arg: str) -> str:
+    """The forced command of one key (``mode`` receive, send or database)."""
+    for value in (python, shell, arg):
+        if not SAFE_PATH.fullmatch(value):
+            raise ValueError(f"{value!r} cannot be written into a forced command")
+    return f"{python} -I -S {shell} {mode} {arg}"
 
 
 def render_authorized_keys(pair_key: bytes, peer: IP, paths: list[str],
-                           where: dict[str, str] | None = None) -> str:
-    """The slave's authorized keys: one per path, from the peer only, writing that path
-    only (and nothing else: no shell, no forwarding, no pty). ``where``: the directory
-    rrsync is given for a path, when it is not the path itself (a node under another
-    root)."""
-    lines = ["# Written by voxnode-agent: the file sync's keys (one per replicated path)."]
+                           where: dict[str, str] | None = None, *,
+                           database_socket: str | None = None,
+                           python: str = PYTHONS[0], shell: str = SYNC_SHELL) -> str:
+    """A node's authorized keys, for the peer only: per path, one key writing it and one
+    reading it; with ``database_socket``, one key reading the database through it. Each runs
+    the sync shell, never a shell. ``where``: the directory (or socket) the shell is given
+    for a path when it is not the path itself (a node under another root)."""
+    where = where or {}
+    lines = ["# Written by voxnode-agent: the replication's keys (the peer's, each with the "
+             "one transfer it may do)."]
+
+    def line(public: str, mode: str, arg: str, label: str) -> str:
+        command = shell_command(python, shell, mode, arg)
+        return f'from="{peer}",restrict,command="{command}" {public} voxnode-sync:{label}'
+
     for path in paths:
-        _, public = path_key(pair_key, path)
-        target = (where or {}).get(path, path)
-        lines.append(f'from="{peer}",restrict,command="{RRSYNC} -wo -munge {target}" '
-                     f"{public} voxnode-sync:{path}")
+        target = where.get(path, path)
+        lines.append(line(path_key(pair_key, path)[1], "receive", target, f"write:{path}"))
+        lines.append(line(pull_key(pair_key, path)[1], "send", target, f"read:{path}"))
+    if database_socket is not None:
+        lines.append(line(database_key(pair_key)[1], "database", database_socket, "database"))
     return "\n".join(lines) + "\n"
 
 

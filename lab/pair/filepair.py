@@ -1,5 +1,5 @@
 """Two real agents syncing files, each node with the sync daemon its agent configured
-(real sshd, rrsync): what the file tests and the replication benchmark share."""
+(real sshd, the sync shell): what the file tests and the replication benchmark share."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The file half of replication (ha/replication/files.py): two real agents, each node with
-the sync daemon the agent configured (real sshd, rrsync), inotify and rsync.
+the sync daemon the agent configured (real sshd, the sync shell), inotify and rsync.
 
 Tried here: creates, changes, deletes and new directories reaching the slave; a file put
 on the slave by hand (the slave never pushes; the master's next push removes it); the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -131,3 +132,52 @@ def test_a_paths_key_writes_that_path_only(fp: FilePair) -> None:
     elsewhere = subprocess.run(["ip", "netns", "exec", fp.lab.ns["c"], *ssh, target, "rsync"],
                                capture_output=True, text=True, timeout=20, check=False)
     assert elsewhere.returncode != 0
+
+
+def test_a_stolen_key_does_only_its_one_transfer(fp: FilePair) -> None:
+    """Through the real sshd and the sync shell: options that write elsewhere, device files,
+    a read key asked for another tree or to delete what it reads."""
+    master = fp.start()
+    slave = other(master)
+    from ha.replication import sshkeys
+    known = fp.root(master) / sshkeys.KNOWN_HOSTS.lstrip("/")
+
+    def ssh(key_file: str) -> list[str]:
+        return ["ssh", "-i", str(fp.root(master) / key_file.lstrip("/")), "-p",
+                str(sshkeys.SYNC_PORT), "-o", "BatchMode=yes", "-o",
+                f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes", "-o",
+                "IdentitiesOnly=yes"]
+
+    def rsync(key_file: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", fp.lab.ns[master], "rsync", "-e",
+                               " ".join(ssh(key_file)), *args], capture_output=True, text=True,
+                              timeout=30, check=False)
+
+    target = f"root@{NODE_ADDRESSES[slave]}"
+    write = sshkeys.path_key_file("/srv/rec")
+    read = sshkeys.pull_key_file("/srv/rec")
+    source = fp.lab.workdir / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    logged = fp.lab.workdir / "owned.log"
+    # (--remote-option: what the server runs with; a client's own --log-file is local)
+    done = rsync(write, "-r", f"--remote-option=--log-file={logged}", f"{source}/",
+                 f"{target}:")
+    assert done.returncode != 0 and "--log-file" in done.stderr, done.stderr
+    assert not logged.exists()
+    os.mknod(source / "disk", 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+    done = rsync(write, "-a", f"{source}/", f"{target}:")
+    assert done.returncode != 0 and "-D is not allowed" in done.stderr, done.stderr
+    assert not (fp.at(slave, "/srv/rec") / "disk").exists()
+    # the read key gives its own tree whatever is asked for, and never deletes there
+    (fp.at(slave, "/srv/rec") / "kept.txt").write_text("on the slave")
+    pulled = fp.lab.workdir / "pulled"
+    done = rsync(read, "-r", f"{target}:/etc/", f"{pulled}/")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in pulled.iterdir()) == ["kept.txt"]
+    done = rsync(read, "-r", "--remove-source-files", f"{target}:", f"{pulled}/")
+    assert done.returncode != 0 and "--remove-source-files" in done.stderr, done.stderr
+    assert (fp.at(slave, "/srv/rec") / "kept.txt").exists()
+    # nor may it write, nor the write key read
+    assert rsync(read, "-r", f"{source}/f", f"{target}:").returncode != 0
+    assert rsync(write, "-r", f"{target}:", f"{pulled}/").returncode != 0

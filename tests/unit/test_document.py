@@ -370,6 +370,13 @@ def test_the_schema_1_key_is_unknown_in_schema_2() -> None:
     (["/etc/my.cnf.d"], ["ha.replication.paths[0]: /etc/my.cnf.d is inside /etc/my.cnf.d, "
                          "each node's own configuration (its keys, certificates, identity): "
                          "not replicated"]),
+    # sshd hands a forced command naming the path to a shell
+    (["/srv/rec $(reboot)"], ["ha.replication.paths[0]: '/srv/rec $(reboot)' has characters a "
+                              "replicated path cannot have (letters, digits and . _ + @ , = : "
+                              "- / only: the sync's transfers name it in a command)"]),
+    (["/srv/a;b"], ["ha.replication.paths[0]: '/srv/a;b' has characters a replicated path "
+                    "cannot have (letters, digits and . _ + @ , = : - / only: the sync's "
+                    "transfers name it in a command)"]),
 ])
 def test_replication_path_rules(paths: list[str], expected: list[str]) -> None:
     doc = ha_doc(replication={"paths": paths})

@@ -18,25 +18,45 @@ PEER = ipaddress.ip_address("10.0.0.11")
 PATHS = ["/var/spool/asterisk/monitor", "/var/spool/asterisk/voicemail"]
 
 
-def test_keys_follow_the_pair_key_and_differ_per_path() -> None:
+def test_keys_follow_the_pair_key_and_differ_per_path_and_purpose() -> None:
     # the public line (the private file carries a random check word)
     assert sshkeys.host_key(KEY)[1] == sshkeys.host_key(KEY)[1]
     assert sshkeys.host_key(KEY)[1] != sshkeys.host_key(bytes(32))[1]
     publics = {sshkeys.path_key(KEY, p)[1] for p in PATHS}
-    assert len(publics) == 2
+    publics |= {sshkeys.pull_key(KEY, p)[1] for p in PATHS}
+    publics.add(sshkeys.database_key(KEY)[1])
+    assert len(publics) == 5
     assert sshkeys.host_key(KEY)[1] not in publics
+    files = {f for f, _, _ in sshkeys.client_keys(KEY, PATHS, True)}
+    assert len(files) == 5 and sshkeys.DATABASE_KEY_FILE in files
     assert sshkeys.path_key_file(PATHS[0]) != sshkeys.path_key_file(PATHS[1])
+    assert sshkeys.pull_key_file(PATHS[0]) != sshkeys.path_key_file(PATHS[0])
 
 
-def test_each_key_writes_one_path_from_the_peer_only(golden: Golden) -> None:
-    text = sshkeys.render_authorized_keys(KEY, PEER, PATHS)
+def test_each_key_does_one_thing_from_the_peer_only(golden: Golden) -> None:
+    text = sshkeys.render_authorized_keys(KEY, PEER, PATHS,
+                                          database_socket="/run/mysqld/mysqld.sock")
     golden.check("replication/authorized_keys", text)
     lines = text.splitlines()[1:]
-    assert len(lines) == 2
-    for path, line in zip(PATHS, lines, strict=True):
-        assert line.startswith(f'from="10.0.0.11",restrict,command="/usr/bin/rrsync -wo '
-                               f'-munge {path}" ssh-ed25519 ')
-        assert sshkeys.path_key(KEY, path)[1] in line
+    assert len(lines) == 5
+    shell = "/usr/libexec/platform-python -I -S /usr/libexec/voxnode/sync-shell"
+    for i, path in enumerate(PATHS):
+        write, read = lines[2 * i], lines[2 * i + 1]
+        assert write.startswith(f'from="10.0.0.11",restrict,command="{shell} receive {path}" '
+                                "ssh-ed25519 ")
+        assert sshkeys.path_key(KEY, path)[1] in write
+        assert read.startswith(f'from="10.0.0.11",restrict,command="{shell} send {path}" ')
+        assert sshkeys.pull_key(KEY, path)[1] in read
+    assert lines[4].startswith(f'from="10.0.0.11",restrict,command="{shell} database '
+                               '/run/mysqld/mysqld.sock" ')
+    # no database: no key for it
+    assert len(sshkeys.render_authorized_keys(KEY, PEER, PATHS).splitlines()) == 5
+
+
+@pytest.mark.parametrize("bad", ['/srv/a b', '/srv/a"b', "/srv/a\\b", "relative"])
+def test_a_forced_command_never_takes_what_would_split_or_escape_it(bad: str) -> None:
+    with pytest.raises(ValueError):
+        sshkeys.render_authorized_keys(KEY, PEER, [bad])
 
 
 def test_the_daemon_takes_no_password_and_no_shell(golden: Golden, tmp_path: Path) -> None:
