@@ -1,9 +1,11 @@
 """The API of the job runner: ``/v1/jobs``.
 
 ``GET /v1/jobs`` lists the jobs kept (newest first); ``GET /v1/jobs/{id}`` shows one with
-its steps; ``POST /v1/jobs`` ``{"name": KIND, "at": ISO 8601 with a time zone}`` schedules
-a job (``at`` absent or null: now); ``POST /v1/jobs/{id}/cancel`` cancels a scheduled job;
-``GET /v1/jobs/kinds`` lists the job kinds this node knows, with their steps.
+its steps; ``POST /v1/jobs`` ``{"name": KIND, "at": ISO 8601 with a time zone, "params":
+{...}}`` schedules a job (``at`` absent or null: now; ``params`` as the kind takes them);
+``POST /v1/jobs/{id}/cancel`` cancels a scheduled job, or a running one of a kind that
+allows it (the answer comes when it has ended); ``GET /v1/jobs/kinds`` lists the job kinds
+this node knows, with their steps.
 """
 
 from __future__ import annotations
@@ -55,17 +57,25 @@ async def jobs_show(request: web.Request) -> web.Response:
 
 
 async def jobs_schedule(request: web.Request) -> web.Response:
-    data = await read_body(request, {"name", "at"})
+    data = await read_body(request, {"name", "at", "params"})
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidInput("bad job request", problems=[
             Problem("name", "required: the job kind (see GET /v1/jobs/kinds)")])
-    job = await request.app[JOBS].schedule(name, parse_at(data.get("at")))
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput("bad job request", problems=[
+            Problem("params", "must be a mapping of the job's parameters")])
+    job = await request.app[JOBS].schedule(name, parse_at(data.get("at")), params)
     return json_response(job.to_dict(), status=201)
 
 
 async def jobs_cancel(request: web.Request) -> web.Response:
-    return json_response(request.app[JOBS].cancel(_job_id(request)).to_dict())
+    runner = request.app[JOBS]
+    job = runner.cancel(_job_id(request))
+    if job.active:  # a running job's step was cancelled: answered once it has ended
+        job = await runner.cancelled(job.id)
+    return json_response(job.to_dict())
 
 
 async def jobs_kinds(request: web.Request) -> web.Response:

@@ -29,7 +29,19 @@ _HHMM = re.compile(r"^(\d{1,2}):(\d{2})$")
 _AT_HELP = ("HH:MM (today, or tomorrow if that time has passed) or ISO 8601 like "
             "2026-11-23T02:00 (local time unless a zone is given)")
 _STEP_STYLE = {"succeeded": "[green]done[/]", "skipped": "[yellow]skipped[/]",
-               "failed": "[bold red]failed[/]", "interrupted": "[bold red]interrupted[/]"}
+               "failed": "[bold red]failed[/]", "interrupted": "[bold red]interrupted[/]",
+               "cancelled": "[yellow]cancelled[/]"}
+
+
+def eta(seconds: int | None) -> str:
+    """Time left as an operator reads it: 45 s, 12 min, 2 h 05 min."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"{seconds} s left"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min left"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min left"
 
 
 def parse_at(text: str, now: datetime | None = None) -> datetime:
@@ -85,7 +97,10 @@ def _show_job(job: dict[str, Any]) -> None:
     output.kv_table([
         ("job", f"{job['id']} {job['name']} ({job['title']})"),
         ("state", job["state"]),
-        ("progress", f"{job['progress']}%"),
+        ("progress", f"{job['progress']}%" + (f" ({eta(job.get('eta_s'))})"
+                                              if job.get("eta_s") is not None else "")),
+        *([("parameters", ", ".join(f"{k}={v}" for k, v in job["params"].items()))]
+          if job.get("params") else []),
         ("due", _due(job)),
         ("started", output.when(job["started"])),
         ("finished", output.when(job["finished"])),
@@ -124,6 +139,10 @@ def _follow(client: Client, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
                 what = f"{job['title']}: waiting, due {_due(job)}"
             else:
                 what = f"{job['title']}: {running['title'] if running else 'starting'}"
+                if running and running.get("message"):
+                    what += f" ({running['message'][:80]})"
+                if job.get("eta_s") is not None:
+                    what += f", {eta(job['eta_s'])}"
             progress.update(task, completed=job["progress"], description=what)
             time.sleep(POLL_S)
             job = client.get(f"/v1/jobs/{job['id']}")
@@ -156,8 +175,15 @@ def _ended(job: dict[str, Any]) -> None:
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.post(f"/v1/jobs/{args.id}/cancel", {})
-    return output.show(
-        args, job, lambda j: output.out.print(f"Job {j['id']} ({j['title']}) cancelled."))
+
+    def human(j: dict[str, Any]) -> None:
+        if j["state"] == "cancelled":
+            output.out.print(f"Job {j['id']} ({j['title']}) cancelled: {j['error']}.")
+        else:
+            output.out.print(f"Job {j['id']} ({j['title']}) is {j['state']}: the cancel is "
+                             f"under way; see `voxnode jobs show {j['id']}`.")
+
+    return output.show(args, job, human)
 
 
 def cmd_kinds(client: Client, args: argparse.Namespace) -> int:
@@ -188,6 +214,7 @@ def register(subparsers: Any, add: AddCommand) -> None:
     p.add_argument("--at", metavar="TIME", help=f"when to run it: {_AT_HELP}; default now")
     p.add_argument("--wait", action="store_true",
                    help="follow the job's progress until it ends")
-    p = add(actions, "cancel", cmd_cancel, "cancel a scheduled job (not one already running)")
+    p = add(actions, "cancel", cmd_cancel, "cancel a scheduled job, or a running one of a kind "
+            "that allows it (a full sync): its step stops and cleans up")
     p.add_argument("id", type=int, metavar="ID")
     add(actions, "kinds", cmd_kinds, "the job kinds this node knows, with their steps")

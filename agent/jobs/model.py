@@ -31,6 +31,7 @@ class StepState(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"  # not needed on this node, or not run after an earlier failure
     INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"  # stopped by the operator while it ran
 
 
 DONE_STEP = frozenset({StepState.SUCCEEDED, StepState.SKIPPED})
@@ -45,12 +46,13 @@ class JobStep:
     progress: int = 0  # 0-100
     started: float | None = None
     finished: float | None = None
+    weight: float = 1.0  # its share of the job's progress (a step of the bytes it moves)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "title": self.title, "state": self.state.value,
             "message": self.message, "progress": self.progress,
-            "started": self.started, "finished": self.finished,
+            "started": self.started, "finished": self.finished, "weight": self.weight,
         }
 
     @classmethod
@@ -59,6 +61,7 @@ class JobStep:
             name=str(data["name"]), title=str(data["title"]), state=StepState(data["state"]),
             message=str(data.get("message", "")), progress=int(data.get("progress", 0)),
             started=_time(data.get("started")), finished=_time(data.get("finished")),
+            weight=float(data.get("weight", 1.0)),
         )
 
 
@@ -75,26 +78,39 @@ class Job:
     steps: list[JobStep] = field(default_factory=list)
     result: str = ""  # the sentence an operator reads at the end (success or not)
     error: str = ""  # why it failed, was interrupted or cancelled
+    params: dict[str, str] = field(default_factory=dict)  # what it was asked to do
+    reached: int = 0  # the highest progress shown so far: progress never goes back
+    eta_s: int | None = None  # seconds left, while a step can tell
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
 
+    def computed_progress(self) -> int:
+        """0-100 over all steps, each by its weight. Steps skipped as not needed count as
+        done; nothing after a failed, interrupted or cancelled step counts."""
+        weights = sum(max(0.0, s.weight) for s in self.steps)
+        if weights <= 0:
+            return 0
+        total = 0.0
+        for step in self.steps:
+            share = max(0.0, step.weight) / weights
+            if step.state in (StepState.FAILED, StepState.INTERRUPTED, StepState.CANCELLED):
+                total += share * step.progress
+                break
+            total += share * (100 if step.state in DONE_STEP else step.progress)
+        return min(100, int(total))
+
     @property
     def progress(self) -> int:
-        """0-100 over all steps. Steps skipped as not needed count as done; nothing after
-        a failed or interrupted step counts, and a cancelled job did nothing."""
+        """0-100, never lower than shown before (``reached``): a step that learns how much
+        is left re-weighs the steps, which must not move the bar back. A job cancelled
+        before it ran did nothing."""
         if self.state is JobState.SUCCEEDED:
             return 100
-        if self.state is JobState.CANCELLED or not self.steps:
+        if not self.steps or (self.state is JobState.CANCELLED and self.started is None):
             return 0
-        total = 0
-        for step in self.steps:
-            if step.state in (StepState.FAILED, StepState.INTERRUPTED):
-                total += step.progress
-                break
-            total += 100 if step.state in DONE_STEP else step.progress
-        return total // len(self.steps)
+        return max(self.reached, self.computed_progress())
 
     def current_step(self) -> JobStep | None:
         return next((s for s in self.steps if s.state is StepState.RUNNING), None)
@@ -105,7 +121,8 @@ class Job:
             "created": self.created, "scheduled_at": self.scheduled_at,
             "started": self.started, "finished": self.finished, "progress": self.progress,
             "steps": [s.to_dict() for s in self.steps],
-            "result": self.result, "error": self.error,
+            "result": self.result, "error": self.error, "params": dict(self.params),
+            "reached": self.reached, "eta_s": self.eta_s,
         }
 
     @classmethod
@@ -114,6 +131,10 @@ class Job:
         steps = data.get("steps", [])
         if not isinstance(steps, list):
             raise TypeError("steps is not a list")
+        params = data.get("params", {})
+        if not isinstance(params, dict):
+            raise TypeError("params is not a mapping")
+        eta = data.get("eta_s")
         return cls(
             id=int(data["id"]), name=str(data["name"]), title=str(data["title"]),
             state=JobState(data["state"]), created=float(data["created"]),
@@ -121,6 +142,8 @@ class Job:
             finished=_time(data.get("finished")),
             steps=[JobStep.from_dict(s) for s in steps],
             result=str(data.get("result", "")), error=str(data.get("error", "")),
+            params={str(k): str(v) for k, v in params.items()},
+            reached=int(data.get("reached", 0)), eta_s=None if eta is None else int(eta),
         )
 
 

@@ -18,6 +18,7 @@ seconds ago is cancelled rather than run at an hour nobody chose.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ log = logging.getLogger("voxnode.jobs")
 
 MISSED_GRACE_S = 15 * 60.0  # an agent restart or upgrade around the scheduled time
 MAX_SLEEP_S = 30.0  # wall-clock jumps (NTP, suspend) are noticed within this
+CANCEL_WAIT_S = 30.0  # a cancelled step has this long to clean up before the answer
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -49,15 +51,29 @@ class StepSkipped(Exception):
 
 
 class StepContext:
-    """What a running step may do: report its progress (0-100) and a message."""
+    """What a running step may do: report its progress (0-100), a message and the job's
+    time left; weigh the steps still to come (their shares of the job's progress)."""
 
     def __init__(self, runner: JobRunner, job: Job, step: JobStep) -> None:
         self._runner, self.job, self.step = runner, job, step
 
-    def report(self, progress: int, message: str = "") -> None:
-        self.step.progress = max(0, min(100, progress))
+    @property
+    def params(self) -> dict[str, str]:
+        return self.job.params
+
+    def report(self, progress: int, message: str = "", *, eta_s: float | None = None) -> None:
+        self.step.progress = max(self.step.progress, max(0, min(100, progress)))
         if message:
             self.step.message = message
+        self.job.eta_s = None if eta_s is None else max(0, round(eta_s))
+        self._runner._save(self.job)
+
+    def weigh(self, weights: dict[str, float]) -> None:
+        """New shares for named steps (e.g. by the bytes each will move, once known). The
+        bar never moves back for it: the job's progress keeps the highest value shown."""
+        for step in self.job.steps:
+            if step.name in weights:
+                step.weight = max(0.0, float(weights[step.name]))
         self._runner._save(self.job)
 
 
@@ -71,15 +87,33 @@ class StepDef:
     run: StepFunction
 
 
+# checks a request for a job of the kind and returns its parameters as they will be kept;
+# raises a VoxnodeError (InvalidInput, Conflict) that refuses the request
+Admit = Callable[[dict[str, Any]], Awaitable[dict[str, str]]]
+
+
+async def _no_params(params: dict[str, Any]) -> dict[str, str]:
+    if params:
+        raise InvalidInput("this job takes no parameters", problems=[
+            Problem(f"params.{k}", "unknown parameter") for k in sorted(params)])
+    return {}
+
+
 @dataclass(frozen=True)
 class JobKind:
     name: str
     title: str
     description: str
     steps: tuple[StepDef, ...]
+    # a running job of this kind may be cancelled: its step is cancelled (its own clean-up
+    # runs) and the job ends cancelled; else only a scheduled one may be
+    cancellable: bool = False
+    admit: Admit = _no_params
+    weights: tuple[float, ...] = ()  # the steps' first shares of the progress (default 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "description": self.description,
+                "cancellable": self.cancellable,
                 "steps": [{"name": s.name, "title": s.title} for s in self.steps]}
 
 
@@ -107,6 +141,9 @@ class JobRunner:
         # writes fsync, so they run in a worker thread, never on the event loop
         self._unsaved: dict[int, bytes | None] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._step_task: tuple[int, asyncio.Future[str]] | None = None  # (job, its step)
+        self._cancelling: set[int] = set()
+        self._ended = asyncio.Event()  # set whenever a job ends
 
     # --- kinds and queries --------------------------------------------------------------------
 
@@ -150,8 +187,10 @@ class JobRunner:
 
     # --- operator requests --------------------------------------------------------------------
 
-    async def schedule(self, name: str, at: float | None = None) -> Job:
-        """Record a job of kind ``name`` to run now (``at`` None) or at unix time ``at``."""
+    async def schedule(self, name: str, at: float | None = None,
+                       params: dict[str, Any] | None = None) -> Job:
+        """Record a job of kind ``name`` to run now (``at`` None) or at unix time ``at``,
+        with ``params`` as the kind admits them."""
         if not self._recovered:
             raise RuntimeError("JobRunner.recover() must run before jobs are scheduled")
         kind = self._kinds.get(name)
@@ -171,9 +210,12 @@ class JobRunner:
                     f"a {name} job is already {other.state.value} (job {other.id}{when})",
                     remedy=f"Wait for it to end, or cancel it: voxnode jobs cancel {other.id}",
                 )
+        kept = await kind.admit(dict(params or {}))
+        weights = kind.weights or tuple(1.0 for _ in kind.steps)
         job = Job(id=self._next_id, name=name, title=kind.title, state=JobState.SCHEDULED,
-                  created=now, scheduled_at=at,
-                  steps=[JobStep(s.name, s.title) for s in kind.steps])
+                  created=now, scheduled_at=at, params=kept,
+                  steps=[JobStep(s.name, s.title, weight=w)
+                         for s, w in zip(kind.steps, weights, strict=True)])
         # written before it exists: a disk that refuses it refuses the request (StoreError)
         await durable(self.store.save, job)
         self._next_id += 1
@@ -184,14 +226,34 @@ class JobRunner:
         return job
 
     def cancel(self, job_id: int) -> Job:
+        """Cancel a scheduled job, or a running one of a cancellable kind (its step is
+        cancelled; ``cancelled`` waits for the job to end)."""
         job = self.get(job_id)
+        kind = self._kinds.get(job.name)
+        running = self._step_task is not None and self._step_task[0] == job_id
+        if job.state is JobState.RUNNING and kind is not None and kind.cancellable and running:
+            assert self._step_task is not None
+            self._cancelling.add(job_id)
+            self._step_task[1].cancel()
+            return job
+        if job.state is JobState.RUNNING:
+            raise Conflict(f"job {job_id} is running, and a {job.name} job is not stopped "
+                           "half-way", remedy="Wait for it to end.")
         if job.state is not JobState.SCHEDULED:
-            remedy = ("A running job is not stopped half-way; wait for it to end."
-                      if job.state is JobState.RUNNING else "")
-            raise Conflict(f"job {job_id} is {job.state.value}: only a scheduled job can be "
-                           "cancelled", remedy=remedy or None)
+            raise Conflict(f"job {job_id} is {job.state.value}: only a scheduled or running "
+                           "job can be cancelled")
         self._end_unrun(job, self._clock(), JobState.CANCELLED, "cancelled by the operator")
         self._wake.set()
+        return job
+
+    async def cancelled(self, job_id: int) -> Job:
+        """Wait (at most ``CANCEL_WAIT_S``) for a job being cancelled to end; the job."""
+        job = self.get(job_id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                while job.active and job_id in self._cancelling:
+                    self._ended.clear()
+                    await self._ended.wait()
         return job
 
     # --- the scheduler ------------------------------------------------------------------------
@@ -249,8 +311,24 @@ class JobRunner:
                 if definition is None:
                     raise VoxnodeError(f"this agent version has no step {step.name} in "
                                        f"{job.name} jobs")
-                message = await definition.run(StepContext(self, job, step))
+                task = asyncio.ensure_future(definition.run(StepContext(self, job, step)))
+                self._step_task = (job.id, task)
+                try:
+                    message = await task
+                finally:
+                    self._step_task = None
             except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if job.id in self._cancelling and not (current and current.cancelling()):
+                    self._cancelling.discard(job.id)
+                    step.state, step.finished = StepState.CANCELLED, self._clock()
+                    step.message = "cancelled by the operator"
+                    self._skip_rest(job, "not run: the job was cancelled")
+                    job.result = f"cancelled during step {index} of {total} ({step.title})"
+                    self._finish(job, JobState.CANCELLED, f"cancelled by the operator during "
+                                 f"step {index} of {total} ({step.title})")
+                    return
+                self._cancelling.discard(job.id)
                 self._interrupt(job, self._clock())
                 raise
             except StepSkipped as exc:
@@ -285,6 +363,7 @@ class JobRunner:
     def _save(self, job: Job) -> None:
         """Persist a job's new state: taken now, written by the writer task; a disk problem
         is reported but does not stop the job."""
+        job.reached = job.progress
         self._unsaved[job.id] = self.store.encode(job)
         self._kick()
 
@@ -346,7 +425,8 @@ class JobRunner:
         self._finish(job, state, why, now=now)
 
     def _finish(self, job: Job, state: JobState, error: str, *, now: float | None = None) -> None:
-        job.state, job.error = state, error
+        job.state, job.error, job.eta_s = state, error, None
+        self._ended.set()
         job.finished = self._clock() if now is None else now
         self._save(job)
         text = f"job {job.id} {job.name} {state.value}: " + (error or job.result)

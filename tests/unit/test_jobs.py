@@ -165,6 +165,10 @@ async def test_steps_run_in_order_with_progress(h: Harness) -> None:
     running = await h.until(job.id, StepState.RUNNING, 1)
     assert running.state is JobState.RUNNING
     assert states(running) == ["succeeded", "running", "pending"]
+    for _ in range(100):  # the step runs as a task of its own: its first report
+        if running.steps[1].progress:
+            break
+        await asyncio.sleep(0.01)
     assert running.steps[1].progress == 40 and running.steps[1].message == "second half-way"
     assert running.progress == (100 + 40 + 0) // 3
     assert (await h.on_disk(job.id))["state"] == "running"  # saved while it runs
@@ -242,7 +246,8 @@ async def test_cancel_a_scheduled_job(h: Harness) -> None:
     assert h.steps.calls == []
     with pytest.raises(Conflict) as info:
         h.runner.cancel(job.id)
-    assert info.value.message == "job 1 is cancelled: only a scheduled job can be cancelled"
+    assert info.value.message == ("job 1 is cancelled: only a scheduled or running job can be "
+                                  "cancelled")
     assert (await h.runner.schedule("demo")).id == 2  # a cancelled job no longer conflicts
 
 
@@ -280,8 +285,9 @@ async def test_a_running_job_conflicts_and_cannot_be_cancelled(h: Harness) -> No
     assert busy.value.message == "a demo job is already running (job 1)"
     with pytest.raises(Conflict) as running:
         h.runner.cancel(job.id)
-    assert running.value.message == "job 1 is running: only a scheduled job can be cancelled"
-    assert running.value.remedy == "A running job is not stopped half-way; wait for it to end."
+    assert running.value.message == ("job 1 is running, and a demo job is not stopped "
+                                     "half-way")
+    assert running.value.remedy == "Wait for it to end."
     release.set()
     assert (await h.settle(job.id)).state is JobState.SUCCEEDED
 
@@ -438,3 +444,106 @@ async def test_mongodb_update_on_the_lab_and_unconfigured(tmp_path: Path) -> Non
     job = await fresh.run()
     assert job.state is JobState.FAILED
     assert job.error == "this node has no configuration yet: the services are not managed"
+
+
+# --- cancellable kinds, weighted progress, parameters ---------------------------------------
+
+
+def _long_kind(cleaned: list[str], weights: tuple[float, ...] = ()) -> JobKind:
+    """measure (re-weighs the rest), copy (reports progress, blocks), check."""
+    gate = asyncio.Event()
+
+    async def measure(ctx: StepContext) -> str:
+        ctx.weigh({"copy": 90.0, "check": 5.0})
+        return "measured"
+
+    async def copy(ctx: StepContext) -> str:
+        try:
+            for part in (10, 30, 20, 60):  # a report lower than the last never shows
+                ctx.report(part, f"{part}% copied", eta_s=100 - part)
+                await asyncio.sleep(0)
+            await gate.wait()
+        except asyncio.CancelledError:
+            cleaned.append("copy")
+            raise
+        return "copied"
+
+    async def check(ctx: StepContext) -> str:
+        return "checked"
+
+    async def admit(params: dict[str, object]) -> dict[str, str]:
+        what = params.pop("what", "all")
+        if params or what not in ("all", "db"):
+            raise InvalidInput("bad", problems=[Problem("params.what", "all or db")])
+        return {"what": str(what)}
+
+    return JobKind("long", "Long job", "cancellable", (
+        StepDef("measure", "measure", measure), StepDef("copy", "copy", copy),
+        StepDef("check", "check", check)), cancellable=True, admit=admit,
+        weights=weights or (5.0, 47.5, 47.5))
+
+
+async def test_a_running_cancellable_job_is_cancelled_with_its_clean_up(h: Harness) -> None:
+    cleaned: list[str] = []
+    h.runner.register(_long_kind(cleaned))
+    h.start()
+    job = await h.runner.schedule("long", params={"what": "db"})
+    assert job.params == {"what": "db"}
+    seen: list[int] = []
+    for _ in range(200):
+        seen.append(job.progress)
+        if job.steps[1].progress == 60:
+            break
+        await asyncio.sleep(0)
+    assert seen == sorted(seen), seen  # never backwards, re-weighing included
+    assert job.steps[1].progress == 60 and job.eta_s == 40
+    # 5 % measured, then copy's 90 of 100 at 60 %: 5 + 54
+    assert job.progress == 59
+    h.runner.cancel(job.id)
+    ended = await h.runner.cancelled(job.id)
+    assert ended.state is JobState.CANCELLED and cleaned == ["copy"]
+    assert states(ended) == ["succeeded", "cancelled", "skipped"]
+    assert ended.error == "cancelled by the operator during step 2 of 3 (copy)"
+    assert ended.progress == 59 and ended.eta_s is None  # what it reached, not 0
+    on_disk = await h.on_disk(job.id)
+    assert on_disk["state"] == "cancelled" and on_disk["params"] == {"what": "db"}
+    # the runner goes on with the next job
+    again = await h.runner.schedule("demo")
+    assert (await h.settle(again.id)).state is JobState.SUCCEEDED
+
+
+async def test_parameters_are_admitted_by_the_kind(h: Harness) -> None:
+    h.runner.register(_long_kind([]))
+    with pytest.raises(InvalidInput):
+        await h.runner.schedule("long", params={"what": "everything"})
+    with pytest.raises(InvalidInput) as none:
+        await h.runner.schedule("demo", params={"x": "1"})
+    assert [p.path for p in none.value.problems] == ["params.x"]
+    assert h.runner.jobs() == []  # nothing recorded
+
+
+async def test_an_agent_stop_during_a_cancellable_step_is_an_interruption(h: Harness) -> None:
+    cleaned: list[str] = []
+    h.runner.register(_long_kind(cleaned))
+    h.start()
+    job = await h.runner.schedule("long")
+    for _ in range(200):
+        if job.steps[1].progress == 60:
+            break
+        await asyncio.sleep(0)
+    await h.stop()
+    assert job.state is JobState.INTERRUPTED and cleaned == ["copy"]
+    assert states(job) == ["succeeded", "interrupted", "skipped"]
+
+
+def test_progress_by_weight_and_never_below_what_was_shown() -> None:
+    job = Job(1, "k", "K", JobState.RUNNING, T0, started=T0, steps=[
+        JobStep("a", "a", StepState.SUCCEEDED, weight=1.0),
+        JobStep("b", "b", StepState.RUNNING, progress=50, weight=3.0)])
+    assert job.progress == 25 + 37
+    job.reached = job.progress
+    job.steps[1].weight = 99.0  # re-weighed: computed 1 + 49.5, shown stays 62
+    assert job.computed_progress() == 50 and job.progress == 62
+    assert Job.from_dict(json.loads(json.dumps(job.to_dict()))).progress == 62
+    unrun = Job(2, "k", "K", JobState.CANCELLED, T0, steps=[JobStep("a", "a")])
+    assert unrun.progress == 0

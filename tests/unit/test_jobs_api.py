@@ -92,7 +92,7 @@ async def test_schedule_show_list_kinds(api: tuple[TestClient[Any, Any], Steps])
     ({}, 422, "invalid_input",
      {"path": "name", "message": "required: the job kind (see GET /v1/jobs/kinds)"}),
     ({"name": "demo", "when": "now"}, 422, "invalid_input",
-     {"path": "when", "message": "unknown field (allowed: at, name)"}),
+     {"path": "when", "message": "unknown field (allowed: at, name, params)"}),
     ({"name": "demo", "at": "2099-01-01T02:00"}, 422, "invalid_input",
      {"path": "at", "message": "'2099-01-01T02:00' has no time zone "
       "(like 2026-11-23T02:00:00+01:00)"}),
