@@ -128,7 +128,7 @@ async def test_refusals(api: tuple[TestClient[Any, Any], Steps]) -> None:
     err = await error_of(await client.post("/v1/jobs/99/cancel"), 404, "not_found")
     await client.post("/v1/jobs/1/cancel")
     err = await error_of(await client.post("/v1/jobs/1/cancel"), 409, "conflict")
-    assert err["message"] == "job 1 is cancelled: only a scheduled job can be cancelled"
+    assert err["message"] == "job 1 is cancelled: only a scheduled or running job can be cancelled"
 
 
 # --- the CLI against a real unix socket -------------------------------------------------------
