@@ -238,6 +238,7 @@ async def run(args: argparse.Namespace) -> int:
     jobs = JobRunner(JobStore(args.state_dir), events)
     if services is not None:
         jobs.register(mongodb_update_job(services))
+    jobs.register(ha.full_sync.kind())
     # a job found running was cut off by a stop: it becomes interrupted (records written)
     await durable(jobs.recover)
     ctx = AgentContext(

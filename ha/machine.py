@@ -289,9 +289,8 @@ def _decide_slave(i: Inputs, stuck: tuple[Reason, ...]) -> Decision:
         return Decision(None, f"master unreachable ({silent}) but this node does not hold "
                         "the arbiter's lease: not taking over", stuck)
     if witness_ok(i) and i.data_risk is not None:
-        return Decision(None, f"master unreachable ({silent}) but its database replication "
-                        "was asynchronous: not taking over on its own (`voxnode ha set-state "
-                        "master --force` takes the risk)", stuck)
+        return Decision(None, f"master unreachable ({silent}) but {i.data_risk.text[0].lower()}"
+                        f"{i.data_risk.text[1:]}: not taking over on its own", stuck)
     if witness_ok(i):
         lease = " and the arbiter's lease is ours" if i.arbiter else ""
         return Decision(Role.MASTER, f"master unreachable ({silent}) and a witness answers"

@@ -37,10 +37,11 @@ from agent.ports.systemd import SystemdPort
 from agent.state.model import DesiredState, HAConfig
 from ha.config import PairConfig
 from ha.keys import Keyring
-from ha.machine import Decision, Inputs, Reason, decide, next_change
+from ha.machine import Decision, Inputs, PeerView, Reason, decide, next_change
 from ha.protocol import Kind, Role, parse_key
 from ha.replication.database import DatabaseReplication, DbSettings, SwitchoverIncomplete
 from ha.replication.files import FileSettings, FileSync
+from ha.replication.fullsync import FullSync, SyncMarker
 from ha.runtime import Local, Runtime
 from ha.store import HAStore, Persisted
 
@@ -115,11 +116,23 @@ class HAManager:
         self.last_state: DesiredState | None = None
         self._background: set[asyncio.Future[None]] = set()
         self.key_installed = False  # read from the key file by ``load``, off the loop
+        self.marker = SyncMarker(state_dir)  # whether this node needs a full sync
+        self.full_sync = FullSync(self.marker, events, view=self._replication_view,
+                                  database=lambda: self.database,
+                                  transport=lambda: self.file_sync, state_dir=state_dir,
+                                  wall=wall)
+
+    def _replication_view(self) -> tuple[Role, PeerView | None, bool]:
+        runtime = self.runtime
+        if runtime is None:
+            return Role.INIT, None, False
+        return self.role, runtime.peer.view, runtime.peer_alive(self.clock())
 
     async def load(self) -> None:
         """What the manager reads from disk before it serves: whether a pair key is
         installed (in a worker thread: the loop is the heartbeats')."""
         self.key_installed = await asyncio.to_thread(lambda: self.store.key() is not None)
+        await asyncio.to_thread(self.marker.load)
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -206,6 +219,11 @@ class HAManager:
         database = DatabaseReplication(settings, lambda: runtime.keys.current, self.events,
                                        files=self.files, systemd=self.systemd,
                                        wall=self.wall)
+        needed = self.marker.needed
+        if needed is not None and needed.get("database_incomplete"):
+            # a copy that replaced part of the databases and never finished (the agent
+            # stopped): no replicating on top of it
+            database.incomplete = str(needed.get("reason", "a full sync did not finish"))
         self.database = database
         done = await self._prepare_database(database)
         runtime.db_report = database.report
@@ -255,6 +273,8 @@ class HAManager:
         sync = FileSync(settings, lambda: runtime.keys.current, self.events, files=self.files,
                         systemd=self.systemd, wall=self.wall)
         self.file_sync = sync
+        if self.full_sync.running is None:  # a pause left by an agent stopped mid-copy
+            await asyncio.to_thread(self.full_sync.cleanup_after_crash, sync)
         done = await self._prepare_files(sync)
         sync.start(lambda: (self.role, runtime.peer.view, runtime.peer_alive(self.clock())))
         return [*done, f"pushing {', '.join(settings.paths)} to {settings.peer} while master "
@@ -368,10 +388,19 @@ class HAManager:
             cloud=cfg.cloud, timing=cfg.timing, hold_off=self.hold_off_until > seen.now,
             witness_streak=seen.witness_streak, promote_after=self.promote_after,
             promote_held=self.promote_held, arbiter=cfg.arbiter is not None,
-            data_risk=(DatabaseReplication.risk(runtime.peer.view)
-                       if self.database is not None else None),
+            data_risk=self._data_risk(runtime),
             arbiter_age=seen.arbiter_age, lease_until=seen.lease_until,
         )
+
+    def _data_risk(self, runtime: Runtime) -> Reason | None:
+        """Why this node must not take over on its own: its data is not the master's (a
+        full sync needed or under way, a diverged database), or the master's database
+        replication was asynchronous."""
+        found = self.marker.reason()
+        if found is None and self.database is not None:
+            found = (self.database.own_risk()
+                     or DatabaseReplication.risk(runtime.peer.view))
+        return found
 
     async def _decide_loop(self, runtime: Runtime) -> None:
         # reading the kernel's addresses is a netlink dump (~ms of Python): the node IP is
@@ -749,7 +778,12 @@ class HAManager:
         if target is Role.MASTER and alive and peer is not None and peer.role is Role.MASTER:
             raise Conflict(f"the peer {peer.node_id} is master",
                            remedy="Run `voxnode ha switchover` on it, or set it off first.")
-        risk = DatabaseReplication.risk(peer) if self.database is not None else None
+        if target is Role.MASTER and self.full_sync.running is not None:
+            raise Conflict(f"a full sync is running on this node (job "
+                           f"{self.full_sync.running}): its data is half-copied",
+                           remedy=f"Cancel it first (voxnode jobs cancel "
+                           f"{self.full_sync.running}), then add --force to take the risk.")
+        risk = self._data_risk(runtime)
         if target is Role.MASTER and risk is not None and not force and self.role is not (
                 Role.MASTER):
             raise Conflict(risk.text, remedy="Add --force to take the role and the risk.")
@@ -860,6 +894,7 @@ class HAManager:
             "health": [r.to_dict() for r in [
                 *runtime.health(now),
                 *(self.database.health() if self.database is not None else []),
+                *[r for r in (self.marker.reason(),) if r is not None],
                 *(self.file_sync.health() if self.file_sync is not None else [])]],
             "database": self.database.to_dict() if self.database is not None else None,
             "next_step": cloud_next_step(self.role, peer.role if alive and peer else None)
@@ -886,7 +921,9 @@ class HAManager:
                       [{"path": p, "state": "off", "error": None} for p in cfg.paths]),
             "bandwidth_kb": cfg.bandwidth_kb,
             "max_lag_s": cfg.max_lag_s,
-            "needs_full_sync": bool(database.get("needs_full_sync")),
+            "needs_full_sync": bool(database.get("needs_full_sync"))
+            or self.marker.needed is not None,
+            "full_sync": {"needed": self.marker.needed, "running_job": self.full_sync.running},
         }
 
     async def recent_events(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from agent.api.http import json_response, read_body
+from agent.api.jobs import JOBS
 from agent.errors import InvalidInput, Problem
 from ha.manager import HAManager
 from ha.protocol import Role
+from ha.replication.fullsync import FULL_SYNC
 
 HA: web.AppKey[HAManager] = web.AppKey("ha", HAManager)
 
@@ -46,6 +48,13 @@ async def ha_switchover(request: web.Request) -> web.Response:
     return json_response(manager.status())
 
 
+async def ha_full_sync(request: web.Request) -> web.Response:
+    """Start the full sync job on this node (``{"what": "all"|"db"|"files"}``); the job."""
+    data = await read_body(request, {"what"})
+    job = await request.app[JOBS].schedule(FULL_SYNC, None, {"what": data.get("what", "all")})
+    return json_response(job.to_dict(), status=201)
+
+
 async def ha_pair_key(request: web.Request) -> web.Response:
     data = await read_body(request, {"generate", "key"})
     manager = request.app[HA]
@@ -67,5 +76,6 @@ def add_routes(app: web.Application, manager: HAManager) -> None:
     app.router.add_get("/v1/ha/events", ha_events)
     app.router.add_post("/v1/ha/state", ha_set_state)
     app.router.add_post("/v1/ha/switchover", ha_switchover)
+    app.router.add_post("/v1/ha/full-sync", ha_full_sync)
     app.router.add_post("/v1/ha/pair-key", ha_pair_key)
     app.router.add_get("/v1/replication", replication_status)

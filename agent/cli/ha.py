@@ -9,7 +9,7 @@ from typing import Any
 
 from agent.cli import output
 from agent.cli.client import Client
-from agent.errors import InvalidInput, Problem
+from agent.errors import EXIT_APPLY_FAILED, EXIT_OK, InvalidInput, Problem
 
 Handler = Callable[[Client, argparse.Namespace], int]
 AddCommand = Callable[[Any, str, Handler, str], argparse.ArgumentParser]
@@ -109,6 +109,20 @@ def cmd_switchover(client: Client, args: argparse.Namespace) -> int:
     return output.show(args, data, show_status)
 
 
+def cmd_full_sync(client: Client, args: argparse.Namespace) -> int:
+    from agent.cli.jobs import ended, follow
+
+    job = client.post("/v1/ha/full-sync", {"what": args.what})
+    if not args.wait:
+        return output.show(args, job, lambda j: output.out.print(
+            f"Full sync started as job {j['id']} ({j['params'].get('what', 'all')}): follow "
+            f"it with `voxnode jobs show {j['id']}`, stop it with `voxnode jobs cancel "
+            f"{j['id']}` (the node stays marked as needing a full sync)."))
+    job = follow(client, job, args.json)
+    output.show(args, job, ended)
+    return EXIT_OK if job["state"] == "succeeded" else EXIT_APPLY_FAILED
+
+
 def cmd_key_generate(client: Client, args: argparse.Namespace) -> int:
     data = client.post("/v1/ha/pair-key", {"generate": True})
 
@@ -145,6 +159,17 @@ def register(subparsers: Any, add: AddCommand) -> None:
     add(actions, "switchover", cmd_switchover,
         "graceful hand-over: this master stops its units, releases the node IP and tells "
         "the peer to take it at once")
+    p = add(actions, "full-sync", cmd_full_sync,
+            "on the slave: copy the master's database and files whole (the last step of "
+            "pairing, and the way back for a slave that cannot replicate), as a job with "
+            "progress and a final check (row counts, file counts and bytes); refused on the "
+            "master; exit 4 if a followed copy does not succeed")
+    p.add_argument("--what", choices=["all", "db", "files"], default="all",
+                   help="what to copy: all (default: the database and every replicated "
+                   "path), db, or files")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the copy with a progress bar and time left until it ends "
+                   "(Ctrl-C stops following, not the copy)")
     keys = actions.add_parser("pair-key", help="the key that authenticates heartbeats")
     key_actions = keys.add_subparsers(dest="key_action", metavar="ACTION", required=True,
                                       parser_class=type(keys))

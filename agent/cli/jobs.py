@@ -116,7 +116,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     return output.show(args, client.get(f"/v1/jobs/{args.id}"), _show_job)
 
 
-def _follow(client: Client, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
+def follow(client: Client, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
     """Poll the job until it ends, with a progress bar and one line per finished step."""
     shown: set[str] = set()
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -155,8 +155,8 @@ def cmd_schedule(client: Client, args: argparse.Namespace) -> int:
     job = client.post("/v1/jobs", body)
     if not args.wait:
         return output.show(args, job, _scheduled)
-    job = _follow(client, job, args.json)
-    output.show(args, job, _ended)
+    job = follow(client, job, args.json)
+    output.show(args, job, ended)
     return EXIT_OK if job["state"] == "succeeded" else EXIT_APPLY_FAILED
 
 
@@ -166,7 +166,7 @@ def _scheduled(job: dict[str, Any]) -> None:
                      f"with `voxnode jobs show {job['id']}`.")
 
 
-def _ended(job: dict[str, Any]) -> None:
+def ended(job: dict[str, Any]) -> None:
     if job["state"] == "succeeded":
         output.out.print(f"[bold green]Job {job['id']} succeeded:[/] {job['result']}.")
     else:

@@ -56,6 +56,7 @@ from ha.replication.mariadb import (
     TlsFiles,
     render_server_config,
     replication_secret,
+    restart_from,
     server_id_for,
 )
 
@@ -127,6 +128,10 @@ class DatabaseReplication:
         self.frozen_at: str | None = None
         self.diverged: str | None = None  # transactions this node has that the master lacks
         self.needs_full_sync = False
+        # a full sync holds the follower while it copies (``hold``); once the copy began to
+        # replace this node's databases, they are ``incomplete`` until it ends verified
+        self.hold: str | None = None
+        self.incomplete: str | None = None
         self.lag_s: int | None = None
         self.lag_transactions: int | None = None
         self.last_promotion: dict[str, Any] | None = None
@@ -358,6 +363,15 @@ class DatabaseReplication:
             self.events.emit("replication.database-read-only", "the database was writable "
                              "on a node that is not master: set read-only",
                              level=logging.WARNING)
+        if self.hold is not None:
+            self.lag_s = self.lag_transactions = None
+            self._set_state("full-sync", self.hold)
+            return
+        if self.incomplete is not None:
+            self.lag_s = self.lag_transactions = None
+            self._set_state("needs-full-sync", f"{self.incomplete}; it does not replicate "
+                            "until a full sync succeeds (voxnode ha full-sync)", logging.ERROR)
+            return
         if self.diverged is not None:
             self._set_state("diverged", f"this node has transactions the master lacks: "
                             f"{self.diverged}; it stays read-only and does not replicate "
@@ -506,8 +520,40 @@ class DatabaseReplication:
                                "time": self.wall()}
         self._replicating_from = None
         self.diverged = None
+        self.hold = None
         self._wake.set()
         return steps
+
+    # --- a full sync -------------------------------------------------------------------
+
+    async def hold_for_full_sync(self, why: str) -> None:
+        """The follower stands still (replication stopped) while a full sync copies."""
+        async with self._lock:
+            self.hold = why
+            await self.db.execute("STOP SLAVE", what="stopping replication for the full sync")
+            self._replicating_from = None
+            self._set_state("full-sync", why)
+
+    def copy_started(self, why: str) -> None:
+        """The copy begins to replace this node's databases: incomplete until it ends."""
+        self.incomplete = why
+
+    def release(self) -> None:
+        """The full sync ended without touching the data (or failed before): replication
+        goes on as it was."""
+        self.hold = None
+        self._wake.set()
+
+    async def full_sync_done(self, position: str) -> None:
+        """The copy is in and verified: go on replicating from its ``position``."""
+        async with self._lock:
+            await restart_from(self.db, position)
+            self.hold = self.incomplete = self.diverged = None
+            self.needs_full_sync = False
+            self._replicating_from = None
+            self._account_for = None  # the copy may have brought the master's accounts
+            self.fork_known = False
+        self._wake.set()
 
     async def freeze(self) -> list[str]:
         """Stop every write on this node (read-only and a global read lock)."""
@@ -569,6 +615,16 @@ class DatabaseReplication:
                       f"asynchronous: acknowledged transactions{since} may be missing here "
                       "(`voxnode ha set-state master --force` takes the risk)")
 
+    def own_risk(self) -> Reason | None:
+        """This node's database is not the master's: diverged, or half-copied."""
+        if self.incomplete is not None:
+            return Reason("database-incomplete", f"This node's database is incomplete: "
+                          f"{self.incomplete} (`voxnode ha full-sync`)")
+        if self.diverged is not None:
+            return Reason("database-diverged", f"This node's database has transactions the "
+                          f"master lacks ({self.diverged}) and does not replicate")
+        return None
+
     @staticmethod
     def switchover_blocker(peer: PeerView | None) -> str | None:
         """Why a planned switchover would lose transactions: the peer's database does not
@@ -584,7 +640,8 @@ class DatabaseReplication:
             found.append(Reason("database-settings", f"Database: {self.settings_problem}"))
         if self.state == "unreachable":
             found.append(Reason("database-unreachable", f"Database: {self.detail}"))
-        elif self.state in ("failing", "diverged", "lagging", "connecting"):
+        elif self.state in ("failing", "diverged", "lagging", "connecting", "full-sync",
+                            "needs-full-sync"):
             found.append(Reason(f"database-{self.state}", f"Database: {self.detail}"))
         elif self.state == "master" and "NOT wait" in self.detail:
             found.append(Reason("replication-async", "Semi-synchronous replication fell back "
@@ -602,7 +659,8 @@ class DatabaseReplication:
             "lag_transactions": self.lag_transactions,
             "frozen_at": self.frozen_at,
             "diverged": self.diverged,
-            "needs_full_sync": self.needs_full_sync,
+            "needs_full_sync": self.needs_full_sync or self.incomplete is not None,
+            "incomplete": self.incomplete,
             "last_promotion": self.last_promotion,
             "settings_problem": self.settings_problem,
             "server": self.status.to_dict() if self.status else None,

@@ -91,7 +91,7 @@ class FileSettings:
 @dataclass
 class PathState:
     path: str
-    state: str = "idle"  # idle (not master), pending, pushing, synced, failing
+    state: str = "idle"  # idle (not master), pending, pushing, synced, paused, failing
     dirty: bool = False
     pushes: int = 0
     last_push: float | None = None  # wall clock of the last push that succeeded
@@ -152,7 +152,8 @@ class FileSync:
                 authorized_keys=self.host(sshkeys.AUTHORIZED_KEYS)), 0o644),
             (sshkeys.AUTHORIZED_KEYS, sshkeys.render_authorized_keys(
                 key, s.peer, list(s.paths), {p: self.host(p) for p in s.paths},
-                database_socket=socket, python=python, shell=shell), 0o600),
+                database_socket=socket, python=python, shell=shell,
+                pause=self.host(sshkeys.PAUSE_FILE)), 0o600),
             (sshkeys.KNOWN_HOSTS, sshkeys.render_known_hosts(key, s.peer), 0o644),
         ]
         for node_path, content, mode in wanted:
@@ -348,6 +349,15 @@ class FileSync:
                                      f"{state.path}: pushed to {self.settings.peer} again")
                 state.error = None
                 state.state = "pending" if state.dirty else "synced"
+            elif syncshell.PAUSED in error:
+                # the slave runs a full sync of its own (pulling this tree): not a fault
+                if state.state != "paused":
+                    self.events.emit("replication.files-paused", f"{state.path}: the peer "
+                                     "runs a full sync; pushes wait for its end")
+                state.state, state.error = "paused", None
+                state.dirty = True
+                await asyncio.sleep(2.0)
+                state.wake.set()
             else:
                 if state.error != error:
                     self.events.emit("replication.files-failing", f"{state.path}: {error}",

@@ -411,3 +411,48 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def quote_name(name: str) -> str:
+    """An identifier quoted for SQL (``pbx`` → `pbx`, a backtick doubled)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+SYSTEM_DATABASES = ("mysql", "information_schema", "performance_schema", "sys")
+
+
+async def user_databases(db: MariaDB) -> list[str]:
+    """The application's databases on this server (not the server's own)."""
+    async with db._connection() as conn:
+        rows = await db._run(conn, "SELECT schema_name AS n FROM information_schema.schemata "
+                             "WHERE schema_name NOT IN (%s, %s, %s, %s) ORDER BY 1",
+                             SYSTEM_DATABASES, what="listing the databases")
+    return [str(r["n"]) for r in rows]
+
+
+async def count_rows(db: MariaDB, tables: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """``SELECT COUNT(*)`` of each (database, table), in one connection; a table that does
+    not exist counts -1."""
+    counts: dict[tuple[str, str], int] = {}
+    async with db._connection() as conn:
+        for schema, table in tables:
+            try:
+                [row] = await db._run(
+                    conn, f"SELECT COUNT(*) AS n FROM {quote_name(schema)}.{quote_name(table)}",
+                    what=f"counting the rows of {schema}.{table}", limit_s=600)
+                counts[(schema, table)] = int(row["n"])
+            except DatabaseError as exc:
+                if "1146" not in exc.args[0] and "doesn't exist" not in exc.args[0]:
+                    raise
+                counts[(schema, table)] = -1
+    return counts
+
+
+async def restart_from(db: MariaDB, position: str) -> None:
+    """After a full copy: this server's own binary log emptied (its history is the
+    master's now) and the replica set to go on from ``position``, the copy's."""
+    async with db._connection() as conn:
+        await db._run(conn, "STOP SLAVE", what="stopping replication")
+        await db._run(conn, "RESET MASTER", what="emptying this node's binary log")
+        await db._run(conn, "SET GLOBAL gtid_slave_pos = %s", (position,),
+                      what="setting the replica's position to the copy's")

@@ -34,6 +34,9 @@ SAFE_PATH = re.compile(r"/[A-Za-z0-9._+@,=:/-]*")
 # (AlmaLinux 8's own Python; where there is none, the system's python3: the lab)
 SYNC_SHELL = "/usr/libexec/voxnode/sync-shell"
 PYTHONS = ("/usr/libexec/platform-python", "/usr/bin/python3")
+# while this file exists the node runs a full sync: the peer's pushes wait (tmpfs: gone at
+# a reboot; the agent removes one left by a crash when it starts)
+PAUSE_FILE = "/run/voxnode/full-sync"
 SSH_DIR = "/etc/voxnode/sync"
 HOST_KEY = f"{SSH_DIR}/ssh_host_ed25519_key"
 AUTHORIZED_KEYS = f"{SSH_DIR}/authorized_keys"
@@ -113,18 +116,21 @@ def client_keys(pair_key: bytes, paths: list[str], database: bool
     return keys
 
 
-def shell_command(python: str, shell: str, mode: str, arg: str) -> str:
-    """The forced command of one key (``mode`` receive, send or database)."""
-    for value in (python, shell, arg):
+def shell_command(python: str, shell: str, mode: str, arg: str, pause: str | None = None
+                  ) -> str:
+    """The forced command of one key (``mode`` receive, send or database; a receiver
+    pauses while the file ``pause`` exists)."""
+    for value in (python, shell, arg, *([pause] if pause else [])):
         if not SAFE_PATH.fullmatch(value):
             raise ValueError(f"{value!r} cannot be written into a forced command")
-    return f"{python} -I -S {shell} {mode} {arg}"
+    return f"{python} -I -S {shell} {mode} {arg}" + (f" {pause}" if pause else "")
 
 
 def render_authorized_keys(pair_key: bytes, peer: IP, paths: list[str],
                            where: dict[str, str] | None = None, *,
                            database_socket: str | None = None,
-                           python: str = PYTHONS[0], shell: str = SYNC_SHELL) -> str:
+                           python: str = PYTHONS[0], shell: str = SYNC_SHELL,
+                           pause: str = PAUSE_FILE) -> str:
     """A node's authorized keys, for the peer only: per path, one key writing it and one
     reading it; with ``database_socket``, one key reading the database through it. Each runs
     the sync shell, never a shell. ``where``: the directory (or socket) the shell is given
@@ -134,7 +140,7 @@ def render_authorized_keys(pair_key: bytes, peer: IP, paths: list[str],
              "one transfer it may do)."]
 
     def line(public: str, mode: str, arg: str, label: str) -> str:
-        command = shell_command(python, shell, mode, arg)
+        command = shell_command(python, shell, mode, arg, pause if mode == "receive" else None)
         return f'from="{peer}",restrict,command="{command}" {public} voxnode-sync:{label}'
 
     for path in paths:

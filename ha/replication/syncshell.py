@@ -5,10 +5,12 @@ Every key in the sync daemon's authorized keys runs this program (``command=`` i
 client asked for is in ``SSH_ORIGINAL_COMMAND`` and is checked against that, never run as
 given:
 
-- ``receive DIR``: an rsync receiver writing into DIR (the master's pushes of one
-  replicated path). Only ``rsync --server`` with options from a short list (no devices or
-  specials, no other directory: the client's destination is replaced by DIR, links are
-  munged so that none leads out of it).
+- ``receive DIR [PAUSE]``: an rsync receiver writing into DIR (the master's pushes of one
+  replicated path); while the file PAUSE exists (this node runs a full sync, which pulls
+  the same trees) it answers ``paused:`` instead, and the master tries again later. Only
+  ``rsync --server`` with options from a short list (no devices or specials, no other
+  directory: the client's destination is replaced by DIR, links are munged so that none
+  leads out of it).
 - ``send DIR``: an rsync sender reading DIR (a full sync pulling one path from the
   master), same list, ``--sender`` required; or ``voxnode-stat``: DIR's file count, bytes
   and directory count as JSON (the full sync's check).
@@ -46,6 +48,7 @@ DUMP_OPTIONS = ("--single-transaction", "--gtid", "--master-data=2", "--skip-ext
                 "--no-autocommit", "--add-drop-database", "--routines", "--events",
                 "--triggers", "--hex-blob", "--skip-dump-date")
 DUMP_DONE = "-- Dump completed"
+PAUSED = "paused:"
 
 
 class Refused(Exception):
@@ -120,7 +123,8 @@ def tree_stat(target: str) -> Dict[str, int]:
     rsync's partial files left out)."""
     files = size = directories = 0
     for current, dirs, names in os.walk(target):
-        dirs[:] = [d for d in dirs if d != PARTIAL_DIR]
+        dirs[:] = [d for d in dirs if d != PARTIAL_DIR
+                   and not os.path.islink(os.path.join(current, d))]
         directories += len(dirs)
         for name in names:
             try:
@@ -193,9 +197,15 @@ def run(argv: List[str], command: str, out: TextIO = sys.stdout) -> Optional[Lis
     check = bool(argv) and argv[0] == "check"
     if check:
         argv = argv[1:]
+    pause = None
+    if len(argv) == 3 and argv[0] == "receive" and argv[2].startswith("/"):
+        argv, pause = argv[:2], argv[2]
     if len(argv) != 2 or argv[0] not in ("receive", "send", "database"):
-        raise Refused("usage: sync-shell [check] receive|send DIR | database SOCKET")
+        raise Refused("usage: sync-shell [check] receive DIR [PAUSE] | send DIR | "
+                      "database SOCKET")
     mode, arg = argv
+    if pause is not None and os.path.exists(pause):
+        raise Refused(PAUSED + " this node is running a full sync; pushes wait for its end")
     if not arg.startswith("/"):
         raise Refused(f"{arg} is not an absolute path")
     if mode == "database":

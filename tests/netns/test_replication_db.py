@@ -188,7 +188,7 @@ def test_after_a_fall_back_to_asynchronous_the_slave_does_not_take_over_alone(
     time.sleep(3.0)  # several dead intervals
     status = dbs.pair.status(slave)
     assert status is not None and status["role"] == "slave", status
-    assert "was asynchronous: not taking over on its own" in status["decision"]
+    assert "fell back to asynchronous" in status["decision"]
     [risk] = [r for r in status["failover_blockers"] if r["code"] == "replication-async"]
     assert "may be missing" in risk["text"] and "--force" in risk["text"]
     assert dbs.lab.vip_holders() - set(dbs.lab.faults.crashed) == set()

@@ -42,7 +42,8 @@ def test_each_key_does_one_thing_from_the_peer_only(golden: Golden) -> None:
     shell = "/usr/libexec/platform-python -I -S /usr/libexec/voxnode/sync-shell"
     for i, path in enumerate(PATHS):
         write, read = lines[2 * i], lines[2 * i + 1]
-        assert write.startswith(f'from="10.0.0.11",restrict,command="{shell} receive {path}" '
+        assert write.startswith(f'from="10.0.0.11",restrict,command="{shell} receive {path} '
+                                f'/run/voxnode/full-sync" '
                                 "ssh-ed25519 ")
         assert sshkeys.path_key(KEY, path)[1] in write
         assert read.startswith(f'from="10.0.0.11",restrict,command="{shell} send {path}" ')

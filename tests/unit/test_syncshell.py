@@ -90,9 +90,19 @@ def test_the_database_key_reads_and_nothing_else() -> None:
 
 def test_bad_invocations_are_refused() -> None:
     for argv in ([], ["receive"], ["shell", "/x"], ["receive", "relative"],
-                 ["receive", "/a", "/b"]):
+                 ["receive", "/a", "relative"], ["send", "/a", "/b"], ["database", "/a", "/b"]):
         with pytest.raises(Refused):
             run(argv, PUSH)
+
+
+def test_a_receiver_pauses_while_its_node_runs_a_full_sync(tmp_path: Path) -> None:
+    pause = tmp_path / "full-sync"
+    assert run(["check", "receive", "/srv/rec", str(pause)], PUSH)
+    pause.touch()
+    with pytest.raises(Refused) as paused:
+        run(["receive", "/srv/rec", str(pause)], PUSH)
+    assert str(paused.value).startswith("paused: ")
+    assert run(["check", "send", "/srv/rec"], PULL)  # reading is not paused
 
 
 def test_stat_counts_files_bytes_and_directories(tmp_path: Path) -> None:
@@ -102,6 +112,7 @@ def test_stat_counts_files_bytes_and_directories(tmp_path: Path) -> None:
     (tmp_path / ".voxnode-partial").mkdir()
     (tmp_path / ".voxnode-partial/half").write_bytes(b"z" * 99)
     os.symlink("/etc/passwd", tmp_path / "link")
+    os.symlink("/etc", tmp_path / "dirlink")  # a link to a directory is not one
     assert syncshell.tree_stat(str(tmp_path)) == {"files": 2, "bytes": 15, "directories": 1}
 
 
