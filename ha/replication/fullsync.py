@@ -395,13 +395,11 @@ class FullSync:
         transport = self._transport()
         await database.hold_for_full_sync(f"a full sync (job {ctx.job.id}) is copying the "
                                           "database from the master")
-        touched = False
         try:
             info = run.db_info or {}
             wanted = [str(d) for d in info.get("databases", [])]
             ctx.report(0, "saving what only this node has")
             extra, saved = await self._save_extra(database, wanted)
-            touched = True
             database.copy_started(f"the full sync (job {ctx.job.id}) did not finish "
                                   "replacing this node's databases")
             await self.marker.set(f"the full sync (job {ctx.job.id}) did not finish copying "
@@ -421,12 +419,10 @@ class FullSync:
             assert stats.position is not None
             await database.full_sync_done(stats.position)
         except asyncio.CancelledError:
-            if not touched:
-                database.release()
+            database.release()  # once touched, ``incomplete`` keeps it from replicating
             raise
         except (DatabaseError, VoxnodeError) as exc:
-            if not touched:
-                database.release()
+            database.release()
             if isinstance(exc, VoxnodeError):
                 raise
             raise FullSyncFailed(exc.args[0]) from None

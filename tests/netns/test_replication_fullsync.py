@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from agent.errors import Conflict
@@ -212,6 +213,7 @@ def test_a_cancelled_or_broken_copy_leaves_the_slave_marked_until_one_succeeds()
         mdb.sql("CREATE TABLE pbx.blob (id INT PRIMARY KEY, b LONGBLOB)")
         for i in range(24):
             mdb.sql(f"INSERT INTO pbx.blob VALUES ({i}, REPEAT('z', 100000))")
+        both.files.sshd[slave].kill()  # no pushes: the slave lacks the master's files
         (both.files.at(master, "/srv/rec") / "big.wav").write_bytes(os.urandom(3_000_000))
         wait_for("the slave has the blobs", lambda: both.db.server(slave).sql(
             "SELECT COUNT(*) FROM pbx.blob", check=False) == "24", 20)
@@ -242,14 +244,20 @@ def test_a_cancelled_or_broken_copy_leaves_the_slave_marked_until_one_succeeds()
         running, _ = both.follow(slave, job["id"], until=lambda j: j["steps"][2]["state"]
                                  == "running" and j["steps"][2]["progress"] > 0, timeout=60)
         both.files.sshd[master].kill()
-        os.system(f"ip netns exec {both.pair.lab.ns[master]} pkill -f 'rsync --server' "
-                  ">/dev/null 2>&1")
+        senders = [p for p in psutil.process_iter(["cmdline"])
+                   if {"--server", "--sender"} <= set(p.info["cmdline"] or [])
+                   and any(str(both.files.at(master, "/srv")) in a
+                           for a in p.info["cmdline"] or [])]
+        assert senders, "no rsync sender on the master to break"
+        for proc in senders:
+            proc.kill()
         failed, _ = both.follow(slave, job["id"], timeout=60)
         assert failed["state"] == "failed", failed
         assert "copying /srv/rec failed" in failed["error"], failed["error"]
         assert "Traceback" not in json.dumps(failed)
         both.files.start_sshd(master)
         assert both.replication(slave)["needs_full_sync"] is True
+        assert not (both.files.at(slave, "/srv/rec") / "big.wav").exists()
         # the pushes were paused for the copy and go on after it
         assert not (both.pair.dir(slave) / "root/run/voxnode/full-sync").exists()
         # cancelled in the file copy
@@ -267,6 +275,10 @@ def test_a_cancelled_or_broken_copy_leaves_the_slave_marked_until_one_succeeds()
         assert both.replication(slave)["needs_full_sync"] is False
         assert (both.files.at(slave, "/srv/rec") / "big.wav").read_bytes() == (
             both.files.at(master, "/srv/rec") / "big.wav").read_bytes()
+        both.files.start_sshd(slave)
+        (both.files.at(master, "/srv/rec") / "after.wav").write_bytes(b"later")
+        wait_for("pushes go on", lambda: (both.files.at(slave, "/srv/rec") / "after.wav")
+                 .exists(), 15)
         # the limit held: 2.4 MB of rows and 3 MB of files at 400 KiB/s take over 10 s
         took = ended["finished"] - ended["started"]
         assert took > 10, took
