@@ -218,7 +218,8 @@ class HAManager:
         await asyncio.to_thread(self.store.set_fence, True)
         database = DatabaseReplication(settings, lambda: runtime.keys.current, self.events,
                                        files=self.files, systemd=self.systemd,
-                                       wall=self.wall)
+                                       wall=self.wall,
+                                       saved_dir=self.marker.path.parent / "saved")
         needed = self.marker.needed
         if needed is not None and needed.get("database_incomplete"):
             # a copy that replaced part of the databases and never finished (the agent

@@ -52,6 +52,8 @@ from image.buildutil import (
 )
 
 OVERLAY = REPO / "image" / "overlay"
+# the replication's forced command: a script of the system's Python, not in the binary
+SYNC_SHELL = REPO / "ha" / "replication" / "syncshell.py"
 SPEC_IN = REPO / "image" / "voxnode.spec.in"
 SYSCONFIG = REPO / "image" / "config" / "voxnode-agent.sysconfig"
 ENTRY = REPO / "image" / "frozen_entry.py"
@@ -180,6 +182,7 @@ def build_rpm(binary: Path, out: Path, build_id: str, epoch: int,
     sources.mkdir(parents=True)
     shutil.copy2(binary, sources / "voxnode")
     shutil.copy2(SYSCONFIG, sources / "voxnode-agent.sysconfig")
+    shutil.copy2(SYNC_SHELL, sources / "sync-shell")
     files = overlay_tar(sources / "overlay.tar", epoch)
     install_key = files_key = ""
     if vendor_pub is not None:

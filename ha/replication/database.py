@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from typing import Any
 
 from agent.errors import VoxnodeError
 from agent.events import EventLog
-from agent.ports.files import FileTree
+from agent.ports.files import FileTree, durable
 from agent.ports.systemd import SystemdPort
 from agent.state.model import DatabaseEngine, DesiredState
 from ha.config import ha_management_ip
@@ -66,6 +67,7 @@ POLL_S = 0.5
 SWITCHOVER_APPLY_S = 10.0  # a switchover's new master waits this long for the old one's last
 CRASH_APPLY_S = 30.0  # a crash's new master applies its relay log for at most this long
 DB_UNIT = "mariadb.service"
+MARIADB_BINLOG = "/usr/bin/mariadb-binlog"
 SETTINGS_EVERY_S = 30.0  # how often the running server's settings are compared
 RESTART_EVERY_S = 30.0  # a replica stopped on an error is started again this often
 DIVERGED_ERRNO = 1236  # the master has no such GTID in its binary log: another history
@@ -111,8 +113,12 @@ class SwitchoverIncomplete(Exception):
 class DatabaseReplication:
     def __init__(self, settings: DbSettings, pair_key: Callable[[], bytes], events: EventLog,
                  *, files: FileTree | None = None, systemd: SystemdPort | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, saved_dir: Path | None = None) -> None:
         self.settings = settings
+        # where the transactions of a diverged node are saved (the state directory's)
+        self.saved_dir = saved_dir
+        self.saved: str | None = None  # the file holding them, once saved
+        self._saving: asyncio.Task[str | None] | None = None
         self.systemd = systemd  # restarts the server when its settings change (a real node)
         self.settings_problem: str | None = None  # what the running server lacks
         self._checked_at = float("-inf")
@@ -257,10 +263,11 @@ class DatabaseReplication:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for running in (task, self._saving):
+            if running is not None and not running.done():
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError, DatabaseError):
+                    await running
         await self.db.unfreeze()
 
     def wake(self) -> None:
@@ -395,7 +402,7 @@ class DatabaseReplication:
             mine = server_id_for(self.settings.own)
             extra = [m for m in ahead_of(own, fork) if m.last.server == mine]
             if extra:
-                await self._quarantine(describe(extra))
+                await self._quarantine(describe(extra), since=peer.db_fork)
                 return
         replica = status.replica
         source = (str(self.settings.peer), self._secret or "")
@@ -447,7 +454,10 @@ class DatabaseReplication:
         else:
             self._set_state("replicating", f"read-only replica of {self.settings.peer}")
 
-    async def _quarantine(self, what: str) -> None:
+    async def _quarantine(self, what: str, since: str | None = None) -> None:
+        if self.diverged is None and self._saving is None:
+            self._saving = asyncio.create_task(self._save_diverged(since, what),
+                                               name="ha-database-save-diverged")
         with contextlib.suppress(DatabaseError):
             await self.db.execute("STOP SLAVE", what="stopping replication")
         self._replicating_from = None
@@ -523,6 +533,56 @@ class DatabaseReplication:
         self.hold = None
         self._wake.set()
         return steps
+
+    async def save_diverged(self) -> str | None:
+        """Wait for this node's diverged transactions to be saved (a full sync calls it
+        before it replaces anything); the file, or None when nothing diverged."""
+        if self._saving is None:
+            return None
+        return await asyncio.shield(self._saving)
+
+    async def _save_diverged(self, since: str | None, what: str) -> str | None:
+        """The binary log after ``since`` (the master's fork; None: all of it), decoded by
+        ``mariadb-binlog``, under the state directory: the transactions only this node has
+        are never lost to a full sync. Raises DatabaseError when it cannot."""
+        if self.saved_dir is None:
+            return None
+        try:
+            async with self.db._connection() as conn:
+                logs = await self.db._run(conn, "SHOW BINARY LOGS", what="listing the binary "
+                                          "logs")
+            if not logs:
+                return None
+            first = str(logs[0]["Log_name"])
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(self.wall()))
+            target = self.saved_dir / stamp / "diverged-transactions.sql"
+            argv = [MARIADB_BINLOG, "--read-from-remote-server", f"--socket={self.db.socket}",
+                    "--user=root", "--to-last-log", "--verbose",
+                    *([f"--start-position={since}"] if since else []), first]
+            fd = await asyncio.to_thread(_create_file, target)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdout=fd, stderr=asyncio.subprocess.PIPE,
+                    stdin=asyncio.subprocess.DEVNULL)
+            finally:
+                os.close(fd)
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
+                raise DatabaseError(f"mariadb-binlog exited {proc.returncode}: "
+                                    f"{err.decode(errors='replace').strip()[-300:]}")
+            await durable(_fsync_path, target)
+        except (OSError, DatabaseError) as exc:
+            text = exc.args[0] if isinstance(exc, DatabaseError) else str(exc)
+            self.events.emit("replication.database-save-failed", "the transactions only this "
+                             f"node has ({what}) could not be saved: {text}; a full sync "
+                             "will not run until they are", level=logging.ERROR)
+            self._saving = None  # tried again at the next full sync
+            raise DatabaseError(f"saving this node's diverged transactions failed: {text}"
+                                ) from None
+        self.saved = str(target)
+        self.events.emit("replication.database-diverged-saved", f"the transactions only this "
+                         f"node has ({what}) are saved in {target}", level=logging.WARNING)
+        return str(target)
 
     # --- a full sync -------------------------------------------------------------------
 
@@ -661,10 +721,21 @@ class DatabaseReplication:
             "diverged": self.diverged,
             "needs_full_sync": self.needs_full_sync or self.incomplete is not None,
             "incomplete": self.incomplete,
+            "diverged_saved": self.saved,
             "last_promotion": self.last_promotion,
             "settings_problem": self.settings_problem,
             "server": self.status.to_dict() if self.status else None,
         }
+
+
+def _create_file(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def _fsync_path(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _parse(text: str) -> Position | None:

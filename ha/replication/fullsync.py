@@ -398,6 +398,9 @@ class FullSync:
         try:
             info = run.db_info or {}
             wanted = [str(d) for d in info.get("databases", [])]
+            if database.diverged is not None:
+                ctx.report(0, "saving the transactions only this node has")
+                await database.save_diverged()
             ctx.report(0, "saving what only this node has")
             extra, saved = await self._save_extra(database, wanted)
             database.copy_started(f"the full sync (job {ctx.job.id}) did not finish "
@@ -429,6 +432,8 @@ class FullSync:
         rows = sum(stats.rows.values())
         run.database_result = (f"{len(stats.rows)} table(s), {rows} row(s), counts match the "
                                f"master's snapshot at {stats.position or 'an empty position'}")
+        if database.saved:
+            saved.append(f"this node's diverged transactions to {database.saved}")
         kept = f"; saved {', '.join(saved)} first" if saved else ""
         return (f"copied {_size(stats.bytes)} ({run.database_result}); replicating from "
                 f"there{kept}")

@@ -233,6 +233,44 @@ def test_an_old_master_with_transactions_nobody_has_is_quarantined(dbs: DbPair) 
         "SELECT seq FROM pbx.calls").split()}  # it did not replicate on top of its own
     kinds = [e["kind"] for e in dbs.pair.client(master).get("/v1/events")["events"]]
     assert "replication.database-diverged" in kinds
+    # what only it has is saved under its state directory (mariadb-binlog, decoded rows)
+    wait_for("the diverged transactions are saved",
+             lambda: dbs.database(master)["diverged_saved"] is not None, 15,
+             lambda: [e["message"] for e in dbs.pair.client(master).get("/v1/events")["events"]
+                      if "sav" in e["kind"]])
+    saved = Path(dbs.database(master)["diverged_saved"])
+    assert saved.is_relative_to(dbs.pair.dir(master) / "state")
+    text = saved.read_text()
+    # every transaction the quarantine names, decoded (0-S-7 or 0-S-7..9)
+    named = db["diverged"].split(" (")[0]
+    for part in named.split(", "):
+        domain, server, seqs = part.split("-", 2)
+        first, _, last = seqs.partition("..")
+        for seq in range(int(first), int(last or first) + 1):
+            assert f"GTID {domain}-{server}-{seq} trans" in text, (part, text[-2000:])
+    assert "### INSERT INTO `pbx`.`calls`" in text
+    assert "@2=100" not in text  # the new master's row is not its own
+    # a full sync makes it the new master's replica again; its own rows stay in the file
+    from lab.pair.filepair import FilePair
+    daemons = FilePair(dbs.pair)
+    for node in NODES:
+        daemons.start_sshd(node)
+    try:
+        job = dbs.pair.client(master).post("/v1/ha/full-sync", {"what": "db"})
+        wait_for("the full sync ends", lambda: dbs.pair.client(master).get(
+            f"/v1/jobs/{job['id']}")["state"] not in ("scheduled", "running"), 60)
+        ended = dbs.pair.client(master).get(f"/v1/jobs/{job['id']}")
+        assert ended["state"] == "succeeded", ended
+        assert str(saved) in ended["steps"][1]["message"]
+        dbs.wait_state(master, "replicating", timeout=20)
+        dbs.server(slave).sql("INSERT INTO pbx.calls (seq) VALUES (101)")
+        wait_for("the old master replicates the new one", lambda: dbs.ids(master)
+                 == dbs.ids(slave), 20)
+        assert dbs.database(master)["diverged"] is None
+        assert dbs.database(master)["needs_full_sync"] is False
+    finally:
+        for proc in daemons.sshd.values():
+            proc.kill()
 
 
 def test_a_replica_stopped_on_an_error_says_so_and_a_switchover_is_refused(
