@@ -241,7 +241,7 @@ def test_a_cancelled_or_broken_copy_leaves_the_slave_marked_until_one_succeeds()
         both.db.wait_state(slave, "needs-full-sync", timeout=20)
         # the master's sync daemon dies in the file copy: the job fails with a sentence
         job = both.start_sync(slave, "files")
-        running, _ = both.follow(slave, job["id"], until=lambda j: j["steps"][2]["state"]
+        both.follow(slave, job["id"], until=lambda j: j["steps"][2]["state"]
                                  == "running" and j["steps"][2]["progress"] > 0, timeout=60)
         both.files.sshd[master].kill()
         senders = [p for p in psutil.process_iter(["cmdline"])
