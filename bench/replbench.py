@@ -24,10 +24,14 @@ Cases, each with writers in the client namespace inserting through the node IP
 - ``crash``: a crash of the master (every process of its namespace frozen then killed) at
   200 writes/s, a fresh pair each time: the acknowledged rows missing on the new master;
 - ``files``: the time a new 1 MB file written on the master takes to be whole on the slave
-  (voxnode's file sync against lsyncd with ``delay=1`` over ssh, the anchor).
+  (voxnode's file sync against lsyncd with ``delay=1`` over ssh, the anchor);
+- ``fullsync``: the throughput of a full sync's database copy and file copy against the
+  pair's ``bandwidth_kb`` (``FULLSYNC_KB``; a database of ``FULLSYNC_DB_MB`` in rows, files
+  of ``FULLSYNC_FILES_MB``), from the job's own step times; the anchor is the same
+  transfer by hand, unlimited: ``mariadb-dump | mariadb`` between the namespaces and
+  ``rsync`` with ``--bwlimit`` between the same trees.
 
 Only measured values are printed or written; a trial that fails is reported as failed.
-Not measured yet: the full sync (not built).
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ from lab.pair.topology import NODE_ADDRESSES, NODE_IP, NODES, SUBNET_PREFIXLEN, 
 from lab.pair.voxnode import VoxnodePair
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("lag", "switchover", "crash", "files")
+CASES = ("lag", "switchover", "crash", "files", "fullsync")
+FULLSYNC_KB = 4096
+FULLSYNC_DB_MB = 16
+FULLSYNC_FILES_MB = 32
 FILE_BYTES = 1024 * 1024
 LAG_RATES = (100, 1000)
 SCHEMA = (
@@ -243,6 +250,7 @@ class Result:
     lost: int = 0
     pause_ms: float | None = None
     lag_ms: dict[str, float] = field(default_factory=dict)
+    throughput: dict[str, float] = field(default_factory=dict)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -440,6 +448,70 @@ def run_files(impl: str, trials: int) -> Result:
     return result
 
 
+def _step_s(step: dict[str, Any]) -> float:
+    return float(step["finished"]) - float(step["started"])
+
+
+def run_fullsync(impl: str) -> Result:
+    """One full sync of a slave that lacks everything (its sync daemon down while the data
+    was made, so nothing was pushed; replication stopped by hand): KiB/s per part."""
+    from lab.pair.fullpair import sync_pair
+
+    result = Result(impl, "fullsync", 0, 0)
+    try:
+        with sync_pair(bandwidth_kb=FULLSYNC_KB) as both:
+            master = both.up()
+            slave = other(master)
+            both.files.sshd[slave].kill()
+            mdb, sdb = both.db.server(master), both.db.server(slave)
+            sdb.sql("STOP SLAVE")
+            mdb.sql("CREATE TABLE pbx.blob (id INT PRIMARY KEY, b LONGBLOB)")
+            for i in range(FULLSYNC_DB_MB * 4):
+                mdb.sql(f"INSERT INTO pbx.blob VALUES ({i}, REPEAT('z', 262144))")
+            files_bytes = 0
+            for i in range(FULLSYNC_FILES_MB // 4):
+                blob = os.urandom(4 * 1024 * 1024)
+                (both.files.at(master, "/srv/rec") / f"call-{i}.wav").write_bytes(blob)
+                files_bytes += len(blob)
+            dump = subprocess.run(
+                ["ip", "netns", "exec", both.pair.lab.ns[master], labdb.CLIENT.replace(
+                    "mariadb", "mariadb-dump"), f"--socket={mdb.socket}",
+                 "--single-transaction", "--skip-extended-insert", "--hex-blob",
+                 "--databases", "pbx"], capture_output=True, timeout=300, check=True).stdout
+            if impl == "manual":
+                started = time.monotonic()
+                subprocess.run(["ip", "netns", "exec", both.pair.lab.ns[slave], labdb.CLIENT,
+                                f"--socket={sdb.socket}", "--init-command=SET SESSION "
+                                "sql_log_bin=0"], input=dump, timeout=600, check=True,
+                               capture_output=True)
+                db_s = time.monotonic() - started
+                target = both.pair.lab.workdir / "anchor-rec"
+                started = time.monotonic()
+                subprocess.run(["rsync", "-rlptgo", f"--bwlimit={FULLSYNC_KB}",
+                                f"{both.files.at(master, '/srv/rec')}/", f"{target}/"],
+                               timeout=600, check=True, capture_output=True)
+                files_s = time.monotonic() - started
+            else:
+                job = both.start_sync(slave)
+                ended, _ = both.follow(slave, job["id"], timeout=600)
+                if ended["state"] != "succeeded":
+                    raise RuntimeError(f"the full sync {ended['state']}: {ended['error']}")
+                db_s, files_s = _step_s(ended["steps"][1]), _step_s(ended["steps"][2])
+            limit = float(FULLSYNC_KB)
+            result.throughput = {
+                "limit_kib_s": limit, "db_bytes": len(dump), "files_bytes": files_bytes,
+                "db_kib_s": round(len(dump) / 1024 / db_s, 1),
+                "files_kib_s": round(files_bytes / 1024 / files_s, 1),
+                "db_s": round(db_s, 2), "files_s": round(files_s, 2)}
+            result.throughput["db_vs_limit_pct"] = round(
+                100 * (result.throughput["db_kib_s"] - limit) / limit, 1)
+            result.throughput["files_vs_limit_pct"] = round(
+                100 * (result.throughput["files_kib_s"] - limit) / limit, 1)
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"[:300]
+    return result
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -459,6 +531,13 @@ def report(results: list[Result], impls: list[str]) -> dict[str, Any]:
             print(f"| {impl} | files x{r.lag_ms['rows']} | - | new 1 MB file on the slave "
                   f"p50 / p99 / max | {r.lag_ms['p50']} / {r.lag_ms['p99']} / "
                   f"{r.lag_ms['max']} ms |")
+        for r in [r for r in mine if r.case == "fullsync"]:
+            t = r.throughput
+            stats.setdefault(impl, {})["fullsync"] = t
+            print(f"| {impl} | fullsync database | - | KiB/s (limit {t['limit_kib_s']:g}) | "
+                  f"{t['db_kib_s']} ({t['db_vs_limit_pct']:+} %) |")
+            print(f"| {impl} | fullsync files | - | KiB/s (limit {t['limit_kib_s']:g}) | "
+                  f"{t['files_kib_s']} ({t['files_vs_limit_pct']:+} %) |")
         for case in ("switchover", "crash"):
             done = [r for r in mine if r.case == case]
             if not done:
@@ -520,6 +599,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         else f"failed: {r.error}"), flush=True)
             elif case == "switchover":
                 results += run_switchovers(impl, args.trials, args.rate)
+            elif case == "fullsync":
+                r = run_fullsync(impl)
+                results.append(r)
+                print(f"fullsync {impl:<8}: " + (
+                    f"database {r.throughput['db_kib_s']} KiB/s, files "
+                    f"{r.throughput['files_kib_s']} KiB/s (limit {FULLSYNC_KB})"
+                    if r.error is None else f"failed: {r.error}"), flush=True)
             elif case == "files":
                 r = run_files(impl, max(20, args.trials * 2))
                 results.append(r)

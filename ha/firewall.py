@@ -5,7 +5,8 @@ it with only ssh and 443 open).
 address, so nothing is opened wider than the peer (and, for the chat database's arbiter
 member, the arbiter): from the peer its heartbeats (UDP, ``ha.heartbeat_port``), the
 database's replication (TCP, ``ha.replication.database.port``), MongoDB (TCP 27017), ssh
-and the file sync's own SSH daemon (TCP 7422, when paths are replicated); from the arbiter
+and the replication's own SSH daemon (TCP 7422, when paths or a database are replicated:
+the file pushes and the full sync go through it); from the arbiter
 only MongoDB. The arbiter's own lease
 traffic and the witnesses' ARP need nothing: the node asks and the answers come back as
 replies. Ethernet heartbeats are not IP and never reach firewalld. A pair that is
@@ -48,8 +49,8 @@ def pair_zones(state: DesiredState) -> tuple[Zone, ...]:
     if ha.replication.database.engine is DatabaseEngine.MARIADB:
         ports.append((ha.replication.database.port, "tcp"))
     ports.append((MONGODB_PORT, "tcp"))
-    if ha.replication.paths:
-        ports.append((SYNC_PORT, "tcp"))  # the file sync's own SSH daemon
+    if ha.replication.paths or ha.replication.database.engine is DatabaseEngine.MARIADB:
+        ports.append((SYNC_PORT, "tcp"))  # the replication's own SSH daemon
     zones = [Zone(f"{ZONE_PREFIX}-peer", f"the pair's traffic from the peer {ha.peer}",
                   ha.peer, tuple(ports), ("ssh",))]
     if ha.arbiter is not None:

@@ -223,7 +223,16 @@ def cmd_replication_status(client: Client, args: argparse.Namespace) -> int:
                 facts.append(f"error: {p['error']}")
             rows.append((p["path"], "; ".join(facts)))
         rows.append(("bandwidth", f"{d['bandwidth_kb']} KiB/s (file sync, full sync)"))
-        rows.append(("full sync", "NEEDED" if d["needs_full_sync"] else "not needed"))
+        full = d.get("full_sync") or {}
+        if full.get("running_job") is not None:
+            state = (f"running (job {full['running_job']}: `voxnode jobs show "
+                     f"{full['running_job']}`)")
+        elif d["needs_full_sync"]:
+            why = (full.get("needed") or {}).get("reason") or d["database"].get("detail", "")
+            state = f"NEEDED: {why} (`voxnode ha full-sync` on this node)"
+        else:
+            state = "not needed"
+        rows.append(("full sync", state))
         output.kv_table(rows)
 
     return output.show(args, client.get("/v1/replication"), human)

@@ -26,90 +26,21 @@ import pytest
 
 from agent.errors import Conflict
 from lab.pair import mariadb as labdb
-from lab.pair.dbpair import DbPair, Writer, wait_for
-from lab.pair.filepair import FilePair
-from lab.pair.harness import PairLab
+from lab.pair.dbpair import Writer, wait_for
+from lab.pair.fullpair import PATHS, SyncPair, sync_pair
 from lab.pair.topology import Node, other
-from lab.pair.voxnode import VoxnodePair
 from tests.netns.pairs import codes, lab_or_skip
 
 pytestmark = pytest.mark.root
 
-PATHS = ["/srv/rec", "/srv/vm"]
-SOCKET = "/run/mysqld/mysqld.sock"
-
-
-def extra_ha(bandwidth_kb: int) -> dict[str, Any]:
-    return {"replication": {"database": {"engine": "mariadb", "socket": SOCKET},
-                            "paths": PATHS, "bandwidth_kb": bandwidth_kb, "max_lag_s": 5}}
-
-
-class Both:
-    """Databases and files: DbPair's servers and FilePair's sync daemons on one pair."""
-
-    def __init__(self, pair: VoxnodePair) -> None:
-        self.pair = pair
-        self.db = DbPair(pair)
-        self.files = FilePair(pair)
-
-    def up(self) -> Node:
-        for node in ("a", "b"):
-            for path in PATHS:
-                self.files.at(node, path).mkdir(parents=True, exist_ok=True)
-        master = self.pair.start(stagger_s=0.3)
-        for node in ("a", "b"):
-            self.db.start_server(node)
-            self.files.start_sshd(node)
-        self.db.wait_state(master, "master")
-        self.db.wait_state(other(master), "replicating")
-        self.db.schema(master)
-        return master
-
-    def job(self, node: Node, job_id: int) -> dict[str, Any]:
-        data: dict[str, Any] = self.pair.client(node).get(f"/v1/jobs/{job_id}")
-        return data
-
-    def start_sync(self, node: Node, what: str = "all") -> dict[str, Any]:
-        data: dict[str, Any] = self.pair.client(node).post("/v1/ha/full-sync", {"what": what})
-        return data
-
-    def follow(self, node: Node, job_id: int, *, until: Any = None,
-               timeout: float = 120) -> tuple[dict[str, Any], list[int]]:
-        """Poll the job as an operator's console would; (the job when ``until(job)`` or
-        when it ended, every progress seen)."""
-        seen: list[int] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.job(node, job_id)
-            seen.append(job["progress"])
-            if (until is not None and until(job)) or job["state"] not in (
-                    "scheduled", "running"):
-                return job, seen
-            assert time.monotonic() < deadline, job
-            time.sleep(0.1)
-
-    def replication(self, node: Node) -> dict[str, Any]:
-        data: dict[str, Any] = self.pair.client(node).get("/v1/replication")
-        return data
-
-
 @contextlib.contextmanager
-def both_pair(bandwidth_kb: int = 100000) -> Iterator[Both]:
+def both_pair(bandwidth_kb: int = 100000) -> Iterator[SyncPair]:
     lab_or_skip()
     missing = labdb.missing_tools()
     if missing:
         pytest.skip(f"MariaDB missing: {', '.join(missing)} (make apt)")
-    with PairLab(assign_node_addresses=False, probe=False) as lab:
-        voxnode = VoxnodePair(lab, extra_ha=extra_ha(bandwidth_kb))
-        pair = Both(voxnode)
-        try:
-            yield pair
-        finally:
-            pair.files.stop()
-            for server in pair.db.servers.values():
-                server.kill()
-        problems = voxnode.loop_problems()
-        assert problems == [], "\n".join(problems)
+    with sync_pair(bandwidth_kb) as pair:
+        yield pair
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -194,7 +125,7 @@ def test_a_drifted_slave_is_made_the_masters_copy_while_the_master_writes() -> N
         wait_for("a push after the full sync", lambda: (srec / "after.wav").exists(), 15)
 
 
-def _cancel_during(both: Both, node: Node, step: str) -> dict[str, Any]:
+def _cancel_during(both: SyncPair, node: Node, step: str) -> dict[str, Any]:
     job = both.start_sync(node)
     running, _ = both.follow(node, job["id"], until=lambda j: any(
         s["name"] == step and s["state"] == "running" and s["progress"] > 0

@@ -142,7 +142,8 @@ def test_the_pair_opens_its_ports_to_the_peer_only(golden: Golden) -> None:
     assert [(z.name, str(z.source)) for z in zones] == [
         ("voxnode-pair-peer", "10.0.0.12"), ("voxnode-pair-arbiter", "10.0.0.5")]
     peer, arbiter = zones
-    assert peer.ports == ((694, "udp"), (3306, "tcp"), (27017, "tcp"))
+    # 7422: the replication's SSH daemon (the database's full sync goes through it)
+    assert peer.ports == ((694, "udp"), (3306, "tcp"), (27017, "tcp"), (7422, "tcp"))
     assert peer.services == ("ssh",)
     assert arbiter.ports == ((27017, "tcp"),) and arbiter.services == ()
     golden.check("ha/voxnode-pair-peer.xml", render_zone(peer))
@@ -153,9 +154,9 @@ def test_the_pair_opens_its_ports_to_the_peer_only(golden: Golden) -> None:
         assert "0.0.0.0" not in text and "/24" not in text
     # the database's port follows the document; without a database it is not opened
     assert pair_zones(state(heartbeat_port=700, replication={"database": {"port": 3307}})
-                      )[0].ports == ((700, "udp"), (3307, "tcp"), (27017, "tcp"))
-    assert (3306, "tcp") not in pair_zones(
-        state(replication={"database": {"engine": "none"}}))[0].ports
+                      )[0].ports == ((700, "udp"), (3307, "tcp"), (27017, "tcp"), (7422, "tcp"))
+    nothing = pair_zones(state(replication={"database": {"engine": "none"}}))[0].ports
+    assert (3306, "tcp") not in nothing and (7422, "tcp") not in nothing
     assert pair_zones(state(enabled=False)) == ()
     assert (7422, "tcp") in pair_zones(state(replication={"paths": ["/srv/rec"]}))[0].ports
 
@@ -179,4 +180,4 @@ def test_pairing_writes_the_zones_and_dissolving_removes_them(tmp_path: Path) ->
     [opened] = [s for s in plan(state(enabled=False), state(), KEYED).steps
                 if s.code == "ha-firewall"]
     assert opened.text == ("open the pair's ports in the firewall (from 10.0.0.12 only: ssh, "
-                           "694/udp, 3306/tcp, 27017/tcp)")
+                           "694/udp, 3306/tcp, 27017/tcp, 7422/tcp)")

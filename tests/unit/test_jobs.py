@@ -218,14 +218,22 @@ async def test_skipped_steps_and_unexpected_errors(h: Harness) -> None:
 async def test_a_job_runs_when_the_clock_reaches_its_time(h: Harness) -> None:
     h.start()
     job = (await h.runner.schedule("demo", at=T0 + 3600))
-    await asyncio.sleep(0.01)
+
+    async def slept(count: int) -> None:  # the scheduler went round to its next sleep
+        for _ in range(2000):
+            if len(h.clock.sleeps) >= count:
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError(f"the scheduler did not sleep again: {h.clock.sleeps}")
+
+    await slept(1)
     assert job.state is JobState.SCHEDULED and h.steps.calls == []
     assert h.clock.sleeps[-1] == 30.0  # capped: wall-clock jumps are noticed
     h.clock.advance(1800)
-    await asyncio.sleep(0.01)
+    await slept(2)
     assert job.state is JobState.SCHEDULED and h.steps.calls == []
     h.clock.advance(1799)
-    await asyncio.sleep(0.01)
+    await slept(3)
     assert job.state is JobState.SCHEDULED and h.clock.sleeps[-1] == 1.0
     h.clock.advance(1)
     done = await h.settle(job.id)
