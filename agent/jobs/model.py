@@ -47,12 +47,15 @@ class JobStep:
     started: float | None = None
     finished: float | None = None
     weight: float = 1.0  # its share of the job's progress (a step of the bytes it moves)
+    # what it measured, for programs (the console, the benchmark): {"bytes": …, "kib_s": …}
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "title": self.title, "state": self.state.value,
             "message": self.message, "progress": self.progress,
             "started": self.started, "finished": self.finished, "weight": self.weight,
+            "details": dict(self.details),
         }
 
     @classmethod
@@ -62,6 +65,7 @@ class JobStep:
             message=str(data.get("message", "")), progress=int(data.get("progress", 0)),
             started=_time(data.get("started")), finished=_time(data.get("finished")),
             weight=float(data.get("weight", 1.0)),
+            details=dict(data.get("details") or {}),
         )
 
 

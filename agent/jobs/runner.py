@@ -68,6 +68,11 @@ class StepContext:
         self.job.eta_s = None if eta_s is None else max(0, round(eta_s))
         self._runner._save(self.job)
 
+    def detail(self, **values: Any) -> None:
+        """Measured values of this step, kept with it (``details``)."""
+        self.step.details.update(values)
+        self._runner._save(self.job)
+
     def weigh(self, weights: dict[str, float]) -> None:
         """New shares for named steps (e.g. by the bytes each will move, once known). The
         bar never moves back for it: the job's progress keeps the highest value shown."""

@@ -239,7 +239,7 @@ class Run:
     db_done: int = 0
     file_totals: dict[str, int] = field(default_factory=dict)
     files_done: int = 0
-    started: float = field(default_factory=time.monotonic)
+    copy_started: float | None = None  # the first copy's start: the rate is measured from it
     database_result: str | None = None
     files_result: list[str] = field(default_factory=list)
 
@@ -250,7 +250,10 @@ class Run:
 
     def eta(self) -> float | None:
         moved = self.db_done + self.files_done
-        elapsed = time.monotonic() - self.started
+        if self.copy_started is None:
+            self.copy_started = time.monotonic()
+            return None
+        elapsed = time.monotonic() - self.copy_started
         if moved <= 0 or elapsed < 1.0:
             return None
         return self.remaining / (moved / elapsed)
@@ -495,6 +498,7 @@ class FullSync:
         os.close(r2)
         limiter = Limiter(transport.settings.bandwidth_kb * 1024.0)
         pump = asyncio.ensure_future(asyncio.to_thread(pump_dump, r1, w2, limiter, stats, stop))
+        began = time.monotonic()
         errors = [asyncio.ensure_future(p.stderr.read()) for p in procs if p.stderr]
         try:
             while not pump.done():
@@ -521,6 +525,9 @@ class FullSync:
                 _kill(proc)
             err = [await e for e in errors]
         run.db_done = stats.bytes
+        took = max(1e-3, time.monotonic() - began)
+        ctx.detail(bytes=stats.bytes, seconds=round(took, 3),
+                   kib_s=round(stats.bytes / 1024 / took, 1))
         if stats.refused is not None:
             raise FullSyncFailed(f"the master's dump holds a client command ({stats.refused!r}): "
                                  "not imported further")
@@ -543,11 +550,21 @@ class FullSync:
         transport = self._transport()
         pause = Path(transport.host(sshkeys.PAUSE_FILE))
         await asyncio.to_thread(_touch, pause)
+        moved = 0
+        took = 0.0
         try:
             done_before = 0
             for path in transport.settings.paths:
                 total = run.file_totals.get(path, 0)
-                await self._pull(ctx, run, transport, path, done_before, progress=True)
+                began = time.monotonic()
+                streamed, streaming = await self._pull(ctx, run, transport, path,
+                                                       done_before, progress=True)
+                if total:
+                    moved, took = moved + total, took + time.monotonic() - began
+                    ctx.detail(bytes=moved, seconds=round(took, 3),
+                               kib_s=round(moved / 1024 / max(1e-3, took), 1))
+                if streaming > 1.0:
+                    ctx.detail(transfer_kib_s=round(streamed / 1024 / streaming, 1))
                 done_before += total
                 run.files_done = done_before
                 result = None
@@ -565,7 +582,9 @@ class FullSync:
         return "; ".join(run.files_result)
 
     async def _pull(self, ctx: StepContext, run: Run, transport: FileSync, path: str,
-                    done_before: int, *, progress: bool) -> None:
+                    done_before: int, *, progress: bool) -> tuple[int, float]:
+        """One rsync pull of ``path``; (bytes moved after the first progress line, the
+        seconds since it): the rate of the transfer itself, connection set-up aside."""
         total_all = max(1, sum(run.file_totals.values()))
         argv = [RSYNC, "-rlptgo", "--delete", "--munge-links", "--partial-dir=.voxnode-partial",
                 "--no-inc-recursive", "--info=progress2", "--no-human-readable",
@@ -580,6 +599,8 @@ class FullSync:
             assert proc.stdout is not None
             buffer = ""
             last = 0.0
+            first: tuple[float, int] | None = None
+            moved = 0
             while True:
                 chunk = await proc.stdout.read(4096)
                 if not chunk:
@@ -591,6 +612,8 @@ class FullSync:
                     m = _PROGRESS.match(part)
                     if m and progress:
                         moved = int(m.group(1).replace(",", ""))
+                        if first is None and moved > 0:
+                            first = (time.monotonic(), moved)
                         run.files_done = done_before + min(moved, run.file_totals.get(path, 0))
                         break
                 if progress and time.monotonic() - last >= REPORT_S:
@@ -608,6 +631,9 @@ class FullSync:
             err = await errors if errors else b""
         if code not in (0, 24):  # 24: files vanished on the master meanwhile
             raise FullSyncFailed(f"copying {path} failed (rsync exited {code}): {_last(err)}")
+        if first is None:
+            return 0, 0.0
+        return max(0, moved - first[1]), time.monotonic() - first[0]
 
     async def _compare(self, run: Run, transport: FileSync, path: str) -> str | None:
         out = await self._ssh_output(transport, sshkeys.pull_key_file(path), ["voxnode-stat"])
