@@ -172,52 +172,89 @@ def _name(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").replace("``", "`")
 
 
+HOLD = 1024  # a partial line shorter than this waits for more before it is written
+
+
 def pump_dump(src: int, dst: int, limiter: Limiter, stats: DumpStats,
               stop: threading.Event) -> None:
     """Blocking (a worker thread): copy the dump from ``src`` to ``dst`` at the limiter's
     rate, counting rows per table and finding the snapshot's position and the end mark.
-    Stops at a line the client would take as a command of its own."""
+    Every line's start is looked at before any of it is written: a line the client would
+    take as a command of its own stops the copy, and none of it reaches the client."""
     schema = ""
-    rest = b""
+    pending = b""  # the start of a line, not written yet
+    streaming = False  # the current line's start was looked at and written: the rest follows
+
+    def look(line: bytes) -> bool:
+        """One line's start: counted, remembered; False for a client command."""
+        nonlocal schema
+        if line.startswith(b"INSERT INTO `"):
+            m = _INSERT.match(line)
+            if m:
+                key = (schema, _name(m.group(1)))
+                stats.rows[key] = stats.rows.get(key, 0) + 1
+        elif line.startswith(b"CREATE TABLE `"):
+            m = _CREATE.match(line)
+            if m:
+                stats.rows.setdefault((schema, _name(m.group(1))), 0)
+        elif line.startswith(b"USE `"):
+            m = _USE.match(line)
+            if m:
+                schema = _name(m.group(1))
+        elif line.startswith(b"-- SET GLOBAL gtid_slave_pos"):
+            m = _GTID.match(line)
+            if m:
+                stats.position = m.group(1).decode()
+        elif line.startswith(syncshell.DUMP_DONE.encode()):
+            stats.complete = True
+        elif _CLIENT_COMMAND.match(line):
+            stats.refused = line[:80].decode("utf-8", "replace")
+            return False
+        return True
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(dst, view)
+            view = view[written:]
+
     try:
         while not stop.is_set():
             chunk = os.read(src, CHUNK)
             if not chunk:
                 break
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                if line.startswith(b"INSERT INTO `"):
-                    m = _INSERT.match(line)
-                    if m:
-                        key = (schema, _name(m.group(1)))
-                        stats.rows[key] = stats.rows.get(key, 0) + 1
+            out = b""
+            if streaming:  # the rest of a long line whose start went out already
+                end = chunk.find(b"\n")
+                if end < 0:
+                    write(chunk)
+                    stats.bytes += len(chunk)
+                    limiter.after(len(chunk), stop)
                     continue
-                if line.startswith(b"CREATE TABLE `"):
-                    m = _CREATE.match(line)
-                    if m:
-                        stats.rows.setdefault((schema, _name(m.group(1))), 0)
-                elif line.startswith(b"USE `"):
-                    m = _USE.match(line)
-                    if m:
-                        schema = _name(m.group(1))
-                elif line.startswith(b"-- SET GLOBAL gtid_slave_pos"):
-                    m = _GTID.match(line)
-                    if m:
-                        stats.position = m.group(1).decode()
-                elif line.startswith(syncshell.DUMP_DONE.encode()):
-                    stats.complete = True
-                elif _CLIENT_COMMAND.match(line):
-                    stats.refused = line[:80].decode("utf-8", "replace")
+                out, chunk, streaming = chunk[:end + 1], chunk[end + 1:], False
+            data = pending + chunk
+            lines = data.split(b"\n")
+            last = lines.pop()
+            for line in lines:
+                if not look(line):
                     return
-            view = memoryview(chunk)
-            while view:
-                written = os.write(dst, view)
-                view = view[written:]
-            stats.bytes += len(chunk)
-            limiter.after(len(chunk), stop)
-        if rest.startswith(syncshell.DUMP_DONE.encode()):
-            stats.complete = True
+            out += data[:len(data) - len(last)]
+            pending = b""
+            if len(last) >= HOLD:  # long enough to tell what it is: it starts going out
+                if not look(last):
+                    return
+                out += last
+                streaming = True
+            else:
+                pending = last
+            write(out)
+            stats.bytes += len(out)
+            limiter.after(len(out), stop)
+        if pending and not stop.is_set():
+            if not look(pending):
+                return
+            write(pending)
+            stats.bytes += len(pending)
     except OSError as exc:
         stats.error = exc.strerror or str(exc)
     finally:
