@@ -220,11 +220,10 @@ class HAManager:
                                        files=self.files, systemd=self.systemd,
                                        wall=self.wall,
                                        saved_dir=self.marker.path.parent / "saved")
-        needed = self.marker.needed
-        if needed is not None and needed.get("database_incomplete"):
+        if self.marker.database_incomplete and self.marker.needed is not None:
             # a copy that replaced part of the databases and never finished (the agent
             # stopped): no replicating on top of it
-            database.incomplete = str(needed.get("reason", "a full sync did not finish"))
+            database.incomplete = str(self.marker.needed["reason"])
         self.database = database
         done = await self._prepare_database(database)
         runtime.db_report = database.report

@@ -19,6 +19,18 @@ _SYSTEM = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/op
            "/var/log", "/var/spool", "/var/tmp")
 _NEVER_INSIDE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/lib/mysql",
                  "/boot")
+# the system's programs, trust and packages, anywhere below: a sync with --delete would
+# replace the slave's own (or copy root's keys)
+_SYSTEM_INSIDE = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/root",
+                  "/etc/pki", "/etc/pam.d", "/etc/security", "/etc/sudoers.d", "/etc/sudoers",
+                  "/etc/cron.d", "/etc/cron.daily", "/etc/cron.hourly", "/etc/cron.weekly",
+                  "/etc/cron.monthly", "/etc/selinux", "/etc/yum.repos.d", "/etc/dnf",
+                  "/etc/yum", "/etc/sysctl.d", "/etc/modprobe.d", "/etc/udev",
+                  "/etc/ld.so.conf.d", "/etc/profile.d", "/etc/default", "/etc/alternatives",
+                  "/etc/tmpfiles.d", "/etc/polkit-1", "/etc/audit", "/etc/crypto-policies",
+                  "/etc/ssl", "/etc/sssd", "/etc/logrotate.d", "/etc/rsyslog.d",
+                  "/var/lib/rpm", "/var/lib/dnf", "/var/lib/yum", "/var/cache", "/var/log",
+                  "/var/spool/cron", "/var/lib/systemd", "/var/lib/selinux")
 # each node's own configuration: the agent's (keys, certificates, the pair's files), the
 # database's settings (its server_id), sshd's, the firewall's, the network's
 _NODE_OWN = ("/etc/voxnode", "/etc/my.cnf.d", "/etc/mysql", "/etc/ssh", "/etc/firewalld",
@@ -57,6 +69,11 @@ def check_replication_rules(state: DesiredState, state_dir: str = DEFAULT_STATE_
             problems.append(Problem(where, f"{path} is inside {own_config}, each node's own "
                                     "configuration (its keys, certificates, identity): not "
                                     "replicated"))
+            continue
+        system = next((t for t in _SYSTEM_INSIDE if _inside(path, PurePosixPath(t))), None)
+        if system is not None:
+            problems.append(Problem(where, f"{path} is inside {system}, the system's own "
+                                    "(its programs, its trust, its packages): not replicated"))
             continue
         barred = next((t for t in _NEVER_INSIDE if _inside(path, PurePosixPath(t))), None)
         if barred is not None:

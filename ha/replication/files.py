@@ -430,8 +430,14 @@ class FileSync:
         return [s.to_dict() for s in self.paths.values()]
 
     def health(self) -> list[Reason]:
-        return [Reason("files-failing", f"File sync of {s.path}: {s.error}")
-                for s in self.paths.values() if s.error is not None]
+        found = [Reason("files-failing", f"File sync of {s.path}: {s.error}")
+                 for s in self.paths.values() if s.error is not None]
+        paused = [s.path for s in self.paths.values() if s.state == "paused"]
+        if paused:
+            found.append(Reason("files-paused", f"File sync of {', '.join(paused)} paused: the "
+                                f"peer {self.settings.peer} runs a full sync (or a pause left "
+                                "by one that stopped: its agent lifts it when it starts)"))
+        return found
 
 
 async def _read_events(inotify: Inotify, queue: asyncio.Queue[Any],

@@ -39,7 +39,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from ha.protocol import Role
 from ha.replication import sshkeys, syncshell
 from ha.replication.database import DatabaseReplication
 from ha.replication.files import RSYNC, FileSync
+from ha.replication.gtid import BadPosition, ahead_of, describe, parse_position
 from ha.replication.mariadb import DatabaseError, count_rows, quote_name, user_databases
 
 log = logging.getLogger("voxnode.ha.fullsync")
@@ -66,11 +67,14 @@ CHUNK = 64 * 1024
 REPORT_S = 0.5
 MEASURE_TIMEOUT_S = 120.0
 FILE_PASSES = 3
-# lines of a dump that the mariadb client would take as its own commands (a shell, a file
-# read, output to a file): never from a dump of ours, refused whoever sent them
+# lines the mariadb client would take as its own commands (a shell, a file read, output to
+# a file), where a statement would start: never from a dump of ours (the client runs with
+# --binary-mode and --sandbox as well)
 _CLIENT_COMMAND = re.compile(rb"^\s*(\\|(system|source|tee|pager|connect|edit|warnings|"
                              rb"nowarning|nopager|notee|prompt|rehash|charset)\b)", re.I)
-_INSERT = re.compile(rb"^INSERT INTO `((?:[^`]|``)+)` VALUES")
+# what a dump's line is when it starts a statement (never inside one: a quoted name or a
+# routine's body can hold a newline and anything after it)
+_INSERT = re.compile(rb"^INSERT INTO `((?:[^`]|``)+)`(?: \(.*?\))? VALUES")
 _CREATE = re.compile(rb"^CREATE TABLE `((?:[^`]|``)+)` \(")
 _USE = re.compile(rb"^USE `((?:[^`]|``)+)`;")
 _GTID = re.compile(rb"^-- SET GLOBAL gtid_slave_pos='([0-9,-]*)';")
@@ -87,34 +91,72 @@ class FullSyncFailed(VoxnodeError):
 # --- the mark ---------------------------------------------------------------------------
 
 
+PARTS = ("db", "files")
+
+
 class SyncMarker:
-    """Whether this node needs a full sync, and why; kept in ``state_dir/ha``."""
+    """Whether this node needs a full sync, of what and why; kept in ``state_dir/ha``:
+    ``{"reason", "since", "parts": ["db", "files"], "database_incomplete": bool}``. A part
+    leaves the mark only when a copy of that part succeeds; the mark goes with the last."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "ha" / MARKER
         self.needed: dict[str, Any] | None = None
 
     def load(self) -> None:
-        """Blocking: at start, in a worker thread."""
+        """Blocking: at start, in a worker thread. A mark that cannot be read counts as
+        a mark of everything, the database included."""
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             self.needed = None
             return
         except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict):
             data = {"reason": f"{self.path} cannot be read: a full sync is needed"}
-        self.needed = data if isinstance(data, dict) else {"reason": "unreadable mark"}
+        parts = data.get("parts")
+        if not isinstance(parts, list) or not set(parts) <= set(PARTS) or not parts:
+            data["parts"] = list(PARTS)  # an older or damaged mark: everything
+        if not isinstance(data.get("reason"), str):
+            data["reason"] = "a full sync did not finish"
+        data["database_incomplete"] = data.get("database_incomplete") is not False
+        self.needed = data
 
-    async def set(self, reason: str, *, database_incomplete: bool = False,
-                  wall: float | None = None) -> None:
-        data = {"reason": reason, "since": wall if wall is not None else time.time(),
-                "database_incomplete": database_incomplete}
+    @property
+    def parts(self) -> set[str]:
+        return set(self.needed["parts"]) if self.needed else set()
+
+    @property
+    def database_incomplete(self) -> bool:
+        return bool(self.needed and self.needed.get("database_incomplete"))
+
+    async def need(self, parts: set[str], reason: str, *, database_incomplete: bool = False,
+                   wall: float | None = None) -> None:
+        """Mark ``parts`` as needed (with what was marked before: nothing is dropped)."""
+        before = self.needed or {}
+        data = {"reason": reason, "since": before.get("since", wall if wall is not None
+                                                       else time.time()),
+                "parts": sorted(self.parts | parts),
+                "database_incomplete": database_incomplete or self.database_incomplete}
         self.needed = data
         await durable(self._write, json.dumps(data))
 
-    async def clear(self) -> None:
-        self.needed = None
-        await durable(self._remove)
+    async def done(self, parts: set[str]) -> set[str]:
+        """``parts`` were copied and verified; what is still needed."""
+        if self.needed is None:
+            return set()
+        left = self.parts - parts
+        if not left:
+            self.needed = None
+            await durable(self._remove)
+            return set()
+        data = dict(self.needed, parts=sorted(left))
+        if "db" in parts:
+            data["database_incomplete"] = False
+        self.needed = data
+        await durable(self._write, json.dumps(data))
+        return left
 
     def _write(self, text: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,16 +166,28 @@ class SyncMarker:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def _remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def reason(self) -> Reason | None:
         if self.needed is None:
             return None
-        return Reason("needs-full-sync", f"This node needs a full sync: "
-                      f"{self.needed.get('reason', 'unknown')}; its data is not the master's "
+        what = " and ".join({"db": "the database", "files": "the files"}[p]
+                            for p in PARTS if p in self.parts)
+        return Reason("needs-full-sync", f"This node needs a full sync of {what}: "
+                      f"{self.needed['reason']}; its data is not the master's "
                       "(`voxnode ha full-sync` on this node; `voxnode ha set-state master "
                       "--force` takes the risk)")
 
@@ -173,46 +227,111 @@ def _name(raw: bytes) -> str:
 
 
 HOLD = 1024  # a partial line shorter than this waits for more before it is written
+# the rest of a quoted name or string after its opening quote, up to its closing quote
+_QUOTED = {b"`": re.compile(rb"(?:[^`]|``)*`"), b"'": re.compile(rb"(?:[^'\\]|\\.)*'"),
+           b'"': re.compile(rb'(?:[^"\\]|\\.)*"')}
+_OPENING = re.compile(rb"[^`'\"]*([`'\"])")
+
+
+class DumpReader:
+    """Where a dump's lines stand: inside a statement or between two, inside a quoted name
+    or string or not, under which delimiter; what the statement-level lines say. Only a
+    line that starts a statement is looked at: one inside a quoted name, a string or a
+    routine's body (a newline is allowed there, and anything after it) is not."""
+
+    def __init__(self, stats: DumpStats) -> None:
+        self.stats = stats
+        self.schema = ""
+        self.quote: bytes | None = None  # the open quote, if any
+        self.inside = False  # a statement began and did not end yet
+        self.delimiter = b";"
+        self.tail = b""  # the end of the line's unquoted text
+
+    def _scan(self, text: bytes) -> None:
+        pos = 0
+        while True:
+            if self.quote is not None:
+                m = _QUOTED[self.quote].match(text, pos)
+                if m is None:
+                    self.tail = b""
+                    return
+                pos, self.quote = m.end(), None
+            m = _OPENING.match(text, pos)
+            if m is None:
+                rest = text[pos:]
+                if rest.strip():
+                    self.tail = rest[-16:]
+                elif pos:
+                    self.tail = b"x"  # a quoted value ended the line: not a delimiter
+                return
+            self.quote, pos = m.group(1), m.end()
+
+    def start(self, head: bytes) -> bool:
+        """A line's start (the whole line, or its first HOLD bytes); False to refuse it."""
+        self.tail = b""
+        if self.inside or self.quote is not None:
+            self._scan(head)
+            return True
+        stats = self.stats
+        if not head.strip():
+            return True
+        if head.startswith(b"--"):  # a comment line between statements
+            if head.startswith(syncshell.DUMP_DONE.encode()):
+                stats.complete = True
+            else:
+                m = _GTID.match(head)
+                if m:
+                    stats.position = m.group(1).decode()
+            return True
+        if head.startswith(b"/*") and head.rstrip().endswith(b"*/") and b"*/" not in (
+                head.rstrip()[2:-2]):
+            return True  # a comment alone (the client's sandbox mark)
+        stats.complete = False  # anything after the end mark: not the end
+        if head.startswith(b"DELIMITER "):
+            self.delimiter = head.split()[1] if len(head.split()) > 1 else b";"
+            return True
+        if _CLIENT_COMMAND.match(head):  # a client command where a statement would start
+            stats.refused = head[:80].decode("utf-8", "replace")
+            return False
+        if self.delimiter == b";":
+            if head.startswith(b"INSERT INTO `"):
+                m = _INSERT.match(head)
+                if m:
+                    key = (self.schema, _name(m.group(1)))
+                    stats.rows[key] = stats.rows.get(key, 0) + 1
+            elif head.startswith(b"CREATE TABLE `"):
+                m = _CREATE.match(head)
+                if m:
+                    stats.rows.setdefault((self.schema, _name(m.group(1))), 0)
+            elif head.startswith(b"USE `"):
+                m = _USE.match(head)
+                if m:
+                    self.schema = _name(m.group(1))
+        self.inside = True
+        self._scan(head)
+        return True
+
+    def more(self, piece: bytes) -> None:
+        """More of a long line whose start was looked at."""
+        self._scan(piece)
+
+    def end_line(self) -> None:
+        if self.inside and self.quote is None and self.tail.rstrip().endswith(self.delimiter):
+            self.inside = False
 
 
 def pump_dump(src: int, dst: int, limiter: Limiter, stats: DumpStats,
               stop: threading.Event) -> None:
     """Blocking (a worker thread): copy the dump from ``src`` to ``dst`` at the limiter's
-    rate, counting rows per table and finding the snapshot's position and the end mark.
-    Every line's start is looked at before any of it is written: a line the client would
-    take as a command of its own stops the copy, and none of it reaches the client."""
-    schema = ""
-    pending = b""  # the start of a line, not written yet
-    streaming = False  # the current line's start was looked at and written: the rest follows
+    rate, counting rows per table and finding the snapshot's position and the end mark
+    (``DumpReader``). Every line's start is looked at before any of it is written: a client
+    command where a statement would start stops the copy, and none of it reaches the
+    client. A long line streams once its start is known; memory stays a chunk and a head."""
+    reader = DumpReader(stats)
+    head = b""  # the start of the current line, not written yet
+    started = False  # the current line's start was looked at (and written)
 
-    def look(line: bytes) -> bool:
-        """One line's start: counted, remembered; False for a client command."""
-        nonlocal schema
-        if line.startswith(b"INSERT INTO `"):
-            m = _INSERT.match(line)
-            if m:
-                key = (schema, _name(m.group(1)))
-                stats.rows[key] = stats.rows.get(key, 0) + 1
-        elif line.startswith(b"CREATE TABLE `"):
-            m = _CREATE.match(line)
-            if m:
-                stats.rows.setdefault((schema, _name(m.group(1))), 0)
-        elif line.startswith(b"USE `"):
-            m = _USE.match(line)
-            if m:
-                schema = _name(m.group(1))
-        elif line.startswith(b"-- SET GLOBAL gtid_slave_pos"):
-            m = _GTID.match(line)
-            if m:
-                stats.position = m.group(1).decode()
-        elif line.startswith(syncshell.DUMP_DONE.encode()):
-            stats.complete = True
-        elif _CLIENT_COMMAND.match(line):
-            stats.refused = line[:80].decode("utf-8", "replace")
-            return False
-        return True
-
-    def write(data: bytes) -> None:
+    def write(data: bytes | bytearray) -> None:
         view = memoryview(data)
         while view:
             written = os.write(dst, view)
@@ -223,38 +342,36 @@ def pump_dump(src: int, dst: int, limiter: Limiter, stats: DumpStats,
             chunk = os.read(src, CHUNK)
             if not chunk:
                 break
-            out = b""
-            if streaming:  # the rest of a long line whose start went out already
-                end = chunk.find(b"\n")
-                if end < 0:
-                    write(chunk)
-                    stats.bytes += len(chunk)
-                    limiter.after(len(chunk), stop)
-                    continue
-                out, chunk, streaming = chunk[:end + 1], chunk[end + 1:], False
-            data = pending + chunk
-            lines = data.split(b"\n")
-            last = lines.pop()
-            for line in lines:
-                if not look(line):
-                    return
-            out += data[:len(data) - len(last)]
-            pending = b""
-            if len(last) >= HOLD:  # long enough to tell what it is: it starts going out
-                if not look(last):
-                    return
-                out += last
-                streaming = True
-            else:
-                pending = last
+            out = bytearray()
+            pos = 0
+            while pos < len(chunk):
+                nl = chunk.find(b"\n", pos)
+                piece = chunk[pos:] if nl < 0 else chunk[pos:nl]
+                pos = len(chunk) if nl < 0 else nl + 1
+                if started:
+                    reader.more(piece)
+                    out += piece
+                else:
+                    head += piece
+                    if nl < 0 and len(head) < HOLD:
+                        break  # wait for more of this line's start
+                    if not reader.start(head):
+                        return
+                    out += head
+                    head, started = b"", True
+                if nl >= 0:
+                    reader.end_line()
+                    out += b"\n"
+                    started = False
             write(out)
             stats.bytes += len(out)
             limiter.after(len(out), stop)
-        if pending and not stop.is_set():
-            if not look(pending):
+        if head and not stop.is_set():
+            if not reader.start(head):
                 return
-            write(pending)
-            stats.bytes += len(pending)
+            reader.end_line()
+            write(head)
+            stats.bytes += len(head)
     except OSError as exc:
         stats.error = exc.strerror or str(exc)
     finally:
@@ -320,11 +437,28 @@ class FullSync:
             description="on the slave: copy the master's database and files whole, with "
             "progress, then verify (row counts, file counts and bytes); parameter what: "
             "all, db or files",
-            steps=(StepDef("check", "check the pair and measure", self._check),
-                   StepDef("database", "copy the database", self._copy_database),
-                   StepDef("files", "copy the files", self._copy_files),
-                   StepDef("verify", "verify and finish", self._verify)),
+            steps=(StepDef("check", "check the pair and measure", self._ending(self._check)),
+                   StepDef("database", "copy the database",
+                           self._ending(self._copy_database)),
+                   StepDef("files", "copy the files", self._ending(self._copy_files)),
+                   StepDef("verify", "verify and finish", self._ending(self._verify))),
             cancellable=True, admit=self.admit, weights=(1.0, 48.5, 48.5, 2.0))
+
+    def _ending(self, step: Callable[[StepContext], Awaitable[str]]
+                ) -> Callable[[StepContext], Awaitable[str]]:
+        """A step that ends the job when it fails or is cancelled: the sync no longer runs
+        (a forced takeover is possible again; the pause of the pushes is lifted)."""
+        async def run(ctx: StepContext) -> str:
+            try:
+                return await step(ctx)
+            except StepSkipped:
+                raise
+            except BaseException:
+                if self.running == ctx.job.id:
+                    self.running = None
+                self.runs.pop(ctx.job.id, None)
+                raise
+        return run
 
     # --- admission --------------------------------------------------------------------
 
@@ -393,9 +527,10 @@ class FullSync:
             raise FullSyncFailed(refusal)
         transport = self._transport()
         run.master = str(transport.settings.peer)
-        await self.marker.set(f"the full sync (job {ctx.job.id}) started at "
-                              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.wall()))} "
-                              "has not finished", wall=self.wall())
+        parts = {p for p in PARTS if self._wants(run, p)}
+        await self.marker.need(parts, f"the full sync (job {ctx.job.id}) started at "
+                               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.wall()))}"
+                               " has not finished", wall=self.wall())
         self.events.emit("replication.full-sync-started", f"full sync (job {ctx.job.id}, "
                          f"{run.what}) from {run.master}", level=logging.WARNING)
         said = []
@@ -445,12 +580,14 @@ class FullSync:
             extra, saved = await self._save_extra(database, wanted)
             database.copy_started(f"the full sync (job {ctx.job.id}) did not finish "
                                   "replacing this node's databases")
-            await self.marker.set(f"the full sync (job {ctx.job.id}) did not finish copying "
-                                  "the database", database_incomplete=True, wall=self.wall())
+            await self.marker.need({"db"}, f"the full sync (job {ctx.job.id}) did not finish "
+                                   "copying the database", database_incomplete=True,
+                                   wall=self.wall())
             if extra:
                 await database.db.execute(*(f"DROP DATABASE {quote_name(d)}" for d in extra),
                                           what="dropping the databases only this node has")
             stats = await self._stream_dump(ctx, run, transport, database)
+            _check_position(str(info.get("position", "")), stats.position or "")
             ctx.report(99, "counting the rows of every table")
             counts = await count_rows(database.db, sorted(stats.rows))
             wrong = [f"{s}.{t}: {counts[(s, t)]} here, {n} in the master's snapshot"
@@ -586,10 +723,11 @@ class FullSync:
                               "the pair replicates no paths")
         transport = self._transport()
         pause = Path(transport.host(sshkeys.PAUSE_FILE))
-        await asyncio.to_thread(_touch, pause)
         moved = 0
         took = 0.0
+        touching = asyncio.ensure_future(asyncio.to_thread(_touch, pause))
         try:
+            await asyncio.shield(touching)
             done_before = 0
             for path in transport.settings.paths:
                 total = run.file_totals.get(path, 0)
@@ -615,7 +753,9 @@ class FullSync:
                                          f"{FILE_PASSES} passes ({result}): files still "
                                          "changing there?")
         finally:
-            await asyncio.to_thread(_remove, pause)
+            # also when cancelled while the pause was being written: the removal waits for
+            # the write and runs to its end whatever else is cancelled meanwhile
+            await asyncio.shield(asyncio.ensure_future(_lift_pause(touching, pause)))
         return "; ".join(run.files_result)
 
     async def _pull(self, ctx: StepContext, run: Run, transport: FileSync, path: str,
@@ -623,7 +763,8 @@ class FullSync:
         """One rsync pull of ``path``; (bytes moved after the first progress line, the
         seconds since it): the rate of the transfer itself, connection set-up aside."""
         total_all = max(1, sum(run.file_totals.values()))
-        argv = [RSYNC, "-rlptgo", "--delete", "--munge-links", "--partial-dir=.voxnode-partial",
+        argv = [RSYNC, "-rlptgo", "--delete", *syncshell.RECEIVER_SAFETY,
+                "--partial-dir=.voxnode-partial",
                 "--no-inc-recursive", "--info=progress2", "--no-human-readable",
                 f"--bwlimit={transport.settings.bandwidth_kb}",
                 "-e", " ".join(transport.ssh_command(sshkeys.pull_key_file(path))),
@@ -676,7 +817,7 @@ class FullSync:
         out = await self._ssh_output(transport, sshkeys.pull_key_file(path), ["voxnode-stat"])
         try:
             theirs = json.loads(out)
-            master = {k: int(theirs[k]) for k in ("files", "bytes", "directories")}
+            master = {k: int(theirs[k]) for k in ("files", "bytes", "directories", "links")}
         except (ValueError, KeyError, TypeError):
             raise FullSyncFailed(f"the master's count of {path} is not readable: "
                                  f"{out[:200]!r}") from None
@@ -687,8 +828,9 @@ class FullSync:
                                     "directories, as on the master")
             return None
         return (f"master {master['files']} files, {_size(master['bytes'])}, "
-                f"{master['directories']} directories; here {mine['files']} files, "
-                f"{_size(mine['bytes'])}, {mine['directories']} directories")
+                f"{master['directories']} directories, {master['links']} links; here "
+                f"{mine['files']} files, {_size(mine['bytes'])}, {mine['directories']} "
+                f"directories, {mine['links']} links")
 
     async def _verify(self, ctx: StepContext) -> str:
         run = self._run(ctx)
@@ -699,9 +841,13 @@ class FullSync:
             said.append(f"database: {run.database_result}")
         if self._wants(run, "files"):
             said.extend(run.files_result)
-        await self.marker.clear()
+        left = await self.marker.done({p for p in PARTS if self._wants(run, p)})
         self.running = None
         text = "; ".join(said) or "nothing to copy"
+        if left:
+            text += ("; still needed: a full sync of " + " and ".join(
+                {"db": "the database", "files": "the files"}[p] for p in sorted(left))
+                + " (an earlier copy did not finish)")
         self.events.emit("replication.full-sync-done", f"full sync (job {ctx.job.id}) from "
                          f"{run.master} done: {text}")
         self.runs.pop(ctx.job.id, None)
@@ -727,6 +873,19 @@ class FullSync:
         """Blocking, at start: a pause file left by an agent that stopped mid-copy."""
         if transport is not None:
             _remove(Path(transport.host(sshkeys.PAUSE_FILE)))
+
+
+def _check_position(before: str, snapshot: str) -> None:
+    """The dump's position holds every transaction the master had when it was measured:
+    a position that is behind (or unreadable) is not replicated from."""
+    try:
+        known, taken = parse_position(before), parse_position(snapshot)
+    except BadPosition as exc:
+        raise FullSyncFailed(f"the dump's position is not readable: {exc}") from None
+    behind = ahead_of(known, taken)
+    if behind:
+        raise FullSyncFailed(f"the dump's position {snapshot or '(empty)'} lacks "
+                             f"{describe(behind)} the master had before it: refused")
 
 
 def _ssh_host(transport: FileSync) -> str:
@@ -779,6 +938,12 @@ def _size(n: int) -> str:
 def _create(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+async def _lift_pause(touching: asyncio.Future[None], pause: Path) -> None:
+    with contextlib.suppress(Exception):
+        await touching
+    await asyncio.to_thread(_remove, pause)
 
 
 def _touch(path: Path) -> None:

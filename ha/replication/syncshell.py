@@ -9,8 +9,8 @@ given:
   replicated path); while the file PAUSE exists (this node runs a full sync, which pulls
   the same trees) it answers ``paused:`` instead, and the master tries again later. Only
   ``rsync --server`` with options from a short list (no devices or specials, no other
-  directory: the client's destination is replaced by DIR, links are munged so that none
-  leads out of it).
+  directory: the client's destination is replaced by DIR; links that would lead out of
+  DIR are left out, ``--safe-links``; setuid and setgid bits are dropped).
 - ``send DIR``: an rsync sender reading DIR (a full sync pulling one path from the
   master), same list, ``--sender`` required; or ``voxnode-stat``: DIR's file count, bytes
   and directory count as JSON (the full sync's check).
@@ -49,6 +49,9 @@ DUMP_OPTIONS = ("--single-transaction", "--gtid", "--master-data=2", "--skip-ext
                 "--triggers", "--hex-blob", "--skip-dump-date")
 DUMP_DONE = "-- Dump completed"
 PAUSED = "paused:"
+# what every receiver of ours runs with: no link that leads out of the tree, no setuid or
+# setgid program (a stolen write key plants neither)
+RECEIVER_SAFETY = ["--safe-links", "--chmod=u-s,g-s"]
 
 
 class Refused(Exception):
@@ -114,27 +117,52 @@ def rsync_argv(mode: str, target: str, command: str) -> List[str]:
         i += 1
     argv = [RSYNC, "--server"] + (["--sender"] if sender else []) + options
     if not sender:
-        argv.append("--munge-links")
+        argv += RECEIVER_SAFETY
     return [*argv, ".", target.rstrip("/") + "/"]
 
 
+def safe_link(root: str, link: str) -> bool:
+    """A link rsync's ``--safe-links`` keeps: relative, and not leading out of ``root``."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return False
+    if target.startswith("/"):
+        return False
+    where = os.path.normpath(os.path.join(os.path.dirname(link), target))
+    return where == root or where.startswith(root.rstrip("/") + "/")
+
+
 def tree_stat(target: str) -> Dict[str, int]:
-    """Regular files, their bytes and directories under ``target`` (not following links;
-    rsync's partial files left out)."""
-    files = size = directories = 0
+    """Regular files, their bytes, directories and the links that stay inside under
+    ``target`` (not following links; rsync's partial files left out): what a copy of the
+    tree must show the same."""
+    files = size = directories = links = 0
+    root = os.path.normpath(target)
     for current, dirs, names in os.walk(target):
-        dirs[:] = [d for d in dirs if d != PARTIAL_DIR
-                   and not os.path.islink(os.path.join(current, d))]
+        kept = []
+        for d in dirs:
+            full = os.path.join(current, d)
+            if d == PARTIAL_DIR:
+                continue
+            if os.path.islink(full):
+                links += safe_link(root, full)
+            else:
+                kept.append(d)
+        dirs[:] = kept
         directories += len(dirs)
         for name in names:
+            full = os.path.join(current, name)
             try:
-                st = os.lstat(os.path.join(current, name))
+                st = os.lstat(full)
             except OSError:
                 continue  # gone meanwhile
             if (st.st_mode & 0o170000) == 0o100000:
                 files += 1
                 size += st.st_size
-    return {"files": files, "bytes": size, "directories": directories}
+            elif (st.st_mode & 0o170000) == 0o120000:
+                links += safe_link(root, full)
+    return {"files": files, "bytes": size, "directories": directories, "links": links}
 
 
 def _query(socket: str, sql: str) -> str:

@@ -23,10 +23,11 @@ DRY = "rsync --server --sender -nlogtpre.LsfxCIvu . ./"
 OLD_RSYNC = "rsync --server -logtpre.iLsfxC --delete --partial-dir=.voxnode-partial . ."
 
 
-def test_a_push_writes_only_into_its_directory_with_links_munged() -> None:
+def test_a_push_writes_only_into_its_directory_without_escaping_links_or_setuid() -> None:
     argv = rsync_argv("receive", "/srv/rec", PUSH)
     assert argv == ["/usr/bin/rsync", "--server", "-logtpre.iLsfxCIvu", "--bwlimit=100",
-                    "--delete", "--partial-dir=.voxnode-partial", "--munge-links", ".",
+                    "--delete", "--partial-dir=.voxnode-partial", "--safe-links",
+                    "--chmod=u-s,g-s", ".",
                     "/srv/rec/"]
     assert rsync_argv("receive", "/srv/rec/", OLD_RSYNC)[-1] == "/srv/rec/"
 
@@ -113,7 +114,10 @@ def test_stat_counts_files_bytes_and_directories(tmp_path: Path) -> None:
     (tmp_path / ".voxnode-partial/half").write_bytes(b"z" * 99)
     os.symlink("/etc/passwd", tmp_path / "link")
     os.symlink("/etc", tmp_path / "dirlink")  # a link to a directory is not one
-    assert syncshell.tree_stat(str(tmp_path)) == {"files": 2, "bytes": 15, "directories": 1}
+    os.symlink("../a", tmp_path / "d" / "up")  # stays inside: counted as a link
+    os.symlink("../../x", tmp_path / "d" / "out")  # leads out: left out (--safe-links)
+    assert syncshell.tree_stat(str(tmp_path)) == {"files": 2, "bytes": 15, "directories": 1,
+                                                  "links": 1}
 
 
 def _shell(args: list[str], command: str) -> subprocess.CompletedProcess[str]:
@@ -133,7 +137,7 @@ def test_the_program_refuses_with_a_reason_and_checks_without_running(tmp_path: 
     assert json.loads(checked.stdout)[-1] == f"{tmp_path}/"
     (tmp_path / "f").write_bytes(b"abc")
     stat = _shell(["send", str(tmp_path)], "voxnode-stat")
-    assert json.loads(stat.stdout) == {"files": 1, "bytes": 3, "directories": 0}
+    assert json.loads(stat.stdout) == {"files": 1, "bytes": 3, "directories": 0, "links": 0}
 
 
 def test_it_is_python_3_6() -> None:
