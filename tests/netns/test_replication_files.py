@@ -169,12 +169,27 @@ def test_a_stolen_key_does_only_its_one_transfer(fp: FilePair) -> None:
     done = rsync(write, "-a", f"{source}/", f"{target}:")
     assert done.returncode != 0 and "-D is not allowed" in done.stderr, done.stderr
     assert not (fp.at(slave, "/srv/rec") / "disk").exists()
+    # a setuid program arrives without its bit; a link that leads out of the tree does not
+    # arrive, one that stays inside does
+    (source / "disk").unlink()
+    shell = source / "greeting.wav"
+    shell.write_bytes(b"#!/bin/sh\n")
+    shell.chmod(0o4755)
+    os.symlink("/etc/shadow", source / "out.wav")
+    os.symlink("greeting.wav", source / "in.wav")
+    done = rsync(write, "-rlptgo", f"{source}/", f"{target}:")
+    assert done.returncode == 0, done.stderr
+    landed = fp.at(slave, "/srv/rec")
+    assert (landed / "greeting.wav").stat().st_mode & 0o7777 == 0o755
+    assert not (landed / "out.wav").is_symlink()
+    assert os.readlink(landed / "in.wav") == "greeting.wav"
     # the read key gives its own tree whatever is asked for, and never deletes there
     (fp.at(slave, "/srv/rec") / "kept.txt").write_text("on the slave")
     pulled = fp.lab.workdir / "pulled"
     done = rsync(read, "-r", f"{target}:/etc/", f"{pulled}/")
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in pulled.iterdir()) == ["kept.txt"]
+    assert "kept.txt" in {p.name for p in pulled.iterdir()}
+    assert not (pulled / "shadow").exists() and not (pulled / "passwd").exists()
     done = rsync(read, "-r", "--remove-source-files", f"{target}:", f"{pulled}/")
     assert done.returncode != 0 and "--remove-source-files" in done.stderr, done.stderr
     assert (fp.at(slave, "/srv/rec") / "kept.txt").exists()
