@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from lab.pair.dbpair import wait_for
-from lab.pair.topology import NODES, Node
+from lab.pair.topology import NODES, LabError, Node
 from lab.pair.voxnode import VoxnodePair
 
 PATHS = ["/srv/rec", "/srv/vm"]
@@ -47,10 +47,18 @@ class FilePair:
         copy = self.lab.workdir / f"sshd-{node}.conf"
         copy.write_text(config.read_text().replace("StrictModes yes", "StrictModes no"))
         Path("/run/sshd").mkdir(exist_ok=True)
+        log = self.lab.workdir / f"sshd-{node}.log"
         self.sshd[node] = subprocess.Popen(
             ["ip", "netns", "exec", self.lab.ns[node], str(SSHD), "-D", "-e", "-f", str(copy)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=(self.lab.workdir / f"sshd-{node}.log").open("wb"))
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+        proc = self.sshd[node]
+        wait_for(f"the sync daemon on {node} listens", lambda: proc.poll() is not None or (
+            ":7422 " in subprocess.run(["ip", "netns", "exec", self.lab.ns[node], "ss", "-Hltn"],
+                                       capture_output=True, text=True, check=False).stdout),
+            10, lambda: log.read_text(errors="replace")[-300:])
+        if proc.poll() is not None:
+            raise LabError(f"the sync daemon on {node} exited {proc.returncode}: "
+                           f"{log.read_text(errors='replace')[-300:]}")
 
     def stop(self) -> None:
         self.pair.stop()
