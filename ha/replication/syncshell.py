@@ -105,7 +105,8 @@ def rsync_argv(mode: str, target: str, command: str) -> List[str]:
         if re.match(r"^-[A-Za-z]", word):
             _short_cluster(word, SHORT_SEND if sender else SHORT_RECEIVE)
             options.append(word)
-        elif word in (receive_only if not sender else ()) or word == "--numeric-ids" or (
+        elif word in (receive_only if not sender else ()) or word in (
+                "--numeric-ids", "--safe-links") or (
                 re.match(r"^--(bwlimit|timeout)=[0-9]{1,9}$", word)):
             options.append(word)
         elif word == "--partial-dir" and not sender and i + 1 < len(words) and (

@@ -37,6 +37,9 @@ def test_a_pull_reads_only_its_directory() -> None:
         "/usr/bin/rsync", "--server", "--sender", "-logtpre.LsfxCIvu", "--bwlimit=100", ".",
         "/srv/rec/"]
     assert rsync_argv("send", "/srv/rec", DRY)[3] == "-nlogtpre.LsfxCIvu"
+    # what a full sync's pull sends (its own --safe-links goes to the sender too)
+    assert rsync_argv("send", "/srv/rec", "rsync --server --sender -logtpre.LsfxCIvu "
+                      "--bwlimit=100 --safe-links . ./")[-3] == "--safe-links"
 
 
 @pytest.mark.parametrize("mode,command,why", [
