@@ -177,9 +177,23 @@ class DatabaseReplication:
         return render_server_config(server_id_for(self.settings.own), str(self.settings.own),
                                     self.tls_files, self.settings.port)
 
+    def _tls_dir(self) -> list[str]:
+        """The TLS directory is one the server (user mysql) can enter: 0750, group mysql.
+        Made by the agent (its umask 0027) it would be root's alone, and the server would
+        not start with the pair's TLS settings."""
+        path = self.files.path(TLS_DIR)
+        path.mkdir(parents=True, exist_ok=True)
+        gid = self.files.group_id("mysql")
+        st = path.stat()
+        if gid is None or (st.st_gid == gid and st.st_mode & 0o7777 == 0o750):
+            return []
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o750)
+        return [f"made {TLS_DIR} readable by the database server (group mysql)"]
+
     def _write_files(self, key: bytes, now: dt.datetime) -> list[str]:
         """The drop-in and the TLS files (blocking: run in a worker thread)."""
-        done = []
+        done = self._tls_dir()
         node_key = self.files.read(DB_KEY)
         if node_key is None:
             node_key = tls.new_node_key()

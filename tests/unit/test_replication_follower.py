@@ -123,3 +123,26 @@ def test_a_position_too_long_for_a_heartbeat_is_left_out(tmp_path: Path) -> None
     assert db.report(Role.MASTER) == ("0-1-5", "semi", "0-1-2")
     db.fork_known = False  # a follower that found the server writable: no fork said
     assert db.report(Role.MASTER) == ("0-1-5", "semi", "")
+
+
+async def test_the_tls_directory_is_one_the_database_server_can_enter(tmp_path: Path) -> None:
+    """Made by the agent (umask 0027) it would be root's alone and the server (user mysql)
+    would not start with the pair's TLS settings."""
+    import grp
+    import os
+
+    gid = os.getgid() if not any(g.gr_name == "mysql" for g in grp.getgrall()) else (
+        grp.getgrnam("mysql").gr_gid)
+    db = follower(tmp_path, None)
+    root = tmp_path / "root"
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/group").write_text(f"root:x:0:\nmysql:x:{gid}:\n")
+    old = os.umask(0o027)
+    try:
+        done = await db.prepare()
+    finally:
+        os.umask(old)
+    tls = root / "etc/voxnode/tls"
+    assert tls.stat().st_mode & 0o7777 == 0o750 and tls.stat().st_gid == gid
+    assert any("readable by the database server" in d for d in done)
+    assert not any("readable by the database server" in d for d in await db.prepare())
