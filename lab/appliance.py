@@ -226,6 +226,20 @@ def _serves_node_ip(node: Member) -> bool:
         f"{a}:5060" in proc.stdout for a in (NODE_IP, "0.0.0.0", "*"))
 
 
+def _database_of(node: Member) -> tuple[str | None, str | None, bool]:
+    """``voxnode replication status``: the node's role, its database stream's state and,
+    on a master, whether its commits wait for the replica."""
+    try:
+        data = voxnode_json(node, "replication", "status")
+    except (LabError, ValueError):
+        return None, None, False
+    stream = data.get("database") or {}
+    server = stream.get("server") or {}
+    semi_sync = bool(server.get("semi_sync_master")) and int(
+        server.get("semi_sync_clients") or 0) > 0
+    return data.get("role"), stream.get("state"), semi_sync
+
+
 def role_of(node: Member) -> NodeRole:
     role = licence = serial = database = None
     kamailio = "-"
@@ -238,11 +252,7 @@ def role_of(node: Member) -> NodeRole:
         kamailio = node_run(node, "systemctl", "is-active", "kamailio",
                             timeout=10).stdout.strip()
         if role is not None:
-            stream = voxnode_json(node, "replication", "status").get("database") or {}
-            database = stream.get("state")
-            server = stream.get("server") or {}
-            semi_sync = bool(server.get("semi_sync_master")) and int(
-                server.get("semi_sync_clients") or 0) > 0
+            _, database, semi_sync = _database_of(node)
     except (LabError, ValueError):
         pass
     return NodeRole(node.name, role, _holds_node_ip(node), kamailio, licence, serial,
@@ -264,15 +274,18 @@ def wait_pair(timeout: float = PAIR_TIMEOUT_S) -> Member:
     master."""
     deadline = time.monotonic() + timeout
     while True:
-        now = {r.name: r for r in roles()}
+        # one `voxnode` call a node a look (the agent's CLI takes most of a look's time);
+        # kamailio: whether it serves the node IP
+        looks = both(_database_of)
+        now = {n.name: NodeRole(n.name, looks[n.name][0], _holds_node_ip(n),
+                                "serving" if _serves_node_ip(n) else "-", None, None,
+                                looks[n.name][1], looks[n.name][2]) for n in NODES}
         masters = [n for n in NODES if now[n.name].role == "master"]
         if len(masters) == 1:
-            master = masters[0]
-            slave = other(master)
-            if (now[slave.name].role == "slave" and _holds_node_ip(master)
-                    and not _holds_node_ip(slave) and _serves_node_ip(master)
-                    and _replicates(now[master.name], now[slave.name])):
-                return master
+            master, slave = now[masters[0].name], now[other(masters[0]).name]
+            if (slave.role == "slave" and master.holds_node_ip and not slave.holds_node_ip
+                    and master.kamailio == "serving" and _replicates(master, slave)):
+                return masters[0]
         if time.monotonic() > deadline:
             raise LabError(f"the pair did not settle within {timeout:.0f} s (one master "
                            f"holding {NODE_IP} with Kamailio serving it, one slave whose "
