@@ -65,6 +65,9 @@ PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "iproute2", "procps", "python3", "python3-venv",
     "kamailio", "kamailio-mysql-modules", "mariadb-server", "rsync", "coturn", "openvpn",
     "nginx-light", "less", "ca-certificates", "iputils-ping", "bash", "sudo",
+    # sshd for the pair's sync daemon (voxnode-sync-sshd.service: the full sync's and the
+    # file sync's transport), which a pair with a replicated database runs
+    "openssh-server",
 )
 VENV = "/opt/voxnode/venv"
 OVERLAY = REPO / "image" / "overlay"
@@ -78,6 +81,8 @@ AGENT_UNIT = "voxnode-agent.service"
 DISABLED_UNITS = (
     "kamailio.service", "mariadb.service", "mariadb.socket", "coturn.service",
     "openvpn.service", "nginx.service", "e2scrub_reap.service",
+    # the system's sshd: nodes are entered with nsenter; the pair runs its own daemon
+    "ssh.service", "ssh.socket",
 )
 # would fight the agent, need the outside world, or wait for console input in a container
 MASKED_UNITS = (
