@@ -4,14 +4,19 @@ booted lab (``voxnode-lab up`` without ``--standalone``):
 1. the vendor's licence server and mail sink in the lab (``lab.vendor``, 10.77.0.201);
 2. each node licensed through the real flow: its document's ``license.server_url`` points
    at the lab server, one serial per node (modules ``PBX``), ``voxnode license activate``
-   (the server emails a code to the sink), ``voxnode license verify --code``;
+   (the server emails a code to the sink), ``voxnode license verify --code``; the licence
+   starts the node's MariaDB, and Kamailio is switched to keep its registrations in it
+   (``kamailio-local.cfg`` linked to the rootfs's ``usrloc-db.cfg``: usrloc written
+   through to the ``location`` table, ``lab.rootfs``) and restarted;
 3. working mode Standard (the seed's), the pair: ``voxnode ha pair-key generate`` on node1,
    ``set -`` on node2, the arbiter (``voxnode-arbiter`` in the bridge namespace, on the
    gateway 10.77.0.1:7412, the pair key in ``out/lab/arbiter.key``), then each node's
    document plus an ``ha`` section (peer, node IP 10.77.0.10/24 on eth0, the gateway as
-   witness, the arbiter), node1 first;
-4. waits until one master holds 10.77.0.10 in its kernel, the other is slave, and Kamailio
-   serves the node IP on the master.
+   witness, the arbiter, the MariaDB database replicated), node1 first;
+4. waits until one master holds 10.77.0.10 in its kernel, the other is slave, Kamailio
+   serves the node IP on the master, and the slave's database replicates the master's
+   with the master's commits waiting for it (semi-synchronous): a phone's registration
+   is on the slave before the phone has its answer, so it survives a crash of the master.
 
 Everything goes through the agent's own interfaces (``voxnode`` inside the nodes), as an
 administrator would. What was started is recorded in the state file; ``lab down`` stops it
@@ -30,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from lab import net, vendor
+from lab import net, rootfs, vendor
 from lab.net import Member
 from lab.nodes import NODES, alive, container_pid, nspawn_pid
 from lab.nodes import node_command as _node_command
@@ -63,6 +68,10 @@ class NodeRole:
     kamailio: str
     licence: str | None
     serial: str | None
+    # the database stream's state (``voxnode replication status``: master, replicating, …)
+    # and, on a master, whether its commits wait for the replica (semi-synchronous)
+    database: str | None = None
+    semi_sync: bool = False
 
 
 def _leader(node: Member) -> int:
@@ -145,6 +154,20 @@ def license_node(node: Member, shop: vendor.Vendor, serial: str) -> str:
     return serial
 
 
+def registrations_in_database(node: Member) -> None:
+    """Kamailio keeps its registrations in the node's MariaDB, which the licence started:
+    ``kamailio-local.cfg`` linked to the rootfs's ``usrloc-db.cfg``, Kamailio restarted if
+    it runs (it connects to the database at its start, and would not start without one)."""
+    local = rootfs.KAMAILIO_LOCAL_CFG
+    target = rootfs.USRLOC_DB.rsplit("/", 1)[1]
+    for cmd in (("ln", "-sfn", target, local),
+                ("systemctl", "try-restart", "kamailio.service")):
+        proc = node_run(node, *cmd)
+        if proc.returncode != 0:
+            raise LabError(f"{node.name}: `{' '.join(cmd)}` exited {proc.returncode}",
+                           detail=(proc.stderr + proc.stdout).strip())
+
+
 def both(work: Callable[[Member], T]) -> dict[str, T]:
     """``work(node)`` for node1 and node2 at once (each mostly waits on its agent); the
     results by node name, or the first node's error."""
@@ -186,8 +209,8 @@ def ha_document(node: Member) -> dict[str, Any]:
               shared_ips=[{"interface": "eth0", "address": NODE_IP_CIDR, "primary": True}],
               witnesses=[net.GATEWAY],
               arbiter={"address": net.GATEWAY, "port": ARBITER_PORT},
-              # the lab's rootfs has no database server yet
-              replication={"database": {"engine": "none"}})
+              # the node's MariaDB, Kamailio's registrations included, master -> slave
+              replication={"database": {"engine": "mariadb"}})
     doc["ha"] = ha
     return doc
 
@@ -203,9 +226,24 @@ def _serves_node_ip(node: Member) -> bool:
         f"{a}:5060" in proc.stdout for a in (NODE_IP, "0.0.0.0", "*"))
 
 
+def _database_of(node: Member) -> tuple[str | None, str | None, bool]:
+    """``voxnode replication status``: the node's role, its database stream's state and,
+    on a master, whether its commits wait for the replica."""
+    try:
+        data = voxnode_json(node, "replication", "status")
+    except (LabError, ValueError):
+        return None, None, False
+    stream = data.get("database") or {}
+    server = stream.get("server") or {}
+    semi_sync = bool(server.get("semi_sync_master")) and int(
+        server.get("semi_sync_clients") or 0) > 0
+    return data.get("role"), stream.get("state"), semi_sync
+
+
 def role_of(node: Member) -> NodeRole:
-    role = licence = serial = None
+    role = licence = serial = database = None
     kamailio = "-"
+    semi_sync = False
     try:
         status = voxnode_json(node, "status")
         licence = (status.get("licence") or {}).get("state")
@@ -213,9 +251,17 @@ def role_of(node: Member) -> NodeRole:
         role = (status.get("pair") or {}).get("role")
         kamailio = node_run(node, "systemctl", "is-active", "kamailio",
                             timeout=10).stdout.strip()
+        if role is not None:
+            _, database, semi_sync = _database_of(node)
     except (LabError, ValueError):
         pass
-    return NodeRole(node.name, role, _holds_node_ip(node), kamailio, licence, serial)
+    return NodeRole(node.name, role, _holds_node_ip(node), kamailio, licence, serial,
+                    database, semi_sync)
+
+
+def _replicates(master: NodeRole, slave: NodeRole) -> bool:
+    """The slave's database replicates the master's, whose commits wait for it."""
+    return master.database == "master" and master.semi_sync and slave.database == "replicating"
 
 
 def roles() -> list[NodeRole]:
@@ -224,20 +270,26 @@ def roles() -> list[NodeRole]:
 
 def wait_pair(timeout: float = PAIR_TIMEOUT_S) -> Member:
     """One master whose kernel holds the node IP and whose Kamailio serves it; the other
-    slave without it. The master."""
+    slave without it, its database replicating the master's (semi-synchronous). The
+    master."""
     deadline = time.monotonic() + timeout
     while True:
-        now = {r.name: r for r in roles()}
+        # one `voxnode` call a node a look (the agent's CLI takes most of a look's time);
+        # kamailio: whether it serves the node IP
+        looks = both(_database_of)
+        now = {n.name: NodeRole(n.name, looks[n.name][0], _holds_node_ip(n),
+                                "serving" if _serves_node_ip(n) else "-", None, None,
+                                looks[n.name][1], looks[n.name][2]) for n in NODES}
         masters = [n for n in NODES if now[n.name].role == "master"]
         if len(masters) == 1:
-            master = masters[0]
-            slave = other(master)
-            if (now[slave.name].role == "slave" and _holds_node_ip(master)
-                    and not _holds_node_ip(slave) and _serves_node_ip(master)):
-                return master
+            master, slave = now[masters[0].name], now[other(masters[0]).name]
+            if (slave.role == "slave" and master.holds_node_ip and not slave.holds_node_ip
+                    and master.kamailio == "serving" and _replicates(master, slave)):
+                return masters[0]
         if time.monotonic() > deadline:
             raise LabError(f"the pair did not settle within {timeout:.0f} s (one master "
-                           f"holding {NODE_IP} with Kamailio serving it, one slave)",
+                           f"holding {NODE_IP} with Kamailio serving it, one slave whose "
+                           "database replicates the master's)",
                            EXIT_UNREACHABLE, detail="\n".join(str(r) for r in now.values()))
         time.sleep(0.3)
 
@@ -246,11 +298,16 @@ def configure(paths: Paths, state: dict[str, Any], save: Any, sold: Vendor) -> M
     """Make the booted lab the appliance (see the module docstring) with the vendor
     ``prepare`` started; ``save(state)`` after each thing started. The master."""
     shop = sold.shop
-    with step("licences of node1 and node2 (serial, emailed code, verify); the pair key "
-              f"and the arbiter {net.GATEWAY}:{ARBITER_PORT}"):
+    with step("licences of node1 and node2 (serial, emailed code, verify; Kamailio's "
+              "registrations in the database); the pair key and the arbiter "
+              f"{net.GATEWAY}:{ARBITER_PORT}"):
         with ThreadPoolExecutor(max_workers=1) as pool:
-            licensing = pool.submit(
-                both, lambda node: license_node(node, shop, sold.serials[node.name]))
+            def licensed(node: Member) -> str:
+                serial = license_node(node, shop, sold.serials[node.name])
+                registrations_in_database(node)
+                return serial
+
+            licensing = pool.submit(both, licensed)
             try:
                 key = voxnode(NODES[0], "ha", "pair-key", "generate").strip()
                 if len(key) != 64:
@@ -266,8 +323,8 @@ def configure(paths: Paths, state: dict[str, Any], save: Any, sold: Vendor) -> M
     with step(f"pair: node IP {NODE_IP_CIDR}, the gateway as witness, the arbiter"):
         # both at once: two nodes starting together elect the lower address, node1
         both(lambda node: apply(node, ha_document(node), "the pair"))
-    with step(f"waiting for one master holding {NODE_IP} with Kamailio (up to "
-              f"{PAIR_TIMEOUT_S:.0f} s)"):
+    with step(f"waiting for one master holding {NODE_IP} with Kamailio, its database "
+              f"replicated (up to {PAIR_TIMEOUT_S:.0f} s)"):
         master = wait_pair()
     state["master"] = master.name
     save(state)
@@ -282,9 +339,9 @@ def _runs(record: dict[str, Any] | None) -> bool:
 
 
 def status(state: dict[str, Any]) -> dict[str, Any]:
-    """The appliance's part of ``voxnode-lab status``: each node's role, node IP, Kamailio
-    and licence, the vendor's servers and the arbiter, and whether the pair is settled
-    (one master holding the node IP, one slave)."""
+    """The appliance's part of ``voxnode-lab status``: each node's role, node IP, Kamailio,
+    licence and database, the vendor's servers and the arbiter, whether the pair is settled
+    (one master holding the node IP, one slave) and its database replicated."""
     found = roles()
     vendor_state = state.get("vendor") or {}
     masters = [r for r in found if r.role == "master"]
@@ -292,18 +349,25 @@ def status(state: dict[str, Any]) -> dict[str, Any]:
                and sum(r.role == "slave" and not r.holds_node_ip for r in found) == 1)
     vendor_up = (_runs(vendor_state.get("server")) and _runs(vendor_state.get("mailsink")))
     arbiter_up = _runs(state.get("arbiter"))
+    slaves = [r for r in found if r.role == "slave"]
+    replicated = settled and _replicates(masters[0], slaves[0])
     problems = ([] if settled else [f"the pair is not settled (no single master holding "
                                     f"{NODE_IP} and one slave)"])
+    problems += [] if replicated or not settled else [
+        "the slave's database does not replicate the master's semi-synchronously "
+        "(`voxnode replication status` on each node)"]
     problems += [] if _runs(vendor_state.get("server")) else ["the licence server stopped"]
     problems += [] if _runs(vendor_state.get("mailsink")) else ["the mail sink stopped"]
     problems += [] if arbiter_up else ["the arbiter stopped"]
     return {
         "node_ip": NODE_IP,
-        "healthy": settled and vendor_up and arbiter_up,
+        "healthy": replicated and vendor_up and arbiter_up,
         "problems": problems,
         "settled": settled,
+        "replicated": replicated,
         "nodes": {r.name: {"role": r.role, "holds_node_ip": r.holds_node_ip,
-                           "kamailio": r.kamailio, "licence": r.licence, "serial": r.serial}
+                           "kamailio": r.kamailio, "licence": r.licence, "serial": r.serial,
+                           "database": r.database}
                   for r in found},
         "vendor": {"url": vendor.URL, "netns": vendor.NETNS,
                    "licence_server": _runs(vendor_state.get("server")),
@@ -320,7 +384,8 @@ def status_text(data: dict[str, Any]) -> str:
     for name, n in data["nodes"].items():
         lines.append(f"  {name}: {n['role'] or '?':6}  "
                      f"{'holds ' + data['node_ip'] if n['holds_node_ip'] else 'no node IP':18}  "
-                     f"kamailio {n['kamailio']:8}  licence {n['licence']} ({n['serial']})")
+                     f"kamailio {n['kamailio']:8}  database {n['database'] or '-':11}  "
+                     f"licence {n['licence']} ({n['serial']})")
     v, a = data["vendor"], data["arbiter"]
     lines.append(f"  vendor: {v['url']} licence server "
                  f"{'running' if v['licence_server'] else 'STOPPED'}, mail sink "
@@ -336,7 +401,8 @@ def pair_text() -> str:
         node = next(n for n in NODES if n.name == r.name)
         lines.append(f"  {r.name}: {node.address}  {r.role or '?':6}  "
                      f"{'holds ' + NODE_IP if r.holds_node_ip else 'no node IP':18}  "
-                     f"kamailio {r.kamailio:8}  licence {r.licence} ({r.serial})")
+                     f"kamailio {r.kamailio:8}  database {r.database or '-':11}  "
+                     f"licence {r.licence} ({r.serial})")
     lines += [
         f"  vendor: {vendor.URL} (licence server, netns {vendor.NETNS}; mail in "
         "out/lab/vendor/mail.jsonl)",
@@ -349,6 +415,8 @@ def pair_text() -> str:
         "terminal",
         "  .venv/bin/voxnode-lab crash node1      # the master dies; node2 takes "
         f"{NODE_IP}",
+        "  .venv/bin/voxnode-lab exec node2 -- voxnode replication status   # the "
+        "registrations came with it",
         "  .venv/bin/voxnode-lab start node1      # it comes back as slave",
         "  .venv/bin/voxnode-lab exec node2 -- voxnode ha switchover   # hand it back",
         "  make lab-down                          # remove everything",

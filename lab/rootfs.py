@@ -5,17 +5,21 @@ hash of its inputs and built into a temporary directory that is renamed only whe
 complete (an interrupted build is never used):
 
 1. ``base-<hash>``: ``mmdebstrap --variant=minbase bookworm`` with ``PACKAGES``, from the
-   host's own Debian mirror. Key: the exact mmdebstrap command line.
+   host's own Debian mirror, then the PBX engine's database made once with the packages'
+   own schema (``PBX_DATABASE_SCRIPT``: MariaDB's ``kamailio`` database, its account and
+   Kamailio's ``version`` and ``location`` tables from ``/usr/share/kamailio/mysql``), so
+   every node boots with it. Key: the exact mmdebstrap command line and that script.
 2. ``venv-<hash>``: ``/opt/voxnode/venv`` made by the rootfs's own python3, holding the
    agent's dependencies from PyPI. Key: base key + the dependency list of pyproject.toml.
 3. ``agent-<hash>``: the node's wheel (agent/ and ha/, as the repository's pyproject.toml
    builds it: no lab/, image/ or license_server/) installed into that venv, the
    ``/usr/bin`` symlinks, ``image/overlay/`` (the unit and tmpfiles the AlmaLinux image
    carries too) and the unit policy (agent enabled; PBX units disabled, left for the
-   agent's services subsystem), and the lab vendor public key as
-   ``/etc/voxnode/vendor.pub``. Key: venv key + the wheel's inputs (pyproject.toml,
-   README.md, every file under agent/ and ha/), the overlay, this build script and that
-   public key.
+   agent's services subsystem), the PBX stack's lab settings (``pbx_settings``: Kamailio's
+   registrations in the database, MariaDB reachable by the peer), and the lab vendor
+   public key as ``/etc/voxnode/vendor.pub``. Key: venv key + the wheel's inputs
+   (pyproject.toml, README.md, every file under agent/ and ha/), the overlay, this build
+   script and that public key.
 
 The lab vendor key pair (``lab_vendor_key``) is made once under the lab cache directory
 (``vendor/lab-vendor.key``, 0600, and ``.pub``) and kept across builds: lab nodes verify
@@ -59,8 +63,11 @@ from lab.util import (
 SUITE = "bookworm"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "iproute2", "procps", "python3", "python3-venv",
-    "kamailio", "mariadb-server", "rsync", "coturn", "openvpn", "nginx-light", "less",
-    "ca-certificates", "iputils-ping", "bash", "sudo",
+    "kamailio", "kamailio-mysql-modules", "mariadb-server", "rsync", "coturn", "openvpn",
+    "nginx-light", "less", "ca-certificates", "iputils-ping", "bash", "sudo",
+    # sshd for the pair's sync daemon (voxnode-sync-sshd.service: the full sync's and the
+    # file sync's transport), which a pair with a replicated database runs
+    "openssh-server",
 )
 VENV = "/opt/voxnode/venv"
 OVERLAY = REPO / "image" / "overlay"
@@ -74,6 +81,8 @@ AGENT_UNIT = "voxnode-agent.service"
 DISABLED_UNITS = (
     "kamailio.service", "mariadb.service", "mariadb.socket", "coturn.service",
     "openvpn.service", "nginx.service", "e2scrub_reap.service",
+    # the system's sshd: nodes are entered with nsenter; the pair runs its own daemon
+    "ssh.service", "ssh.socket",
 )
 # would fight the agent, need the outside world, or wait for console input in a container
 MASKED_UNITS = (
@@ -85,6 +94,74 @@ MASKED_UNITS = (
 BUILD_MACHINE = "vxlab-build"
 SYMLINKS = {"/usr/bin/voxnode": f"{VENV}/bin/voxnode",
             "/usr/bin/voxnode-agent": f"{VENV}/bin/voxnode-agent"}
+
+# The PBX engine's database (Kamailio's usrloc), made in the base layer with the server
+# the node runs and the schema files kamailio-mysql-modules ships. The account and its
+# password are Kamailio's documented defaults (the DBURL Debian's kamailio.cfg falls back
+# to); the server answers it on its unix socket only (the account is @localhost).
+KAMAILIO_DB = "kamailio"
+KAMAILIO_DB_USER = "kamailio"
+KAMAILIO_DB_PASSWORD = "kamailiorw"
+KAMAILIO_SCHEMA = "/usr/share/kamailio/mysql"
+KAMAILIO_TABLES = ("standard", "usrloc")  # version; location, location_attrs
+PBX_DATABASE_SCRIPT = f"""set -e
+install -d -o mysql -g mysql -m 0755 /run/mysqld
+/usr/sbin/mariadbd --user=mysql --skip-networking --skip-log-bin &
+server=$!
+i=0
+until mariadb-admin ping >/dev/null 2>&1; do
+  i=$((i + 1)); [ $i -lt 300 ] || {{ echo "mariadbd did not start" >&2; exit 1; }}
+  kill -0 $server; sleep 0.1
+done
+mariadb <<SQL
+CREATE DATABASE {KAMAILIO_DB};
+CREATE USER '{KAMAILIO_DB_USER}'@'localhost' IDENTIFIED BY '{KAMAILIO_DB_PASSWORD}';
+GRANT ALL PRIVILEGES ON {KAMAILIO_DB}.* TO '{KAMAILIO_DB_USER}'@'localhost';
+SQL
+for table in {" ".join(KAMAILIO_TABLES)}; do
+  mariadb {KAMAILIO_DB} < {KAMAILIO_SCHEMA}/$table-create.sql
+done
+mariadb -N -e "SELECT table_name, table_version FROM {KAMAILIO_DB}.version ORDER BY id"
+mariadb-admin shutdown
+wait $server
+"""
+
+# Kamailio's configuration in the lab: Debian's kamailio.cfg reads kamailio-local.cfg
+# (``import_file``, none by default: registrations in memory). ``USRLOC_DB`` holds the
+# defines that keep them in the database instead, written through at every REGISTER
+# before it is answered (usrloc db_mode 1, the value of USRLOC_DB_MODE; Debian's file has
+# write-back, db_mode 2, fixed, which ``pbx_settings`` makes that define). The appliance
+# (``lab.appliance``) links kamailio-local.cfg to it on the licensed pair's nodes, which
+# run the database; a bare node's database is licence-bound and does not run.
+KAMAILIO_CFG = "etc/kamailio/kamailio.cfg"
+KAMAILIO_LOCAL_CFG = "/etc/kamailio/kamailio-local.cfg"
+USRLOC_DB = "/etc/kamailio/usrloc-db.cfg"
+USRLOC_DB_MODE_FIXED = 'modparam("usrloc", "db_mode", 2)'
+USRLOC_DB_MODE_DEFINED = 'modparam("usrloc", "db_mode", USRLOC_DB_MODE)'
+USRLOC_DB_TEXT = f"""\
+# Written by the lab rootfs build (lab/rootfs.py); kamailio-local.cfg links here on the
+# appliance's nodes. Registrations live in the node's MariaDB ({KAMAILIO_DB}.location,
+# the default DBURL), each REGISTER written through before it is answered (db_mode 1),
+# so a slave whose database replicates the master's knows every phone when it takes over.
+#!define WITH_MYSQL
+#!define WITH_USRLOCDB
+#!define USRLOC_DB_MODE 1
+"""
+# Debian's server listens on the loopback only; the peer's replica connects to the
+# management address (AlmaLinux 8's server, on the appliance, listens on every address).
+MARIADB_LAB_CNF = "etc/mysql/mariadb.conf.d/60-voxnode-lab.cnf"
+MARIADB_LAB_TEXT = """\
+# Written by the lab rootfs build (lab/rootfs.py): the pair's replica connects to the
+# node's management address, as on the appliance, whose server listens on every address.
+[mariadb]
+bind-address = 0.0.0.0
+"""
+# The pair's database TLS files (the agent's, ha/replication/database.py) live here; the
+# server, which runs as mysql, reads its key (group mysql) through this directory. Made
+# by the image so that the agent, which would create it under its unit's UMask=0027 as
+# root:root 0750, finds it ready: mysql could not enter that one, and the server would
+# refuse to start with the pair's TLS settings.
+TLS_DIR = "etc/voxnode/tls"
 
 
 @dataclass(frozen=True)
@@ -205,7 +282,7 @@ def _lab_vendor_pub(paths: Paths) -> bytes:
 
 def keys(paths: Paths | None = None) -> dict[str, str]:
     """The cache keys of the three layers, computed from their inputs (cheap)."""
-    base = _digest("base", *base_command(Path("TARGET")))
+    base = _digest("base", *base_command(Path("TARGET")), PBX_DATABASE_SCRIPT)
     venv = _digest("venv", base, VENV, *dependencies())
     parts: list[str | bytes] = ["agent", venv, _lab_vendor_pub(paths or Paths.default())]
     for path in _input_files():
@@ -302,7 +379,10 @@ def _build_base(paths: Paths, key: str) -> Path:
                     say(f"    {line[3:].rstrip()}")
             if proc.wait() != 0:
                 raise LabError("mmdebstrap failed", EXIT_FAILED, detail=_tail_log(paths))
-        os.rename(tmp, final)
+    with step(f"the PBX engine's database ({KAMAILIO_DB}: "
+              f"{', '.join(KAMAILIO_TABLES)} tables of kamailio-mysql-modules)"):
+        _nspawn_run(tmp / "root", ["/bin/sh", "-c", PBX_DATABASE_SCRIPT], paths.build_log)
+    os.rename(tmp, final)
     return final
 
 
@@ -378,6 +458,7 @@ def _build_agent(paths: Paths, key: str, lowers: list[Path], vendor_pub: Path) -
             dropin.mkdir(parents=True, exist_ok=True)
             (dropin / "lab.conf").write_text(
                 "[Service]\nEnvironment=VOXNODE_CATALOGUE=lab\n")
+            pbx_settings(root)
             (root / "etc/voxnode").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(vendor_pub, root / "etc/voxnode/vendor.pub")
             os.chmod(root / "etc/voxnode/vendor.pub", 0o644)
@@ -385,6 +466,34 @@ def _build_agent(paths: Paths, key: str, lowers: list[Path], vendor_pub: Path) -
                 json.dumps({"agent_layer": key, "packages": list(PACKAGES)}, indent=2) + "\n")
             build.finish(final)
     return final
+
+
+def pbx_settings(root: Path) -> None:
+    """The PBX stack's lab settings in ``root`` (see ``USRLOC_DB``, ``MARIADB_LAB_CNF`` and
+    ``TLS_DIR``): Kamailio's usrloc database mode as the define ``USRLOC_DB_MODE``, the
+    defines that turn it on, MariaDB listening on the management address, and the TLS
+    directory its server can enter."""
+    cfg = root / KAMAILIO_CFG
+    text = cfg.read_text()
+    if text.count(USRLOC_DB_MODE_FIXED) != 1:
+        raise LabError(f"{cfg}: expected Debian's `{USRLOC_DB_MODE_FIXED}` once (the lab "
+                       "makes it a define); the kamailio package changed", EXIT_FAILED)
+    cfg.write_text(text.replace(USRLOC_DB_MODE_FIXED, USRLOC_DB_MODE_DEFINED))
+    (root / USRLOC_DB.lstrip("/")).write_text(USRLOC_DB_TEXT)
+    (root / MARIADB_LAB_CNF).write_text(MARIADB_LAB_TEXT)
+    tls = root / TLS_DIR
+    tls.mkdir(parents=True, exist_ok=True)
+    os.chown(tls, 0, _group_id(root, "mysql"))
+    os.chmod(tls, 0o750)
+
+
+def _group_id(root: Path, name: str) -> int:
+    """A group's id in the rootfs's own /etc/group (not the host's)."""
+    for line in (root / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == name:
+            return int(fields[2])
+    raise LabError(f"the rootfs has no group {name!r}", EXIT_FAILED)
 
 
 def _unit_exists(root: Path, unit: str) -> bool:

@@ -11,11 +11,25 @@ inside the lab's client namespace (10.77.0.100) and talks to a node over the lab
 Tests use :func:`run_in_lab`, which starts that process (with a hard timeout) and returns
 the parsed result; the failover tests build on it.
 
+A phone that stays registered across a change (``--phone USER``, :class:`Phone` in tests)
+is the same client with one account: it registers once (``--expires``, long enough that it
+does not refresh meanwhile), answers every call, and reports each REGISTER it sends, each
+answer and each call state as one JSON line on stdout while it runs, then a last line with
+the whole report when its stdin closes (or ``--lifetime`` ends); it unREGISTERs before it
+exits. A caller run can dial such a phone with ``--remote-callee --dial USER``: only the
+caller registers, and the call is judged on the caller's side (the phone reports its own)::
+
+    ip netns exec vxlab-client .venv/bin/python -m tests.sipclient --registrar 10.77.0.10 \
+        --phone 1003 --expires 300                 # stays registered until stdin closes
+    ip netns exec vxlab-client .venv/bin/python -m tests.sipclient --registrar 10.77.0.10 \
+        --caller 1004 --remote-callee --dial 1003  # rings it
+
 What one run does, every wait bounded by ``--timeout``:
 
 1. endpoint with the null audio device, one UDP transport bound to ``--bind``;
 2. REGISTER ``--caller`` and ``--callee`` (``sip:USER@REGISTRAR``, no authentication: the
-   lab's Kamailio runs Debian's default configuration, WITH_AUTH off, usrloc in memory);
+   lab's Kamailio runs Debian's default configuration, WITH_AUTH off; usrloc in memory on
+   a bare node, in the node's database on the appliance's);
 3. the caller INVITEs ``sip:DIAL@REGISTRAR`` (``--dial``, default the callee), routed by
    the registrar's location lookup; the callee answers 200 at once;
 4. with the call CONFIRMED on both sides, hold ``--hold-ms``, the caller hangs up, wait
@@ -46,16 +60,20 @@ given are contacted (lab addresses only): no STUN, no DNS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import ipaddress
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_NETNS = "vxlab-client"
@@ -121,6 +139,117 @@ def _stalled_at(stderr: str) -> str:
     return frames[0] if frames else "unknown"
 
 
+class Phone:
+    """A phone that stays registered: the client's ``--phone`` mode in its own process in
+    ``netns``, from registration until :meth:`stop`.
+
+    Its events (see ``_phone``) are collected as they arrive; each carries ``mono``, the
+    phone's ``time.monotonic()``, which is the test's clock too (one machine), so a test
+    can tell what the phone did before and after a moment of its own. :meth:`start`
+    returns it registered (a run whose registration stalled, the binding's deadlock, is
+    started again); :meth:`stop` closes its stdin and returns its final report.
+    """
+
+    def __init__(self, registrar: str, user: str, *args: str, netns: str = CLIENT_NETNS,
+                 lifetime: float = 180.0) -> None:
+        self.user = user
+        self.events: list[dict[str, Any]] = []
+        self.report: dict[str, Any] | None = None
+        self._cond = threading.Condition()
+        # the phone's stderr (pjsip's start-up lines, a watchdog's dump), closed on __exit__
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            command(registrar, "--phone", user, "--lifetime", f"{lifetime:g}", *args,
+                    netns=netns),
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            text=True)
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,),
+                                        daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(cls, registrar: str, user: str, *args: str, attempts: int = 3,
+              timeout: float = 20.0, **kwargs: Any) -> Phone:
+        """A phone whose REGISTER got its answer (200 or not: the caller judges it)."""
+        problems = []
+        for _ in range(attempts):
+            phone = cls(registrar, user, *args, **kwargs)
+            if phone.wait_for(lambda e: e["event"] == "registration", timeout) is not None:
+                return phone
+            phone.kill()
+            problems.append(phone.stderr_tail())
+        raise RuntimeError(f"phone {user} got no answer to its REGISTER in {attempts} runs: "
+                           + " | ".join(problems))
+
+    def _read(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            with self._cond:
+                if event.get("event") == "report":
+                    self.report = event
+                else:
+                    self.events.append(event)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, match: Callable[[dict[str, Any]], bool],
+                 timeout: float) -> dict[str, Any] | None:
+        """The first event that ``match`` accepts (waiting up to ``timeout``), or None."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = next((e for e in self.events if match(e)), None)
+                left = deadline - time.monotonic()
+                if found is not None or left <= 0 or not self._reader.is_alive():
+                    return found
+                self._cond.wait(min(left, 0.2))
+
+    def sent(self) -> list[dict[str, Any]]:
+        """The REGISTERs (refreshes included; not the unREGISTER) it has sent so far."""
+        with self._cond:
+            return [e for e in self.events if e["event"] == "register-sent" and e["renew"]]
+
+    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Close its stdin (it hangs up, unREGISTERs and reports), wait: the report."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._reader.join(5)
+        if self.report is None:
+            raise RuntimeError(f"phone {self.user} exited {self.proc.returncode} without a "
+                               f"report: {self.stderr_tail()}")
+        return self.report
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        self._stderr.seek(0)
+        return "\n".join(self._stderr.read().splitlines()[-lines:])
+
+    def __enter__(self) -> Phone:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(RuntimeError):
+                self.stop()
+        self.kill()
+        self._stderr.close()
+
+
 # --- the client (runs in its own process) ---------------------------------------------------
 
 
@@ -177,7 +306,8 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
     registrar = f"{args.registrar}:{args.port}"
     result: dict[str, Any] = {
         "ok": False, "errors": [], "registrar": registrar, "bind": args.bind,
-        "expect_status": args.expect_status, "register": {}, "call": None, "unregister": {},
+        "expect_status": args.expect_status, "remote_callee": args.remote_callee,
+        "register": {}, "call": None, "unregister": {},
     }
     errors: list[str] = result["errors"]
 
@@ -215,8 +345,12 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
             super().__init__()
             self.user = user
             self.reg: list[dict[str, Any]] = []
+            self.sent: list[dict[str, Any]] = []  # REGISTERs sent (renew False: unREGISTER)
             self.t_reg = 0.0
             self.incoming: list[SipCall] = []
+
+        def onRegStarted(self, prm: Any) -> None:
+            self.sent.append({"renew": bool(prm.renew), "t_ms": _now_ms()})
 
         def onRegState(self, prm: Any) -> None:
             self.reg.append({"status": int(prm.code), "reason": prm.reason,
@@ -250,7 +384,7 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
         watchdog.sleep(args.settle_ms / 1000)
 
     def register() -> bool:
-        for user in (args.caller, args.callee):
+        for user in (args.caller,) if args.remote_callee else (args.caller, args.callee):
             if accounts:
                 quiet()
             acc = SipAccount(user)
@@ -274,7 +408,8 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
 
     def place_call() -> dict[str, Any]:
         target = f"sip:{args.dial}@{args.registrar}"
-        callee = accounts[args.callee]
+        # a remote callee (another process's phone) answers for itself: judged by the caller
+        answered: list[SipCall] = [] if args.remote_callee else accounts[args.callee].incoming
         caller = SipCall(accounts[args.caller], "caller")
         outgoing.append(caller)
         quiet()
@@ -285,8 +420,8 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
             errors.append(f"call to {target}: no final answer within {args.timeout} s "
                           f"(caller state {caller.state})")
         if caller.state == "CONFIRMED":
-            if not waiter.wait_for(
-                    lambda: any(c.state == "CONFIRMED" for c in callee.incoming), args.timeout):
+            if not args.remote_callee and not waiter.wait_for(
+                    lambda: any(c.state == "CONFIRMED" for c in answered), args.timeout):
                 errors.append(f"callee did not reach CONFIRMED within {args.timeout} s")
             watchdog.sleep(args.hold_ms / 1000)
         quiet()
@@ -298,7 +433,7 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
             except Exception as exc:  # pjsua2 raises its own Error type
                 errors.append(f"hangup failed: {exc}")
         if not waiter.wait_for(
-                lambda: all(c.state == "DISCONNECTED" for c in [caller, *callee.incoming]),
+                lambda: all(c.state == "DISCONNECTED" for c in [caller, *answered]),
                 args.timeout):
             errors.append(f"not every call side reached DISCONNECTED within {args.timeout} s")
         caller_report = caller.report()
@@ -312,7 +447,7 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
             "hangup_ms": (None if hangup_at is None or confirmed_at is None
                           else round(hangup_at - confirmed_at, 2)),
             "caller": caller_report,
-            "callee": callee.incoming[0].report() if callee.incoming else None,
+            "callee": answered[0].report() if answered else None,
         }
 
     def unregister() -> None:
@@ -346,22 +481,7 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
     ep = pj.Endpoint()
     ep.libCreate()
     try:
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 1
-        cfg.uaConfig.maxCalls = 4
-        cfg.logConfig.consoleLevel = 0
-        cfg.logConfig.level = 5 if args.pjsip_log else 0
-        cfg.logConfig.msgLogging = 1 if args.pjsip_log else 0
-        if args.pjsip_log:
-            cfg.logConfig.filename = args.pjsip_log
-        ep.libInit(cfg)
-        tcfg = pj.TransportConfig()
-        tcfg.boundAddress = args.bind
-        tcfg.publicAddress = args.bind
-        tcfg.port = args.local_port
-        transport = ep.transportCreate(pj.TransportType.UDP, tcfg)
-        ep.libStart()
-        ep.audDevManager.setNullDev()
+        transport = _start_endpoint(pj, ep, args)
         if register():
             result["call"] = place_call()
         unregister()
@@ -384,6 +504,158 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _start_endpoint(pj: Any, ep: Any, args: argparse.Namespace) -> int:
+    """Initialise and start a created endpoint: one pjsip thread, the null audio device,
+    one UDP transport bound to ``--bind``. The transport's id."""
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 1
+    cfg.uaConfig.maxCalls = 4
+    cfg.logConfig.consoleLevel = 0
+    cfg.logConfig.level = 5 if args.pjsip_log else 0
+    cfg.logConfig.msgLogging = 1 if args.pjsip_log else 0
+    if args.pjsip_log:
+        cfg.logConfig.filename = args.pjsip_log
+    ep.libInit(cfg)
+    tcfg = pj.TransportConfig()
+    tcfg.boundAddress = args.bind
+    tcfg.publicAddress = args.bind
+    tcfg.port = args.local_port
+    transport: int = ep.transportCreate(pj.TransportType.UDP, tcfg)
+    ep.libStart()
+    ep.audDevManager.setNullDev()
+    return transport
+
+
+def _phone(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """``--phone``: one account that registers once and stays registered, answering every
+    call, until stdin closes (or ``--lifetime`` s pass); then it unREGISTERs. Each event
+    (``started``: its SIP address, ``contact``; ``register-sent``: a REGISTER leaves,
+    ``renew`` false for the unREGISTER;
+    ``registration``: its answer; ``incoming``; ``call``: a call's state) goes out through
+    ``emit`` as it happens, with ``t_ms`` and ``mono`` (``time.monotonic()``)."""
+    import pjsua2 as pj  # imported here: the test process itself never loads pjsip
+
+    watchdog = Watchdog(args.stall)
+    waiter = Waiter(watchdog)
+    registrar = f"{args.registrar}:{args.port}"
+    result: dict[str, Any] = {
+        "ok": False, "errors": [], "phone": args.phone, "registrar": registrar,
+        "bind": args.bind, "contact": None, "sent": [], "registrations": [], "calls": [],
+        "unregister": None, "ended_by": None,
+    }
+    errors: list[str] = result["errors"]
+    registrations: list[dict[str, Any]] = result["registrations"]
+
+    def event(kind: str, **fields: Any) -> dict[str, Any]:
+        found = {"event": kind, "t_ms": _now_ms(), "mono": time.monotonic(), **fields}
+        emit(found)
+        return found
+
+    class PhoneCall(pj.Call):
+        def __init__(self, acc: Any, call_id: int) -> None:
+            super().__init__(acc, call_id)
+            self.states: list[dict[str, Any]] = []
+            self.state = "NULL"
+
+        def onCallState(self, prm: Any) -> None:
+            ci = self.info
+            self.state = ci.state.name
+            self.states.append(event("call", state=self.state,
+                                     status=int(ci.lastStatusCode), reason=ci.lastReason))
+            waiter.notify()
+
+    class PhoneAccount(pj.Account):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[PhoneCall] = []
+
+        def onRegStarted(self, prm: Any) -> None:
+            result["sent"].append(event("register-sent", renew=bool(prm.renew)))
+
+        def onRegState(self, prm: Any) -> None:
+            registrations.append(event("registration", status=int(prm.code),
+                                       reason=prm.reason, expires=int(prm.expiration)))
+            waiter.notify()
+
+        def onIncomingCall(self, prm: Any) -> None:
+            call = PhoneCall(self, prm.callId)
+            self.calls.append(call)  # keep the Python object alive
+            event("incoming", remote=call.info.remoteUri)
+            answer = pj.CallOpParam()
+            answer.statusCode = pj.StatusCode.OK
+            try:
+                call.answer(answer)
+            except Exception as exc:  # pjsua2 raises its Error type
+                errors.append(f"answer failed: {exc}")
+            waiter.notify()
+
+    def stay() -> str:
+        """Until stdin closes (or says ``quit``) or the lifetime ends: what ended it."""
+        deadline = time.monotonic() + args.lifetime
+        while time.monotonic() < deadline:
+            watchdog.arm()
+            ready, _, _ = select.select([sys.stdin], [], [], 0.2)
+            if ready and sys.stdin.readline() in ("", "quit\n"):
+                return "stdin"
+        return "lifetime"
+
+    def unregister(acc: PhoneAccount) -> None:
+        watchdog.sleep(args.settle_ms / 1000)
+        ep.hangupAllCalls()
+        waiter.wait_for(lambda: all(c.state == "DISCONNECTED" for c in acc.calls),
+                        args.timeout)
+        watchdog.sleep(args.settle_ms / 1000)
+        before = len(registrations)
+        acc.setRegistration(False)
+        if waiter.wait_for(lambda: len(registrations) > before, args.timeout):
+            result["unregister"] = registrations[-1]
+        else:
+            errors.append(f"no answer to the unREGISTER of {args.phone}")
+
+    accounts: list[PhoneAccount] = []  # emptied before libDestroy(), like the client's
+    ep = pj.Endpoint()
+    ep.libCreate()
+    try:
+        transport = _start_endpoint(pj, ep, args)
+        result["contact"] = ep.transportGetInfo(transport).localName
+        event("started", contact=result["contact"])
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:{args.phone}@{args.registrar}"
+        acfg.regConfig.registrarUri = f"sip:{registrar}"
+        acfg.regConfig.timeoutSec = args.expires
+        acfg.regConfig.retryIntervalSec = 0  # one attempt: the test judges it
+        acfg.sipConfig.transportId = transport
+        accounts.append(PhoneAccount())
+        accounts[0].create(acfg)  # registerOnAdd: the REGISTER leaves now
+        if not waiter.wait_for(lambda: bool(registrations), args.timeout):
+            errors.append(f"no REGISTER answer for {args.phone} within {args.timeout} s")
+        elif registrations[0]["status"] != 200:
+            errors.append(f"REGISTER {args.phone}: {registrations[0]}")
+        else:
+            result["ended_by"] = stay()
+            unregister(accounts[0])
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        watchdog.sleep(args.settle_ms / 1000)
+        watchdog.arm(10.0)  # pjsua_destroy may wait for transactions still in flight
+        try:
+            ep.hangupAllCalls()
+        except Exception as exc:
+            errors.append(f"hangupAllCalls: {exc}")
+        for acc in accounts:
+            result["calls"] = [c.states for c in acc.calls]
+            acc.calls.clear()
+            try:
+                acc.shutdown()
+            except Exception as exc:
+                errors.append(f"account shutdown: {exc}")
+        accounts.clear()
+        ep.libDestroy()
+    result["ok"] = not errors and bool(registrations) and registrations[0]["status"] == 200
+    return result
+
+
 def verdict(result: dict[str, Any], expect_status: int) -> bool:
     """Both registrations 200, no error, and the call ended as expected: answered,
     CONFIRMED and DISCONNECTED on both sides (200), or rejected with that status."""
@@ -392,6 +664,9 @@ def verdict(result: dict[str, Any], expect_status: int) -> bool:
     call = result["call"]
     if call is None:
         call_ok = False
+    elif expect_status == 200 and result.get("remote_callee"):
+        call_ok = (call["final_status"] == 200 and call["caller"]["confirmed"]
+                   and call["caller"]["disconnected"])
     elif expect_status == 200:
         callee = call["callee"] or {}
         call_ok = (call["final_status"] == 200 and call["caller"]["confirmed"]
@@ -416,7 +691,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tests.sipclient",
         description="Register two pjsua2 accounts to a lab node and call between them; "
-        "prints one JSON result.")
+        "prints one JSON result. With --phone: one account that stays registered and "
+        "answers calls until stdin closes; prints one JSON line per event.")
     p.add_argument("--registrar", type=_lab_address, required=True,
                    help="the node's address (the PBX engine: registrar and proxy)")
     p.add_argument("--port", type=int, default=5060, help="registrar port (default 5060)")
@@ -427,6 +703,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--caller", default="1001")
     p.add_argument("--callee", default="1002")
     p.add_argument("--dial", help="the user the caller calls (default: the callee)")
+    p.add_argument("--remote-callee", action="store_true",
+                   help="the dialled user is a phone of another process (--phone): only the "
+                   "caller registers, and the call is judged on its side")
+    p.add_argument("--phone", metavar="USER",
+                   help="stay registered as USER and answer every call until stdin closes "
+                   "(or --lifetime ends), reporting each event as a JSON line")
+    p.add_argument("--lifetime", type=float, default=300.0,
+                   help="with --phone: the longest it stays (s, default 300)")
     p.add_argument("--expect-status", type=int, default=200,
                    help="the final status the call should get (default 200: answered)")
     p.add_argument("--hold-ms", type=int, default=300, help="call duration before the hang-up")
@@ -450,14 +734,21 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     stdout = os.dup(1)
     os.dup2(2, 1)
+
+    def emit(event: dict[str, Any]) -> None:  # a phone's events, one line each, at once
+        os.write(stdout, (json.dumps(event) + "\n").encode())
+
     try:
-        result = _client(args)
+        result = _phone(args, emit) if args.phone else _client(args)
     finally:
         sys.stdout.flush()
         os.dup2(stdout, 1)
         os.close(stdout)
     faulthandler.cancel_dump_traceback_later()
-    print(json.dumps(result, indent=2), flush=True)
+    if args.phone:
+        print(json.dumps({"event": "report", **result}), flush=True)
+    else:
+        print(json.dumps(result, indent=2), flush=True)
     return EXIT_OK if result["ok"] else EXIT_FAILED
 
 

@@ -10,7 +10,11 @@ it, else ``lab down`` checked like the tier's own teardown. Checked:
 - exactly one master, whose kernel holds 10.77.0.10, the other slave; the gateway witness
   and the arbiter answer;
 - a phone registers (and calls) through the node IP from the client namespace;
-- ``up`` again is a no-op; a crash of the master moves the node IP, and phones follow;
+- the slave's MariaDB replicates the master's, semi-synchronously, and Kamailio keeps its
+  registrations in it (usrloc written through to the ``location`` table);
+- ``up`` again is a no-op; a crash of the master moves the node IP, and phones follow:
+  a phone that registered before the crash is called through the new master without
+  registering again (its registration came with the database), and new phones register;
 - ``down`` stops the licence server, the mail sink and the arbiter too.
 """
 
@@ -32,6 +36,7 @@ from tests.node.test_failover_lab import (
     NODE_IP,
     holds_node_ip,
     later_tests_use_the_lab,
+    node_run,
     other,
     role,
     serves_node_ip,
@@ -39,17 +44,29 @@ from tests.node.test_failover_lab import (
     wait_for,
 )
 from tests.node.test_sip import assert_registered
-from tests.sipclient import run_in_lab
+from tests.sipclient import Phone, run_in_lab
 
 pytestmark = [pytest.mark.root]
 
 NODES = ("node1", "node2")
 STATE = REPO / "out" / "lab" / "state.json"
+PHONE = "1003"  # registers before the master crashes, is called after it
+CALLER = "1004"
 
 
 def status(node: str, *args: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(voxnode(node, "--json", *args))
     return data
+
+
+def location(node: str, user: str) -> list[dict[str, str]]:
+    """The contacts of ``user`` in the node's database (Kamailio's usrloc table)."""
+    proc = node_run(node, "mariadb", "--batch", "-e", "SELECT contact, socket, cseq FROM "
+                    f"kamailio.location WHERE username = '{user}' ORDER BY id")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()  # no header line either when no row matches
+    return [dict(zip(lines[0].split("\t"), row.split("\t"), strict=True))
+            for row in lines[1:]]
 
 
 def alive(pid: int, started: int) -> bool:
@@ -176,16 +193,76 @@ def test_up_again_is_a_no_op(appliance: dict[str, Any]) -> None:
     assert f"serving the node IP {NODE_IP}" in proc.stdout
 
 
-def test_a_crash_of_the_master_moves_the_node_ip(appliance: dict[str, Any]) -> None:
+def test_the_slave_replicates_the_registrations(appliance: dict[str, Any]) -> None:
+    """The master's commits wait for the slave (semi-synchronous), and a phone's
+    registration is a row of the master's ``location`` table the slave holds too."""
+    master = next(n for n in NODES if role(n) == "master")
+    slave = other(master)
+    master_db = status(master, "replication", "status")["database"]
+    slave_db = status(slave, "replication", "status")["database"]
+    assert (master_db["state"], slave_db["state"]) == ("master", "replicating"), (
+        master_db, slave_db)
+    assert master_db["server"]["semi_sync_master"] and \
+        master_db["server"]["semi_sync_clients"] == 1, master_db
+    assert slave_db["server"]["read_only"] is True
+    with Phone.start(NODE_IP, PHONE, "--expires", "300", "--stall", "2") as phone:
+        assert phone.events[-1]["status"] == 200, phone.events
+        # on the slave once the phone has its 200: the commit waited for the replica
+        on_master, on_slave = location(master, PHONE), location(slave, PHONE)
+        assert len(on_master) == 1 and on_slave == on_master, (
+            f"{PHONE} registered (200), but the location table has {on_master} on the "
+            f"master, {on_slave} on the slave")
+        assert on_slave[0]["socket"] == f"udp:{NODE_IP}:5060"
+        report = phone.stop()
+    assert report["ok"] is True, report["errors"]
+    assert report["unregister"]["status"] == 200  # the contact is removed again, on both
+    wait_for("the unREGISTER replicated", lambda: location(slave, PHONE) == [], 5)
+    assert location(master, PHONE) == []
+
+
+def test_a_crash_of_the_master_moves_the_node_ip_and_keeps_the_registrations(
+        appliance: dict[str, Any]) -> None:
+    """A phone registered through the node IP before the master crashes is called through
+    the new master without registering again: its contact is the row the old master's
+    Kamailio wrote through to its database, which the slave had replicated."""
     master = next(n for n in NODES if role(n) == "master")
     survivor = other(master)
-    lifecycle.crash(master)
-    wait_for(f"{survivor} holds {NODE_IP}", lambda: holds_node_ip(survivor), 10)
-    degraded = lab("status", timeout=60)
-    assert degraded.returncode == 5 and "lab: degraded" in degraded.stdout, degraded.stdout
-    pair = status(survivor, "status")["pair"]
-    assert (pair["role"], pair["peer_role"], pair["node_ip_holder"]) == (
-        "master", None, "this node"), pair
-    wait_for(f"kamailio serves {NODE_IP} on {survivor}", lambda: serves_node_ip(survivor), 10)
+    with Phone.start(NODE_IP, PHONE, "--expires", "300", "--stall", "2") as phone:
+        assert phone.events[-1]["status"] == 200, phone.events
+        registered = phone.sent()
+        assert len(registered) == 1, registered
+        crashed_at = lifecycle.crash(master)
+        wait_for(f"{survivor} holds {NODE_IP}", lambda: holds_node_ip(survivor), 10)
+        degraded = lab("status", timeout=60)
+        assert degraded.returncode == 5 and "lab: degraded" in degraded.stdout, degraded.stdout
+        pair = status(survivor, "status")["pair"]
+        assert (pair["role"], pair["peer_role"], pair["node_ip_holder"]) == (
+            "master", None, "this node"), pair
+        wait_for(f"kamailio serves {NODE_IP} on {survivor}",
+                 lambda: serves_node_ip(survivor), 10)
+
+        call = run_in_lab(NODE_IP, "--caller", CALLER, "--remote-callee", "--dial", PHONE,
+                          "--stall", "2", attempts=6, timeout=90)
+        known = location(survivor, PHONE)
+        assert call["call"] is not None, call["errors"]
+        assert call["call"]["final_status"] == 200, (
+            f"the call to {PHONE}, registered before the crash, got "
+            f"{call['call']['final_status']} {call['call']['caller']['last_reason']} from "
+            f"the new master {survivor}, whose database has {known} for it")
+        assert call["ok"] is True and call["errors"] == [], call["errors"]
+        assert phone.wait_for(lambda e: e["event"] == "call" and e["state"] == "DISCONNECTED",
+                              10) is not None, phone.events
+        # it rang on the phone, after the crash, and the phone sent no REGISTER since: the
+        # new master knew it already, from the row the old master wrote
+        rang = [e for e in phone.events if e["event"] == "incoming"]
+        states = [e["state"] for e in phone.events if e["event"] == "call"]
+        assert states == ["INCOMING", "CONNECTING", "CONFIRMED", "DISCONNECTED"], states
+        assert len(rang) == 1 and rang[0]["mono"] > crashed_at, rang
+        assert phone.sent() == registered and registered[0]["mono"] < crashed_at, \
+            phone.events
+        contact = next(e["contact"] for e in phone.events if e["event"] == "started")
+        assert len(known) == 1 and known[0]["contact"].startswith(
+            f"sip:{PHONE}@{contact}"), (known, contact)
+    # and phones register with the new master as well
     result = run_in_lab(NODE_IP, "--stall", "2", attempts=6, timeout=90)
     assert_registered(result, "1001", "1002")

@@ -215,7 +215,9 @@ def ha_document(node: str) -> str:
     document["ha"].update(
         enabled=True, peer=NODES[other(node)],
         shared_ips=[{"interface": "eth0", "address": NODE_IP_CIDR, "primary": True}],
-        # the lab's rootfs has no database server (the database tests are tests/netns)
+        # these bare nodes are unlicensed: their database (licence-bound) does not run, and
+        # Kamailio keeps registrations in memory. The replicated database, registrations
+        # included, is the appliance's (test_appliance_lab.py; the rest is tests/netns)
         replication={"database": {"engine": "none"}},
     )
     return yaml.safe_dump(document, sort_keys=False)

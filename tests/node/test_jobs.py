@@ -29,8 +29,8 @@ def voxnode_json(*args: str, node: str = "node1", expect: int = 0) -> Any:
 
 
 def test_mongodb_update_job_with_wait() -> None:
-    kinds = voxnode_json("jobs", "kinds")
-    assert [s["name"] for s in kinds["kinds"][0]["steps"]] == STEPS
+    kinds = {k["name"]: k for k in voxnode_json("jobs", "kinds")["kinds"]}
+    assert [s["name"] for s in kinds["mongodb-update"]["steps"]] == STEPS
     job = voxnode_json("jobs", "schedule", "mongodb-update", "--wait")
     assert job["state"] == "succeeded", job
     assert job["progress"] == 100
