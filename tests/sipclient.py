@@ -360,12 +360,7 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
         def onIncomingCall(self, prm: Any) -> None:
             call = SipCall(self, "callee", prm.callId)
             self.incoming.append(call)  # keep the Python object alive
-            answer = pj.CallOpParam()
-            answer.statusCode = pj.StatusCode.OK
-            try:
-                call.answer(answer)
-            except Exception as exc:  # pjsua2 raises its Error type
-                errors.append(f"answer failed: {exc}")
+            _answer(pj, call, errors)
             waiter.notify()
 
     accounts: dict[str, SipAccount] = {}
@@ -504,6 +499,16 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _answer(pj: Any, call: Any, errors: list[str]) -> None:
+    """Answer an incoming call with 200 OK; a failure goes into ``errors``."""
+    answer = pj.CallOpParam()
+    answer.statusCode = pj.StatusCode.OK
+    try:
+        call.answer(answer)
+    except Exception as exc:  # pjsua2 raises its Error type
+        errors.append(f"answer failed: {exc}")
+
+
 def _start_endpoint(pj: Any, ep: Any, args: argparse.Namespace) -> int:
     """Initialise and start a created endpoint: one pjsip thread, the null audio device,
     one UDP transport bound to ``--bind``. The transport's id."""
@@ -581,12 +586,7 @@ def _phone(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> 
             call = PhoneCall(self, prm.callId)
             self.calls.append(call)  # keep the Python object alive
             event("incoming", remote=call.info.remoteUri)
-            answer = pj.CallOpParam()
-            answer.statusCode = pj.StatusCode.OK
-            try:
-                call.answer(answer)
-            except Exception as exc:  # pjsua2 raises its Error type
-                errors.append(f"answer failed: {exc}")
+            _answer(pj, call, errors)
             waiter.notify()
 
     def stay() -> str:
