@@ -383,12 +383,7 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
             if accounts:
                 quiet()
             acc = SipAccount(user)
-            acfg = pj.AccountConfig()
-            acfg.idUri = f"sip:{user}@{args.registrar}"
-            acfg.regConfig.registrarUri = f"sip:{registrar}"
-            acfg.regConfig.timeoutSec = args.expires
-            acfg.regConfig.retryIntervalSec = 0  # one attempt: the test judges it
-            acfg.sipConfig.transportId = transport
+            acfg = _account_config(pj, args, user, registrar, transport)
             acc.t_reg = _now_ms()
             accounts[user] = acc
             acc.create(acfg)  # registerOnAdd: the REGISTER leaves now
@@ -497,6 +492,18 @@ def _client(args: argparse.Namespace) -> dict[str, Any]:
 
     result["ok"] = verdict(result, args.expect_status)
     return result
+
+
+def _account_config(pj: Any, args: argparse.Namespace, user: str, registrar: str,
+                    transport: int) -> Any:
+    """The account of ``user`` on the registrar: one REGISTER attempt (the test judges it)."""
+    acfg = pj.AccountConfig()
+    acfg.idUri = f"sip:{user}@{args.registrar}"
+    acfg.regConfig.registrarUri = f"sip:{registrar}"
+    acfg.regConfig.timeoutSec = args.expires
+    acfg.regConfig.retryIntervalSec = 0
+    acfg.sipConfig.transportId = transport
+    return acfg
 
 
 def _answer(pj: Any, call: Any, errors: list[str]) -> None:
@@ -619,12 +626,7 @@ def _phone(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> 
         transport = _start_endpoint(pj, ep, args)
         result["contact"] = ep.transportGetInfo(transport).localName
         event("started", contact=result["contact"])
-        acfg = pj.AccountConfig()
-        acfg.idUri = f"sip:{args.phone}@{args.registrar}"
-        acfg.regConfig.registrarUri = f"sip:{registrar}"
-        acfg.regConfig.timeoutSec = args.expires
-        acfg.regConfig.retryIntervalSec = 0  # one attempt: the test judges it
-        acfg.sipConfig.transportId = transport
+        acfg = _account_config(pj, args, args.phone, registrar, transport)
         accounts.append(PhoneAccount())
         accounts[0].create(acfg)  # registerOnAdd: the REGISTER leaves now
         if not waiter.wait_for(lambda: bool(registrations), args.timeout):
