@@ -102,6 +102,21 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, gid: int = -1) -> N
     fsync_dir(path.parent)
 
 
+def create_new(path: Path, mode: int = 0o600) -> int:
+    """A new file (its directory made if need be) open for writing: its descriptor. Refuses
+    to open one that exists (``FileExistsError``): what is in it is never overwritten."""
+    off_loop(f"creation of {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+
+
+def fsync_file(path: Path) -> None:
+    """What was written to ``path`` (by another process, say) is on disk."""
+    off_loop(f"fsync of {path}")
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 class FileTree:
     """The node's file system seen from ``root`` (``/`` on a node, a temp dir in tests).
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from agent.errors import VoxnodeError
 from agent.events import EventLog
-from agent.ports.files import FileTree, durable
+from agent.ports.files import FileTree, create_new, durable, fsync_file
 from agent.ports.systemd import SystemdPort
 from agent.state.model import DatabaseEngine, DesiredState
 from ha.config import ha_management_ip
@@ -573,7 +573,7 @@ class DatabaseReplication:
             argv = [MARIADB_BINLOG, "--read-from-remote-server", f"--socket={self.db.socket}",
                     "--user=root", "--to-last-log", "--verbose",
                     *([f"--start-position={since}"] if since else []), first]
-            fd = await asyncio.to_thread(_create_file, target)
+            fd = await asyncio.to_thread(create_new, target)
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdout=fd, stderr=asyncio.subprocess.PIPE,
@@ -584,7 +584,7 @@ class DatabaseReplication:
             if proc.returncode != 0:
                 raise DatabaseError(f"mariadb-binlog exited {proc.returncode}: "
                                     f"{err.decode(errors='replace').strip()[-300:]}")
-            await durable(_fsync_path, target)
+            await durable(fsync_file, target)
         except (OSError, DatabaseError) as exc:
             text = exc.args[0] if isinstance(exc, DatabaseError) else str(exc)
             self.events.emit("replication.database-save-failed", "the transactions only this "
@@ -740,16 +740,6 @@ class DatabaseReplication:
             "settings_problem": self.settings_problem,
             "server": self.status.to_dict() if self.status else None,
         }
-
-
-def _create_file(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-
-
-def _fsync_path(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _parse(text: str) -> Position | None:

@@ -406,21 +406,21 @@ class FileSync:
             async with asyncio.timeout(PUSH_TIMEOUT_S):
                 _, err = await proc.communicate()
         except TimeoutError:
-            _kill(proc)
+            kill_group(proc)
             await proc.wait()
             return f"the push took longer than {PUSH_TIMEOUT_S:g} s"
         finally:
             self._pushing.pop(path, None)
         if proc.returncode == 0:
             return None
-        last = err.decode(errors="replace").strip().splitlines()[-1:] if err else []
-        return f"rsync exited {proc.returncode}" + (f": {last[0][:300]}" if last else "")
+        return f"rsync exited {proc.returncode}" + (
+            f": {last_words(err)}" if err and err.strip() else "")
 
     async def stop_pushes(self) -> list[str]:
         """End every push under way (a master giving the role up): none lands later."""
         stopped = []
         for path, proc in list(self._pushing.items()):
-            _kill(proc)
+            kill_group(proc)
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
             stopped.append(f"files: stopped the push of {path}")
@@ -451,9 +451,18 @@ async def _read_events(inotify: Inotify, queue: asyncio.Queue[Any],
             overflow.set()
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a process started in a session of its own, with all it started (ssh, the
+    rsync under it); one already reaped is left alone (its group id may be reused)."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def last_words(err: bytes) -> str:
+    """The last line a program wrote on its standard error, cut for an operator's sentence."""
+    lines = [line for line in err.decode(errors="replace").strip().splitlines() if line]
+    return lines[-1][:300] if lines else "no message"
 
 
 def _directories(root: str) -> list[str]:

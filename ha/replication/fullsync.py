@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import re
-import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -47,12 +46,12 @@ from typing import Any
 from agent.errors import Conflict, InvalidInput, Problem, VoxnodeError
 from agent.events import EventLog
 from agent.jobs.runner import JobKind, StepContext, StepDef, StepSkipped
-from agent.ports.files import durable
+from agent.ports.files import atomic_write, create_new, durable, fsync_dir, fsync_file
 from ha.machine import PeerView, Reason
 from ha.protocol import Role
 from ha.replication import sshkeys, syncshell
 from ha.replication.database import DatabaseReplication
-from ha.replication.files import RSYNC, FileSync
+from ha.replication.files import RSYNC, FileSync, kill_group, last_words
 from ha.replication.gtid import BadPosition, ahead_of, describe, parse_position
 from ha.replication.mariadb import DatabaseError, count_rows, quote_name, user_databases
 
@@ -159,27 +158,12 @@ class SyncMarker:
         return left
 
     def _write(self, text: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        atomic_write(self.path, text.encode())
 
     def _remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(self.path.parent)
 
     def reason(self) -> Reason | None:
         if self.needed is None:
@@ -625,7 +609,7 @@ class FullSync:
         where = self.state_dir / "ha" / "saved" / time.strftime(
             "%Y%m%dT%H%M%S", time.localtime(self.wall()))
         target = where / "databases-only-here.sql"
-        fd = await asyncio.to_thread(_create, target)
+        fd = await asyncio.to_thread(create_new, target)
         try:
             proc = await asyncio.create_subprocess_exec(
                 MARIADB_DUMP, f"--socket={database.db.socket}", "--single-transaction",
@@ -637,8 +621,8 @@ class FullSync:
         if proc.returncode != 0:
             raise FullSyncFailed(f"cannot save the databases only this node has ("
                                  f"{', '.join(extra)}) before the copy: "
-                                 f"{_last(err)}; nothing was changed")
-        await durable(_fsync_file, target)
+                                 f"{last_words(err)}; nothing was changed")
+        await durable(fsync_file, target)
         self.events.emit("replication.full-sync-saved", f"the databases only this node had "
                          f"({', '.join(extra)}) are saved in {target}", level=logging.WARNING)
         return extra, [f"{', '.join(extra)} to {target}"]
@@ -666,7 +650,7 @@ class FullSync:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             for proc in procs:
-                _kill(proc)
+                kill_group(proc)
             raise FullSyncFailed(f"cannot start the copy: {exc.strerror}") from None
         os.close(w1)
         os.close(r2)
@@ -688,7 +672,7 @@ class FullSync:
         except asyncio.CancelledError:
             stop.set()
             for proc in procs:
-                _kill(proc)
+                kill_group(proc)
             for proc in procs:
                 await proc.wait()
             with contextlib.suppress(Exception):
@@ -696,7 +680,7 @@ class FullSync:
             raise
         finally:
             for proc in procs:
-                _kill(proc)
+                kill_group(proc)
             err = [await e for e in errors]
         run.db_done = stats.bytes
         took = max(1e-3, time.monotonic() - began)
@@ -707,9 +691,9 @@ class FullSync:
                                  "not imported further")
         if codes[0] != 0:
             raise FullSyncFailed(f"the master's dump stopped (ssh exited {codes[0]}): "
-                                 f"{_last(err[0])}")
+                                 f"{last_words(err[0])}")
         if codes[1] != 0:
-            raise FullSyncFailed(f"importing the dump failed: {_last(err[1])}")
+            raise FullSyncFailed(f"importing the dump failed: {last_words(err[1])}")
         if stats.error is not None:
             raise FullSyncFailed(f"the copy broke off: {stats.error}")
         if not stats.complete or stats.position is None:
@@ -801,14 +785,14 @@ class FullSync:
                                f"{_size(sum(run.file_totals.values()))}", eta_s=run.eta())
             code = await proc.wait()
         except asyncio.CancelledError:
-            _kill(proc)
+            kill_group(proc)
             await proc.wait()
             raise
         finally:
-            _kill(proc)
+            kill_group(proc)
             err = await errors if errors else b""
         if code not in (0, 24):  # 24: files vanished on the master meanwhile
-            raise FullSyncFailed(f"copying {path} failed (rsync exited {code}): {_last(err)}")
+            raise FullSyncFailed(f"copying {path} failed (rsync exited {code}): {last_words(err)}")
         if first is None:
             return 0, 0.0
         return max(0, moved - first[1]), time.monotonic() - first[0]
@@ -903,27 +887,16 @@ async def _output(argv: list[str], what: str) -> str:
         async with asyncio.timeout(MEASURE_TIMEOUT_S):
             out, err = await proc.communicate()
     except TimeoutError:
-        _kill(proc)
+        kill_group(proc)
         await proc.wait()
         raise FullSyncFailed(f"{what}: no answer within {MEASURE_TIMEOUT_S:g} s") from None
     except asyncio.CancelledError:
-        _kill(proc)
+        kill_group(proc)
         await proc.wait()
         raise
     if proc.returncode != 0:
-        raise FullSyncFailed(f"{what} failed: {_last(err)}")
+        raise FullSyncFailed(f"{what} failed: {last_words(err)}")
     return out.decode(errors="replace")
-
-
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _last(err: bytes) -> str:
-    lines = [line for line in err.decode(errors="replace").strip().splitlines() if line]
-    return lines[-1][:300] if lines else "no message"
 
 
 def _size(n: int) -> str:
@@ -933,11 +906,6 @@ def _size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
-
-
-def _create(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
 
 async def _lift_pause(touching: asyncio.Future[None], pause: Path) -> None:
@@ -954,8 +922,3 @@ def _touch(path: Path) -> None:
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
