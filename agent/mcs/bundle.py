@@ -73,6 +73,14 @@ PASS_THROUGH = frozenset({
     "redirect-gateway", "redirect-private", "disable-dco", "remote",
     "ca", "cert", "key", "tls-auth", "tls-crypt",
 })
+# ``setenv`` names a bundle may set: peer information the MCS may read. Any other name is
+# refused; ``setenv opt X`` in particular is OpenVPN's way to give option X, which would
+# slip every refused option (plugin, up, script-security) back in.
+SETENV_ALLOWED = frozenset({"CLIENT_CERT", "PUSH_PEER_INFO"})
+SETENV_USER_PREFIX = "UV_"  # user variables sent to the server as peer information
+# Local ports the link must never take: SIP, the web console, the database and the pair's
+# own traffic (heartbeats, arbiter, replication, file sync).
+RESERVED_LOCAL_PORTS = frozenset({22, 80, 443, 694, 3306, 5060, 5061, 7412, 7422, 9090})
 _HOST_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)"
                       r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
 
@@ -140,6 +148,8 @@ def validate(upload: Upload, now: dt.datetime) -> Bundle:
                                                "(or use 1)"))
         elif d.name in WINDOWS_ONLY or (d.name in OWNED and d.name not in _READ_LATER):
             ignored.append(f"{d.name} (line {d.line})")
+        elif (refusal := _refusal(d, directives)) is not None:
+            problems.append(Problem(where, refusal))
         elif d.name in PASS_THROUGH:
             if d.name not in MATERIAL and d.name != "remote":
                 kept.append(d)
@@ -157,6 +167,48 @@ def validate(upload: Upload, now: dt.datetime) -> Bundle:
     if problems or material is None:
         raise invalid(sorted(set(problems), key=_problem_order))
     return _render(upload, remotes, kept, material, ignored)
+
+
+def _refusal(d: Directive, directives: list[Directive]) -> str | None:
+    """Why a pass-through option is refused as written: it would run, read or bind
+    something on the node, or take the node's routing."""
+    if d.name == "setenv":
+        name = d.args[0] if d.args else ""
+        if name.lower() == "opt":
+            return ("'setenv opt' gives OpenVPN any option, including refused ones, and is "
+                    "refused for safety: remove it")
+        if name not in SETENV_ALLOWED and not (
+                name.startswith(SETENV_USER_PREFIX) and len(name) > len(SETENV_USER_PREFIX)):
+            return (f"'setenv {name}' is not allowed (allowed: "
+                    f"{', '.join(sorted(SETENV_ALLOWED))}, {SETENV_USER_PREFIX}*)")
+        return None
+    if d.name in ("redirect-gateway", "redirect-private"):
+        return (f"'{d.name}' would send the node's own traffic through the MCS link and is "
+                "refused: the link carries only the MCS networks")
+    if d.name == "http-proxy" and len(d.args) > 2:
+        return ("'http-proxy' with an authentication file or method reads a file of the "
+                "node and is refused: give the proxy's host and port only")
+    if d.name == "socks-proxy" and len(d.args) > 2:
+        return ("'socks-proxy' with an authentication file reads a file of the node and is "
+                "refused: give the proxy's host and port only")
+    if d.name in ("lport", "bind"):
+        port = _local_port(directives)
+        if port in RESERVED_LOCAL_PORTS:
+            return (f"'{d.name}' would bind local port {port}, which the node uses "
+                    f"(reserved: {', '.join(map(str, sorted(RESERVED_LOCAL_PORTS)))}): "
+                    "remove it or use nobind")
+    return None
+
+
+def _local_port(directives: list[Directive]) -> int | None:
+    """The local port OpenVPN binds: the last ``lport``, else the last ``port``, else the
+    default (when a ``bind`` asks for one)."""
+    for names in (("lport",), ("port",)):
+        found = next((d for d in reversed(directives) if d.name in names), None)
+        if found is not None:
+            arg = found.args[0] if found.args else ""
+            return int(arg) if arg.isascii() and arg.isdigit() else None
+    return DEFAULT_PORT
 
 
 _READ_LATER = frozenset({"dev", "dev-type", "proto", "port", "rport", "key-direction"})

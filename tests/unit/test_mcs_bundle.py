@@ -311,3 +311,52 @@ def test_bad_tls_key_and_unclosed_block(pki: Pki) -> None:
     text = pki.ovpn(tls=False) + "<tls-crypt>\nabc\n"
     assert problems_of("x.ovpn", text) == [
         f"{at(text, '<tls-crypt>')}: <tls-crypt> is never closed (no </tls-crypt> line)"]
+
+
+# Lines that would run, read or bind something on the node, or take its routing, even
+# though their option is one a client configuration may carry.
+HOSTILE_LINES = [
+    ('setenv opt plugin /usr/lib64/openvpn/plugins/openvpn-plugin-down-root.so "id"',
+     "x.ovpn:8: 'setenv opt' gives OpenVPN any option, including refused ones, and is "
+     "refused for safety: remove it"),
+    ("setenv OPT up /tmp/x",
+     "x.ovpn:8: 'setenv opt' gives OpenVPN any option, including refused ones, and is "
+     "refused for safety: remove it"),
+    ("setenv FORWARD_COMPATIBLE 1",
+     "x.ovpn:8: 'setenv FORWARD_COMPATIBLE' is not allowed (allowed: CLIENT_CERT, "
+     "PUSH_PEER_INFO, UV_*)"),
+    ("setenv UV_ 1",
+     "x.ovpn:8: 'setenv UV_' is not allowed (allowed: CLIENT_CERT, PUSH_PEER_INFO, UV_*)"),
+    ("redirect-gateway def1",
+     "x.ovpn:8: 'redirect-gateway' would send the node's own traffic through the MCS link "
+     "and is refused: the link carries only the MCS networks"),
+    ("redirect-private local",
+     "x.ovpn:8: 'redirect-private' would send the node's own traffic through the MCS link "
+     "and is refused: the link carries only the MCS networks"),
+    ("http-proxy proxy.example.test 3128 /etc/shadow basic",
+     "x.ovpn:8: 'http-proxy' with an authentication file or method reads a file of the node "
+     "and is refused: give the proxy's host and port only"),
+    ("socks-proxy proxy.example.test 1080 /root/.ssh/id_rsa",
+     "x.ovpn:8: 'socks-proxy' with an authentication file reads a file of the node and is "
+     "refused: give the proxy's host and port only"),
+    ("lport 5060",
+     "x.ovpn:8: 'lport' would bind local port 5060, which the node uses (reserved: 22, 80, "
+     "443, 694, 3306, 5060, 5061, 7412, 7422, 9090): remove it or use nobind"),
+]
+
+
+@pytest.mark.parametrize(("line", "problem"), HOSTILE_LINES)
+def test_hostile_pass_through_lines_are_refused(pki: Pki, line: str, problem: str) -> None:
+    assert problems_of("x.ovpn", pki.ovpn(extra=line)) == [problem]
+
+
+def test_bind_on_a_reserved_port_is_refused_and_harmless_options_pass(pki: Pki) -> None:
+    text = pki.ovpn(extra="port 3306\nbind")
+    assert problems_of("x.ovpn", text) == [
+        "x.ovpn:9: 'bind' would bind local port 3306, which the node uses (reserved: 22, 80, "
+        "443, 694, 3306, 5060, 5061, 7412, 7422, 9090): remove it or use nobind"]
+    fine = ("setenv CLIENT_CERT 0\nsetenv UV_SITE milan\nhttp-proxy proxy.example.test 3128\n"
+            "socks-proxy proxy.example.test 1080\nlport 41194")
+    bundle = load_bundle("x.ovpn", pki.ovpn(extra=fine).encode(), now=NOW)
+    assert "setenv UV_SITE milan" in bundle.config
+    assert "setenv opt" not in bundle.config
