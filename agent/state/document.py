@@ -22,9 +22,31 @@ from agent.state.model import DesiredState, WorkingMode
 from ha.config import check_ha_rules
 from ha.replication.config import check_replication_rules
 
+MAX_DOCUMENT_CHARS = 1 << 20  # a real document is a few kilobytes
+MAX_DEPTH = 32  # the model nests 6 levels deep
+
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one,
+    anchors and aliases (nobody needs them in this document, and a few hundred bytes of
+    nested aliases expand to billions of nodes), and nesting deeper than ``MAX_DEPTH``."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not accepted in a voxnode "
+                "document: write the value out", event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -44,6 +66,11 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def parse_yaml(text: str, source: str = "<input>") -> Any:
     """Parse YAML text; a syntax error becomes one problem located by line and column."""
+    if len(text) > MAX_DOCUMENT_CHARS:
+        raise InvalidInput(
+            f"{source} is too large",
+            problems=[Problem(source, f"{len(text)} characters; a document has at most "
+                                      f"{MAX_DOCUMENT_CHARS} (1 MiB)")])
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:

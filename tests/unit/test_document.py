@@ -384,3 +384,34 @@ def test_replication_path_rules(paths: list[str], expected: list[str]) -> None:
         assert validate_document(doc).ha.replication.paths == paths
         return
     assert problems_of(doc) == sorted(expected)
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(InvalidInput) as info:
+        load_document(text)
+    return [str(p) for p in info.value.problems]
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    # nine aliases per level, eight levels: 9**8 = 43 million nodes once expanded
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n" for i in range(1, 9)
+    ) + "mode: *a8\n"
+    assert _problems(bomb) == [
+        "<input>:1:5: anchors and aliases (&name, *name) are not accepted in a voxnode "
+        "document: write the value out"]
+
+
+def test_an_alias_alone_is_refused_at_its_place() -> None:
+    text = "schema_version: 1\nnetwork:\n  hostname: *h\n"
+    assert _problems(text) == [
+        "<input>:3:13: anchors and aliases (&name, *name) are not accepted in a voxnode "
+        "document: write the value out"]
+
+
+def test_deep_nesting_and_a_huge_document_are_refused() -> None:
+    deep = "mode: " + "[" * 5000 + "]" * 5000 + "\n"
+    assert _problems(deep) == ["<input>:1:38: nested more than 32 levels deep"]
+    huge = "# " + "x" * (1 << 20) + "\n"
+    assert _problems(huge) == [
+        f"<input>: {len(huge)} characters; a document has at most 1048576 (1 MiB)"]
