@@ -26,9 +26,10 @@ async def config_show(request: web.Request) -> web.Response:
             return json_response({"revision": None, "document": None})
         revision = current
     else:
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+            shown = raw if len(raw) <= 40 else raw[:40] + "…"
             raise InvalidInput(
-                "bad revision", problems=[Problem("revision", f"'{raw}' is not a number")]
+                "bad revision", problems=[Problem("revision", f"'{shown}' is not a number")]
             )
         revision = store.load(int(raw))
     return json_response(

@@ -114,6 +114,12 @@ async def test_bad_requests(api: TestClient[Any, Any]) -> None:
     await error_of(await api.get("/v1/nothing"), 404, "not_found")
     await error_of(await api.delete("/v1/status"), 405, "not_found")
     err = await error_of(await api.get("/v1/config/revisions/x"), 422, "invalid_input")
+    # digits that are not ASCII (superscript two, Arabic-Indic twelve) and a number too
+    # long to be a revision are not numbers either
+    for raw in ("%C2%B2", "%D9%A1%D9%A2", "9" * 5000):
+        err = await error_of(await api.get(f"/v1/config/revisions/{raw}"), 422,
+                             "invalid_input")
+        assert err["problems"][0]["path"] == "revision"
 
 
 async def test_network_set_and_missing_interface(api: TestClient[Any, Any]) -> None:
