@@ -6,7 +6,7 @@
                                  [--tls-cert FILE --tls-key FILE]
     voxnode-license-server serial create --email E --modules NAME[=LIMIT],… [--company C]
                                          [--valid-days N]       (prints the serial)
-    voxnode-license-server serial list|show SERIAL|revoke SERIAL
+    voxnode-license-server serial list|show SERIAL|revoke SERIAL|release SERIAL
     voxnode-license-server serial modules SERIAL --modules … [--valid-days N]
     voxnode-license-server activations [SERIAL] | audit [SERIAL]
 
@@ -122,6 +122,11 @@ def cmd_serial(args: argparse.Namespace, db: Database) -> int:
         _serial_or_fail(db, args.serial)
         db.revoke(args.serial)
         _out(args, {"revoked": args.serial}, f"{args.serial} revoked")
+    elif args.action == "release":
+        _serial_or_fail(db, args.serial)
+        released = db.release(args.serial)
+        _out(args, {"released": args.serial if released else None},
+             f"{args.serial} released" if released else f"{args.serial} was active nowhere")
     elif args.action == "modules":
         s = _serial_or_fail(db, args.serial)
         try:
@@ -192,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--company", default="")
     c.add_argument("--valid-days", type=int)
     ss.add_parser("list", parents=[common])
-    for name in ("show", "revoke"):
+    for name in ("show", "revoke", "release"):
         ss.add_parser(name, parents=[common]).add_argument("serial")
     m = ss.add_parser("modules", parents=[common], help="change modules (version + 1)")
     m.add_argument("serial")

@@ -134,6 +134,17 @@ class Database:
                               "serial = ?", (time.time(), serial))
             self.audit("vendor", serial, "revoke")
 
+    def release(self, serial: str) -> bool:
+        """The vendor frees the serial from the node it is active on (new hardware, the
+        old one gone); that node's next check ends its licence. False if it was active
+        nowhere."""
+        with self.conn:
+            done = self.conn.execute("UPDATE activations SET state = 'released', released_at = ? "
+                                     "WHERE serial = ? AND state = 'active'", (time.time(), serial))
+            if done.rowcount:
+                self.audit("vendor", serial, "release")
+        return bool(done.rowcount)
+
     # --- activations -------------------------------------------------------------------------
 
     def activations(self, serial: str | None = None) -> list[dict[str, Any]]:

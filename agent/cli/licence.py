@@ -103,7 +103,11 @@ def cmd_check(client: Client, args: argparse.Namespace) -> int:
 
 
 def _human_check(d: dict[str, Any]) -> None:
-    if d["update_available"]:
+    if d.get("ended"):
+        shown = d["licence"]
+        output.out.print(f"The licence server ended this node's licence: {shown['state']} — "
+                         f"{shown['reason']}")
+    elif d["update_available"]:
         output.out.print(f"Licence version {d['server_version']} is available (installed "
                          f"{d['installed_version']}); changed modules:")
         _human_effects({"modules": d["modules"]})

@@ -74,6 +74,7 @@ async def verify(manager: LicenceManager, code: str) -> dict[str, Any]:
         await durable(manager.store.write_licence, text)
         now = manager.clock()
         record.pending, record.removed_at, record.available = None, None, None
+        record.revoked_at = None
         record.ever_licensed, record.last_check, record.last_ok = True, now, now
         record.failures, record.failing_since, record.last_error = 0, None, ""
         record.max_seen = max(record.max_seen, now)

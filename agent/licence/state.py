@@ -54,6 +54,7 @@ class Pending:
 class Record:
     pending: Pending | None = None
     removed_at: float | None = None
+    revoked_at: float | None = None  # a check heard that the vendor revoked the serial
     ever_licensed: bool = False
     last_check: float | None = None  # last attempt, automatic or manual
     last_ok: float | None = None  # last successful check
@@ -157,6 +158,10 @@ def evaluate(record: Record, licence: Licence | None, invalid: str, now: float) 
 
 
 def _evaluate(record: Record, licence: Licence | None, invalid: str, t: float) -> Status:
+    if licence is not None and not invalid and record.revoked_at is not None:
+        return Status(LicenceState.UNLICENSED, frozenset(),
+                      f"no licence is active on this node (licence {licence.serial} was "
+                      "revoked by the vendor)")
     if licence is not None and not invalid:
         expired = licence.valid_until is not None and t >= licence.valid_until
         until = licence.valid_until

@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 from agent.errors import Conflict, InvalidInput, Problem, VoxnodeError
 from agent.licence.changes import module_changes, reduction_problems
 from agent.licence.client import BadResponse
+from agent.licence.errors import ServerRefused
 from agent.licence.state import (
     ALARM_AFTER_FAILURES,
     CHECK_JITTER_S,
+    Record,
     next_check_at,
 )
 from agent.ports.files import durable
@@ -39,10 +41,26 @@ MAX_SLEEP_S = 3600.0
 Sleep = Callable[[float], Awaitable[None]]
 
 
+# the server's refusals of a check that end the licence here, and the event each gives
+LICENCE_ENDED = {"revoked": "revoked", "not_active": "released-elsewhere"}
+
+
+async def _failed(manager: LicenceManager, record: Record, exc: VoxnodeError,
+                  now: float) -> None:
+    """A check that told nothing: counted, and an alarm once they keep failing."""
+    record.failures += 1
+    record.failing_since = record.failing_since or now
+    record.last_error = exc.message
+    await durable(manager.store.write_record, record)
+    if record.failures >= ALARM_AFTER_FAILURES:
+        manager.events.emit("licence.check-alarm", f"{record.failures} licence checks "
+                            f"failed in a row: {exc.message}", level=logging.ERROR)
+
+
 async def check(manager: LicenceManager, *, automatic: bool = False) -> dict[str, Any]:
     async with manager.lock:
-        _, record, licence = manager.status()
-        if licence is None or record.removed_at is not None:
+        before, record, licence = manager.status()
+        if licence is None or record.removed_at is not None or record.revoked_at is not None:
             raise Conflict("there is no active licence to check",
                            remedy="Activate one with `voxnode license activate`.")
         now = manager.clock()
@@ -55,16 +73,35 @@ async def check(manager: LicenceManager, *, automatic: bool = False) -> dict[str
             if newer.serial != licence.serial:
                 raise BadResponse(f"the licence server sent a licence for serial "
                                   f"{newer.serial}, not {licence.serial}")
-        except VoxnodeError as exc:
-            record.failures += 1
-            record.failing_since = record.failing_since or now
-            record.last_error = exc.message
+        except ServerRefused as exc:
+            if exc.reason not in LICENCE_ENDED:
+                await _failed(manager, record, exc, now)
+                raise
+            # the server says this node's licence is over: revoked by the vendor (it ends
+            # now), or the serial released from this node elsewhere (the removal's grace)
+            record.failures, record.failing_since, record.last_error = 0, None, ""
+            record.last_ok, record.available = now, None
+            if exc.reason == "revoked":
+                record.revoked_at = now
+                text = (f"licence {licence.serial} was revoked by the vendor: the node is "
+                        "unlicensed")
+            else:
+                record.removed_at = record.removed_at or now
+                text = (f"licence {licence.serial} is no longer active on this node (released "
+                        f"elsewhere): the node works unlicensed for the grace period")
             await durable(manager.store.write_record, record)
-            if record.failures >= ALARM_AFTER_FAILURES:
-                manager.events.emit("licence.check-alarm", f"{record.failures} licence checks "
-                                    f"failed in a row: {exc.message}", level=logging.ERROR)
+            manager.events.emit(f"licence.{LICENCE_ENDED[exc.reason]}", text,
+                                level=logging.ERROR)
+            await manager.apply_effects(before.modules)  # a revoked licence runs nothing
+            return {"check": "automatic" if automatic else "manual",
+                    "installed_version": licence.version, "server_version": None,
+                    "update_available": False, "modules": [], "ended": exc.reason,
+                    "licence": manager.show()}
+        except VoxnodeError as exc:
+            await _failed(manager, record, exc, now)
             raise
         record.failures, record.failing_since, record.last_error = 0, None, ""
+
         record.last_ok = now
         changes = module_changes(licence, newer)
         if newer.version > licence.version:
@@ -158,7 +195,8 @@ async def run(manager: LicenceManager, sleep: Sleep = asyncio.sleep,
             await tick(manager)
             status, record, licence = manager.status()
             now = manager.clock()
-            checking = licence is not None and record.removed_at is None
+            checking = (licence is not None and record.removed_at is None
+                        and record.revoked_at is None)
             due = next_check_at(record, now, jitter) if checking else None
             if due is not None and due <= now:
                 jitter = rng.uniform(-CHECK_JITTER_S, CHECK_JITTER_S)

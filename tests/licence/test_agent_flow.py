@@ -210,6 +210,50 @@ def test_activate_verify_check_remove(node: Node) -> None:
           "Activate one with `voxnode license activate`.")
 
 
+def _activated(node: Node) -> str:
+    serial = node.server.create("PBX", EMAIL, "--valid-days", "365")
+    sent = node.cli("license", "activate", "--serial", serial, "--email", EMAIL)
+    assert sent.returncode == 0, sent.stderr
+    verified = node.cli("license", "verify", "--code", node.server.code())
+    assert verified.returncode == 0, verified.stderr
+    assert node.show()["state"] == "ACTIVE"
+    return serial
+
+
+def test_a_serial_revoked_by_the_vendor_ends_the_licence_at_the_next_check(
+        node: Node) -> None:
+    serial = _activated(node)
+    node.server.vendor("serial", "revoke", serial)
+    checked = node.cli("license", "check")
+    assert (checked.returncode, flat(checked.stdout)) == (
+        0, f"The licence server ended this node's licence: UNLICENSED — no licence is active "
+        f"on this node (licence {serial} was revoked by the vendor)"), checked.stderr
+    shown = node.show()
+    assert (shown["state"], shown["active"], shown["failed_checks"]) == (
+        "UNLICENSED", False, 0)
+    events = [e for e in node.agent.cli_json("status")["events"]
+              if e["kind"] == "licence.revoked"]
+    assert [e["message"] for e in events] == [
+        f"licence {serial} was revoked by the vendor: the node is unlicensed"]
+    # ended for good: no more checks
+    fails(node.cli("license", "check"), 6, "error: there is no active licence to check",
+          "Activate one with `voxnode license activate`.")
+
+
+def test_a_serial_no_longer_active_on_this_node_starts_the_grace_period(node: Node) -> None:
+    serial = _activated(node)
+    # the vendor's database no longer has this node's activation (released by the vendor
+    # for new hardware): the removal's 30 days start at the check
+    node.server.vendor("serial", "release", serial)
+    checked = node.cli("license", "check")
+    assert checked.returncode == 0, checked.stderr
+    assert flat(checked.stdout).startswith(
+        "The licence server ended this node's licence: GRACE — "), checked.stdout
+    shown = node.show()
+    assert shown["state"] == "GRACE"
+    assert shown["grace_until"] == pytest.approx(shown["removed_at"] + 30 * 86400)
+
+
 def test_bad_input_changes_nothing(node: Node) -> None:
     fails(node.cli("license", "activate", "--serial", "VX-NOPE-NOPE-NOPE", "--email", EMAIL), 3,
           "error: the licence server refused: serial VX-NOPE-NOPE-NOPE is not known to the "
