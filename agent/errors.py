@@ -125,6 +125,17 @@ class StoreError(VoxnodeError):
     default_remedy = "Check the state directory's permissions and free space."
 
 
+class UnsupportedBody(VoxnodeError):
+    """A request that acts came with a body that is not JSON (a form a web page posted,
+    say): it is never acted on."""
+
+    code = "unsupported_media_type"
+    exit_code = EXIT_USAGE
+    http_status = 415
+    default_remedy = ("Send the body as JSON with 'Content-Type: application/json' (an empty "
+                      "object when there is nothing to say); nothing was changed.")
+
+
 class AgentUnreachable(VoxnodeError):
     code = "agent_unreachable"
     exit_code = EXIT_UNREACHABLE
@@ -142,6 +153,7 @@ ERRORS_BY_CODE: dict[str, type[VoxnodeError]] = {
         ApplyFailed,
         SubsystemError,
         StoreError,
+        UnsupportedBody,
         AgentUnreachable,
     )
 }

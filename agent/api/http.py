@@ -17,7 +17,7 @@ from aiohttp import web
 
 from agent.change_options import ChangeOptions
 from agent.engine import Engine
-from agent.errors import InvalidInput, NotFound, Problem, VoxnodeError
+from agent.errors import InvalidInput, NotFound, Problem, UnsupportedBody, VoxnodeError
 from agent.events import EventLog
 from agent.network.subsystem import NetworkSubsystem
 from agent.ports.licence import LicencePort
@@ -56,9 +56,25 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=2))
 
 
+# Methods that act: their body must say it is JSON. A browser sends a cross-site form
+# (urlencoded, multipart, text/plain) without asking first; JSON it cannot send that way.
+ACTING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def check_body_type(request: web.Request) -> None:
+    if (request.method in ACTING_METHODS and request.match_info.http_exception is None
+            and request.content_type != "application/json"):
+        given = request.headers.get("Content-Type")
+        raise UnsupportedBody(
+            f"{request.method} {request.path} takes a JSON body",
+            problems=[Problem("Content-Type", f"'{given[:80]}' is not application/json"
+                              if given else "missing; expected application/json")])
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        check_body_type(request)
         return await handler(request)
     except VoxnodeError as exc:
         return json_response({"error": exc.to_dict()}, status=exc.http_status)

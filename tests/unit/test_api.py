@@ -54,6 +54,9 @@ async def api(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     await client.close()
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 async def error_of(resp: Any, status: int, code: str) -> dict[str, Any]:
     assert resp.status == status
     body = await resp.json()
@@ -92,10 +95,11 @@ async def test_yaml_body_errors_name_the_source(api: TestClient[Any, Any]) -> No
 
 
 async def test_bad_requests(api: TestClient[Any, Any]) -> None:
-    err = await error_of(await api.post("/v1/config/apply", data=b"{"), 422, "invalid_input")
+    err = await error_of(await api.post("/v1/config/apply", data=b"{", headers=JSON), 422,
+                         "invalid_input")
     assert err["message"] == "the request body is not JSON"
     deep = b"[" * 200_000  # deeper than the JSON decoder goes: still a 422, not a 500
-    err = await error_of(await api.post("/v1/mode", data=deep), 422, "invalid_input")
+    err = await error_of(await api.post("/v1/mode", data=deep, headers=JSON), 422, "invalid_input")
     assert err["message"] == "the request body is not JSON"
     err = await error_of(
         await api.post("/v1/config/apply", json={"document": DOC, "force": True}),
@@ -172,13 +176,13 @@ async def test_mode_switch_needs_yes_then_deletes_mcs(tmp_path: Path) -> None:
 
 async def test_confirm_and_rollback_endpoints(api: TestClient[Any, Any]) -> None:
     await api.post("/v1/config/apply", json={"document": DOC})
-    await error_of(await api.post("/v1/config/confirm"), 409, "conflict")
+    await error_of(await api.post("/v1/config/confirm", json={}), 409, "conflict")
     resp = await api.post("/v1/network", json={"set": {"hostname": "pbx2"},
                                                "confirm_within": 60})
     assert (await resp.json())["confirm_deadline"] is not None
     status = await (await api.get("/v1/status")).json()
     assert status["pending_confirmation"]["revision"] == 2
-    assert (await api.post("/v1/config/confirm")).status == 200
+    assert (await api.post("/v1/config/confirm", json={})).status == 200
     resp = await api.post("/v1/config/rollback", json={"revision": 1})
     out = await resp.json()
     assert out["revision"]["source"] == "rollback"
@@ -233,3 +237,35 @@ async def test_the_cli_shows_warnings_and_losses_as_sentences(
             "restarts: calls in progress are dropped then.\n") in shown
     assert "  will be lost (mode): Switching to Pure Cloud deletes the MCS client" in shown
     assert "'code'" not in shown
+
+
+# what a web page can make a browser send without asking first, and a body with no type
+CROSS_SITE_BODIES = [
+    ({"Content-Type": "application/x-www-form-urlencoded"}, b"yes=true",
+     "'application/x-www-form-urlencoded' is not application/json"),
+    ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x--",
+     "'multipart/form-data; boundary=x' is not application/json"),
+    ({"Content-Type": "text/plain"}, b'{"yes": true}', "'text/plain' is not application/json"),
+    ({}, None, "missing; expected application/json"),
+]
+
+
+@pytest.mark.parametrize(("headers", "body", "problem"), CROSS_SITE_BODIES)
+async def test_a_request_that_acts_needs_a_json_body(
+        api: TestClient[Any, Any], headers: dict[str, str], body: bytes | None,
+        problem: str) -> None:
+    await api.post("/v1/config/apply", json={"document": DOC})
+    head = (await (await api.get("/v1/config")).json())
+    acting = sorted({(r.method, r.resource.canonical.replace("{id}", "1"))
+                     for r in api.app.router.routes()
+                     if r.method in ("POST", "PUT", "PATCH", "DELETE") and r.resource})
+    assert ("POST", "/v1/config/confirm") in acting and len(acting) >= 5
+    for method, path in acting:
+        resp = await api.request(method, path, data=body, headers=headers,
+                                 skip_auto_headers=["Content-Type"] if not headers else None)
+        err = await error_of(resp, 415, "unsupported_media_type")
+        assert err["message"] == f"{method} {path} takes a JSON body"
+        assert err["problems"] == [{"path": "Content-Type", "message": problem}]
+    assert (await (await api.get("/v1/config")).json()) == head  # nothing acted
+    # an unknown route stays a 404, whatever its body
+    await error_of(await api.post("/v1/nothing", data=b"x"), 404, "not_found")

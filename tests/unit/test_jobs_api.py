@@ -82,7 +82,7 @@ async def test_schedule_show_list_kinds(api: tuple[TestClient[Any, Any], Steps])
     assert later["scheduled_at"] == datetime.fromisoformat("2099-01-01T02:00+01:00").timestamp()
     listed = await (await client.get("/v1/jobs")).json()
     assert [j["id"] for j in listed["jobs"]] == [2, 1]
-    cancelled = await (await client.post("/v1/jobs/2/cancel")).json()
+    cancelled = await (await client.post("/v1/jobs/2/cancel", json={})).json()
     assert cancelled["state"] == "cancelled" and steps.calls == ["first", "second", "third"]
 
 
@@ -125,9 +125,9 @@ async def test_refusals(api: tuple[TestClient[Any, Any], Steps]) -> None:
     assert err["message"] == "no job 99"
     err = await error_of(await client.get("/v1/jobs/x1"), 404, "not_found")
     assert err["message"] == "no job x1: job ids are numbers"
-    err = await error_of(await client.post("/v1/jobs/99/cancel"), 404, "not_found")
-    await client.post("/v1/jobs/1/cancel")
-    err = await error_of(await client.post("/v1/jobs/1/cancel"), 409, "conflict")
+    err = await error_of(await client.post("/v1/jobs/99/cancel", json={}), 404, "not_found")
+    await client.post("/v1/jobs/1/cancel", json={})
+    err = await error_of(await client.post("/v1/jobs/1/cancel", json={}), 409, "conflict")
     assert err["message"] == "job 1 is cancelled: only a scheduled or running job can be cancelled"
 
 

@@ -281,9 +281,9 @@ async def test_api_upload_status_stop_start_remove(
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["summary"]["remote"] == "mcs.example.test:1194/udp"
     assert (await (await client.get("/v1/mcs")).json())["status"] == "connecting"
-    assert (await client.post("/v1/mcs/stop")).status == 200
+    assert (await client.post("/v1/mcs/stop", json={})).status == 200
     assert (await (await client.get("/v1/mcs")).json())["status"] == "stopped"
-    assert (await client.post("/v1/mcs/start")).status == 200
+    assert (await client.post("/v1/mcs/start", json={})).status == 200
     assert node.mcs_running()
     resp = await client.delete("/v1/mcs/bundle", json={})
     assert resp.status == 409

@@ -413,7 +413,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Node]
 
 async def test_api(api: tuple[TestClient[Any, Any], Node]) -> None:
     client, node = api
-    resp = await client.post("/v1/services/restart-all")
+    resp = await client.post("/v1/services/restart-all", json={})
     assert resp.status == 409
     assert (await client.post("/v1/config/apply", json={"document": STANDARD.to_document()}
                               )).status == 200
@@ -423,10 +423,10 @@ async def test_api(api: tuple[TestClient[Any, Any], Node]) -> None:
     assert (engine["state"], engine["enabled"], engine["drift"]) == (
         "active (running)", "disabled", None)
     node.systemd.stop_by_hand("kamailio.service")
-    out = await (await client.post("/v1/services/reconcile")).json()
+    out = await (await client.post("/v1/services/reconcile", json={})).json()
     assert out == {"changes": [{"action": "start", "target": "kamailio.service",
                                 "detail": "pbx-engine: found inactive/dead"}], "failures": []}
-    resp = await client.post("/v1/services/restart-all")
+    resp = await client.post("/v1/services/restart-all", json={})
     assert resp.headers["Content-Type"] == "application/x-ndjson"
     lines = [json.loads(line) for line in (await resp.text()).splitlines()]
     assert len(lines) == 7 and lines[-1]["done"]["failed"] == 0
