@@ -48,9 +48,16 @@ def _window(value: object) -> float | None:
     return float(value)
 
 
+MAX_COMMENT = 500  # characters: a note for the history, not a file
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("voxnode", "must be a string")
+    if len(value) > MAX_COMMENT:
+        raise PydanticCustomError(
+            "voxnode", "at most {limit} characters, got {length}",
+            {"limit": MAX_COMMENT, "length": len(value)})
     return value
 
 

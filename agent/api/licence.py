@@ -22,10 +22,18 @@ from agent.ports.files import durable
 LICENCE: web.AppKey[LicenceManager] = web.AppKey("licence_manager", LicenceManager)
 
 
+# the longest text each field may carry (an email address is at most 254 characters)
+TEXT_LIMITS = {"serial": 64, "email": 254, "code": 32}
+
+
 def _str(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str):
         raise InvalidInput("bad request", problems=[Problem(name, "required, a string")])
+    limit = TEXT_LIMITS.get(name)
+    if limit is not None and len(value) > limit:
+        raise InvalidInput("bad request", problems=[
+            Problem(name, f"at most {limit} characters, got {len(value)}")])
     return value
 
 

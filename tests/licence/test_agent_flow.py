@@ -271,6 +271,11 @@ def test_bad_input_changes_nothing(node: Node) -> None:
           "Run `voxnode license activate --serial S --email E` first.")
     fails(node.cli("license", "verify", "--code", "12ab"), 3,
           "error: the verification code is not valid", "  code: the digits of the emailed code")
+    fails(node.cli("license", "activate", "--serial", "V" * 100, "--email", EMAIL), 3,
+          "error: bad request", "  serial: at most 64 characters, got 100")
+    fails(node.cli("license", "activate", "--serial", serial, "--email",
+                   "o" * 300 + "@acme.example"), 3,
+          "error: bad request", "  email: at most 254 characters, got 313")
     assert node.server.mails() == []
     assert node.show()["state"] == "OFF" and node.installed() is None
     # the JSON error keeps the server's reason and the exit status

@@ -49,6 +49,8 @@ BAD_OPTIONS: list[tuple[str, dict[str, Any], str, list[str]]] = [
      ["confirm_within: must be 1-3600 seconds"]),
     ("comment a number", {"comment": 5}, NOT_VALID, ["comment: must be a string"]),
     ("comment null", {"comment": None}, NOT_VALID, ["comment: must be a string"]),
+    ("comment a megabyte", {"comment": "x" * 1_000_000}, NOT_VALID,
+     ["comment: at most 500 characters, got 1000000"]),
     ("all at once", {"dry_run": "x", "yes": None, "confirm_within": 0, "comment": []},
      NOT_VALID, ["dry_run: must be true or false", "yes: must be true or false",
                  "confirm_within: must be 1-3600 seconds", "comment: must be a string"]),
