@@ -415,3 +415,12 @@ def test_deep_nesting_and_a_huge_document_are_refused() -> None:
     huge = "# " + "x" * (1 << 20) + "\n"
     assert _problems(huge) == [
         f"<input>: {len(huge)} characters; a document has at most 1048576 (1 MiB)"]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("? [a, b]\n: 1\n", "<input>:1:3: a key is a list; keys are plain names"),
+    ("network: {? {a: 1} : 2}\n", "<input>:1:13: a key is a mapping; keys are plain names"),
+    ("network:\n  interfaces: {[1]: 2}\n", "<input>:2:16: a key is a list; keys are plain names"),
+])
+def test_a_key_that_is_not_a_plain_name_is_a_problem_not_a_crash(text: str, problem: str) -> None:
+    assert _problems(text) == [problem]
