@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.http import CTX, json_response, read_change
+from agent.api.http import CTX, json_response, path_number, read_change
 from agent.errors import InvalidInput, Problem
 from agent.state.document import load_document, validate_document
 
@@ -26,12 +26,13 @@ async def config_show(request: web.Request) -> web.Response:
             return json_response({"revision": None, "document": None})
         revision = current
     else:
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        number = path_number(raw)
+        if number is None:
             shown = raw if len(raw) <= 40 else raw[:40] + "…"
             raise InvalidInput(
                 "bad revision", problems=[Problem("revision", f"'{shown}' is not a number")]
             )
-        revision = store.load(int(raw))
+        revision = store.load(number)
     return json_response(
         {"revision": revision.meta.to_dict(), "document": revision.state.to_document()})
 

@@ -56,6 +56,14 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=2))
 
 
+def path_number(raw: str, max_digits: int = 18) -> int | None:
+    """A number in a URL path (a revision, a job id): ASCII digits only (``str.isdigit``
+    also takes '²' and other scripts' digits), few enough to be one; None otherwise."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= max_digits:
+        return int(raw)
+    return None
+
+
 # Methods that act: their body must say it is JSON. A browser sends a cross-site form
 # (urlencoded, multipart, text/plain) without asking first; JSON it cannot send that way.
 ACTING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from agent.api.http import json_response, read_body
+from agent.api.http import json_response, path_number, read_body
 from agent.errors import InvalidInput, NotFound, Problem
 from agent.jobs.runner import JobRunner
 
@@ -24,10 +24,11 @@ AT_EXAMPLE = "2026-11-23T02:00:00+01:00"
 
 def _job_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()):
-        raise NotFound(f"no job {raw}: job ids are numbers",
+    number = path_number(raw)
+    if number is None:
+        raise NotFound(f"no job {raw[:40]}: job ids are numbers",
                        remedy="See the jobs kept with `voxnode jobs list`.")
-    return int(raw)
+    return number
 
 
 def parse_at(value: object) -> float | None:

@@ -125,6 +125,11 @@ async def test_refusals(api: tuple[TestClient[Any, Any], Steps]) -> None:
     assert err["message"] == "no job 99"
     err = await error_of(await client.get("/v1/jobs/x1"), 404, "not_found")
     assert err["message"] == "no job x1: job ids are numbers"
+    # other scripts' digits and a number too long to be an id are not ids either
+    err = await error_of(await client.get("/v1/jobs/%C2%B2"), 404, "not_found")
+    assert err["message"] == "no job ²: job ids are numbers"
+    err = await error_of(await client.get("/v1/jobs/" + "9" * 5000), 404, "not_found")
+    assert err["message"] == f"no job {'9' * 40}: job ids are numbers"
     err = await error_of(await client.post("/v1/jobs/99/cancel", json={}), 404, "not_found")
     await client.post("/v1/jobs/1/cancel", json={})
     err = await error_of(await client.post("/v1/jobs/1/cancel", json={}), 409, "conflict")
