@@ -68,6 +68,16 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def ended(self) -> bool:
+        """Removed here, or revoked by the vendor: the licence is not checked any more."""
+        return self.removed_at is not None or self.revoked_at is not None
+
+    def answered(self, now: float) -> None:
+        """A check the server answered: the failures in a row are over."""
+        self.failures, self.failing_since, self.last_error = 0, None, ""
+        self.last_ok = now
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
         pending = data.get("pending")

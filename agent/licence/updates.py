@@ -58,9 +58,10 @@ async def _failed(manager: LicenceManager, record: Record, exc: VoxnodeError,
 
 
 async def check(manager: LicenceManager, *, automatic: bool = False) -> dict[str, Any]:
+    how = "automatic" if automatic else "manual"
     async with manager.lock:
         before, record, licence = manager.status()
-        if licence is None or record.removed_at is not None or record.revoked_at is not None:
+        if licence is None or record.ended:
             raise Conflict("there is no active licence to check",
                            remedy="Activate one with `voxnode license activate`.")
         now = manager.clock()
@@ -79,30 +80,27 @@ async def check(manager: LicenceManager, *, automatic: bool = False) -> dict[str
                 raise
             # the server says this node's licence is over: revoked by the vendor (it ends
             # now), or the serial released from this node elsewhere (the removal's grace)
-            record.failures, record.failing_since, record.last_error = 0, None, ""
-            record.last_ok, record.available = now, None
+            record.answered(now)
+            record.available = None
             if exc.reason == "revoked":
                 record.revoked_at = now
                 text = (f"licence {licence.serial} was revoked by the vendor: the node is "
                         "unlicensed")
             else:
-                record.removed_at = record.removed_at or now
+                record.removed_at = now  # not ended before: the check would be refused
                 text = (f"licence {licence.serial} is no longer active on this node (released "
                         f"elsewhere): the node works unlicensed for the grace period")
             await durable(manager.store.write_record, record)
             manager.events.emit(f"licence.{LICENCE_ENDED[exc.reason]}", text,
                                 level=logging.ERROR)
             await manager.apply_effects(before.modules)  # a revoked licence runs nothing
-            return {"check": "automatic" if automatic else "manual",
-                    "installed_version": licence.version, "server_version": None,
+            return {"check": how, "installed_version": licence.version, "server_version": None,
                     "update_available": False, "modules": [], "ended": exc.reason,
                     "licence": manager.show()}
         except VoxnodeError as exc:
             await _failed(manager, record, exc, now)
             raise
-        record.failures, record.failing_since, record.last_error = 0, None, ""
-
-        record.last_ok = now
+        record.answered(now)
         changes = module_changes(licence, newer)
         if newer.version > licence.version:
             record.available = text
@@ -111,7 +109,6 @@ async def check(manager: LicenceManager, *, automatic: bool = False) -> dict[str
         else:
             record.available = None
         await durable(manager.store.write_record, record)
-    how = "automatic" if automatic else "manual"
     return {"check": how, "installed_version": licence.version, "server_version": version,
             "update_available": newer.version > licence.version,
             "modules": [c.to_dict() for c in changes] if newer.version > licence.version
@@ -195,8 +192,7 @@ async def run(manager: LicenceManager, sleep: Sleep = asyncio.sleep,
             await tick(manager)
             status, record, licence = manager.status()
             now = manager.clock()
-            checking = (licence is not None and record.removed_at is None
-                        and record.revoked_at is None)
+            checking = licence is not None and not record.ended
             due = next_check_at(record, now, jitter) if checking else None
             if due is not None and due <= now:
                 jitter = rng.uniform(-CHECK_JITTER_S, CHECK_JITTER_S)
