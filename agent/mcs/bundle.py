@@ -148,7 +148,7 @@ def validate(upload: Upload, now: dt.datetime) -> Bundle:
                                                "(or use 1)"))
         elif d.name in WINDOWS_ONLY or (d.name in OWNED and d.name not in _READ_LATER):
             ignored.append(f"{d.name} (line {d.line})")
-        elif (refusal := _refusal(d, directives)) is not None:
+        elif (refusal := _refusal(d, at)) is not None:
             problems.append(Problem(where, refusal))
         elif d.name in PASS_THROUGH:
             if d.name not in MATERIAL and d.name != "remote":
@@ -169,7 +169,7 @@ def validate(upload: Upload, now: dt.datetime) -> Bundle:
     return _render(upload, remotes, kept, material, ignored)
 
 
-def _refusal(d: Directive, directives: list[Directive]) -> str | None:
+def _refusal(d: Directive, at: dict[str, Directive]) -> str | None:
     """Why a pass-through option is refused as written: it would run, read or bind
     something on the node, or take the node's routing."""
     if d.name == "setenv":
@@ -192,7 +192,7 @@ def _refusal(d: Directive, directives: list[Directive]) -> str | None:
         return ("'socks-proxy' with an authentication file reads a file of the node and is "
                 "refused: give the proxy's host and port only")
     if d.name in ("lport", "bind"):
-        port = _local_port(directives)
+        port = _local_port(at)
         if port in RESERVED_LOCAL_PORTS:
             return (f"'{d.name}' would bind local port {port}, which the node uses "
                     f"(reserved: {', '.join(map(str, sorted(RESERVED_LOCAL_PORTS)))}): "
@@ -200,15 +200,21 @@ def _refusal(d: Directive, directives: list[Directive]) -> str | None:
     return None
 
 
-def _local_port(directives: list[Directive]) -> int | None:
+def _local_port(at: dict[str, Directive]) -> int | None:
     """The local port OpenVPN binds: the last ``lport``, else the last ``port``, else the
     default (when a ``bind`` asks for one)."""
-    for names in (("lport",), ("port",)):
-        found = next((d for d in reversed(directives) if d.name in names), None)
-        if found is not None:
-            arg = found.args[0] if found.args else ""
-            return int(arg) if arg.isascii() and arg.isdigit() else None
-    return DEFAULT_PORT
+    found = at.get("lport") or at.get("port")
+    if found is None:
+        return DEFAULT_PORT
+    return _port(found.args[0] if found.args else "")
+
+
+def _port(text: str) -> int | None:
+    """A port number as a bundle writes it: ASCII digits (``str.isdigit`` also takes '²'),
+    1 to 65535; None otherwise."""
+    if text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535:
+        return int(text)
+    return None
 
 
 _READ_LATER = frozenset({"dev", "dev-type", "proto", "port", "rport", "key-direction"})
@@ -253,7 +259,7 @@ def _remotes(src: str, directives: list[Directive], problems: list[Problem]) -> 
             problems.append(Problem(where, f"remote: '{host}' is not a host name or an IP "
                                            "address"))
             bad = True
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
+        if _port(port) is None:
             problems.append(Problem(where, f"remote: port '{port}' is not a number from 1 "
                                            "to 65535"))
             bad = True

@@ -228,6 +228,9 @@ BAD_REMOTES = [
     ("remote mcs.example.test 0", "x.ovpn:5: remote: port '0' is not a number from 1 to 65535"),
     ("remote mcs.example.test 70000 udp",
      "x.ovpn:5: remote: port '70000' is not a number from 1 to 65535"),
+    ("remote mcs.example.test ²", "x.ovpn:5: remote: port '²' is not a number from 1 to 65535"),
+    ("remote mcs.example.test " + "9" * 5000,
+     f"x.ovpn:5: remote: port '{'9' * 5000}' is not a number from 1 to 65535"),
     ("remote mcs.example.test 1194 tcp-server",
      "x.ovpn:5: remote: protocol 'tcp-server' is not allowed (allowed: udp, tcp, udp4, tcp4, "
      "tcp-client)"),
@@ -357,6 +360,8 @@ def test_bind_on_a_reserved_port_is_refused_and_harmless_options_pass(pki: Pki) 
         "443, 694, 3306, 5060, 5061, 7412, 7422, 9090): remove it or use nobind"]
     fine = ("setenv CLIENT_CERT 0\nsetenv UV_SITE milan\nhttp-proxy proxy.example.test 3128\n"
             "socks-proxy proxy.example.test 1080\nlport 41194")
+    # a local port that is no port at all is no reserved one either (and no crash)
+    assert load_bundle("x.ovpn", pki.ovpn(extra="lport " + "9" * 5000).encode(), now=NOW)
     bundle = load_bundle("x.ovpn", pki.ovpn(extra=fine).encode(), now=NOW)
     assert "setenv UV_SITE milan" in bundle.config
     assert "setenv opt" not in bundle.config
